@@ -1,0 +1,87 @@
+"""The analysis contract shared by the CLI commands, the study runner and the report.
+
+An analysis reads one or more stores, writes its outputs into its own output
+directory, and describes them in ``result.json`` (see :class:`AnalysisResult`)
+so that the directory is self-describing and the report can be built from it
+alone. ``config.json`` and ``provenance.json`` sit beside it.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+from ..config import to_dict
+from ..util.atomic import write_json
+from ..util.provenance import provenance
+
+
+@dataclasses.dataclass(frozen=True)
+class Artifact:
+    """A file produced by an analysis (path relative to the analysis directory)."""
+
+    path: str
+    """Relative path of the file (csv/parquet table, png/svg figure, wav audio, html page)."""
+    caption: str = ""
+    """What it shows, for the report."""
+    kind: str = "table"
+    """table | figure | audio | page"""
+    group: str = ""
+    """Optional grouping key (e.g. codec or intervention) for the report."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalysisResult:
+    """What an analysis produced; saved as ``result.json``."""
+
+    analysis: str
+    """Registry name of the analysis."""
+    title: str
+    """Section title for the report."""
+    artifacts: tuple[Artifact, ...] = ()
+    """Tables, figures, audio and pages, in display order."""
+    summary: str = ""
+    """A few sentences of findings (plain text) for the report."""
+    published: tuple[Artifact, ...] = ()
+    """Published-vs-ours tables (csv with a 'source' column quoting the paper)."""
+    seconds: float = 0.0
+    """Wall time of the analysis."""
+
+    def save(self, out: Path) -> None:
+        write_json(Path(out) / "result.json", dataclasses.asdict(self))
+
+    @classmethod
+    def load(cls, out: str | Path) -> "AnalysisResult":
+        raw = json.loads((Path(out) / "result.json").read_text())
+        raw["artifacts"] = tuple(Artifact(**a) for a in raw.get("artifacts", ()))
+        raw["published"] = tuple(Artifact(**a) for a in raw.get("published", ()))
+        return cls(**raw)
+
+
+class Analysis(abc.ABC):
+    """Subclasses set ``name``, ``title`` and ``Config`` (a frozen dataclass with a
+    docstring per field) and implement :meth:`run`."""
+
+    name: ClassVar[str]
+    title: ClassVar[str]
+    Config: ClassVar[type]
+
+    @abc.abstractmethod
+    def run(self, stores: Sequence[Any], cfg: Any, out: Path, progress: bool = True) -> AnalysisResult:
+        """Compute, write files under ``out`` and return the result (not yet saved)."""
+
+    def __call__(self, stores: Sequence[Any], cfg: Any, out: str | Path, progress: bool = True) -> AnalysisResult:
+        """Run and save ``config.json``, ``provenance.json`` and ``result.json`` under ``out``."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", {"analysis": self.name, "stores": [str(getattr(s, "path", s)) for s in stores], **to_dict(cfg)})
+        write_json(out / "provenance.json", provenance())
+        t0 = time.perf_counter()
+        res = self.run(stores, cfg, out, progress)
+        res = dataclasses.replace(res, seconds=time.perf_counter() - t0)
+        res.save(out)
+        return res

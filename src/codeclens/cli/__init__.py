@@ -1,0 +1,50 @@
+"""The ``codeclens`` command. Each module in this package adds one subcommand
+(``add_parser(subparsers)``), so adding a command is adding a file."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import pkgutil
+import sys
+
+from .. import __version__
+from ..errors import CodeclensError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="codeclens", description="What does each RVQ layer of a neural audio codec encode?"
+    )
+    parser.add_argument("--version", action="version", version=f"codeclens {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for mod in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if mod.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{mod.name}")
+        if hasattr(module, "add_parser"):
+            module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        rc = args.func(args)
+        return int(rc or 0)
+    except CodeclensError as e:
+        print(f"codeclens: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("codeclens: interrupted; finished work is kept, re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+def entry() -> None:
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""What a corpus yields: utterances with their metadata and optional phone alignment."""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..audio import load_audio
+from ..spec import Spec
+
+
+@dataclasses.dataclass(frozen=True)
+class Interval:
+    """A labelled time span in seconds, relative to the utterance start."""
+
+    start: float
+    end: float
+    label: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Utterance:
+    """One utterance of a corpus."""
+
+    id: str
+    """Unique id within the corpus (used as the key for resuming)."""
+    path: str
+    """Audio file."""
+    speaker: str = "unknown"
+    """Speaker id."""
+    accent: str | None = None
+    """Accent / variety label, when known."""
+    start: float | None = None
+    """Segment start in seconds within ``path`` (None: file start)."""
+    end: float | None = None
+    """Segment end in seconds within ``path`` (None: file end)."""
+    phones: tuple[Interval, ...] | None = None
+    """Phone alignment (times relative to the segment start), if any."""
+    extra: tuple[tuple[str, Any], ...] = ()
+    """Other utterance-level labels (gender, split, manifest columns)."""
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """Utterance-level columns of the store's utterances table."""
+        out: dict[str, Any] = {"id": self.id, "path": self.path, "speaker": self.speaker}
+        if self.accent is not None:
+            out["accent"] = self.accent
+        out.update(dict(self.extra))
+        return out
+
+    def load(self, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
+        return load_audio(self.path, sample_rate, self.start, self.end)
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """An input that was skipped, with the reason (recorded in store manifests)."""
+
+    where: str
+    message: str
+
+
+class Corpus(abc.ABC):
+    """A corpus: a deterministic, re-iterable sequence of utterances.
+
+    ``problems`` collects rows or files skipped while reading (a missing file, a
+    malformed TextGrid...): they are reported, never fatal.
+    """
+
+    options: tuple[str, ...] = ()
+
+    def __init__(self, spec: Spec):
+        self.spec = spec
+        self.problems: list[Problem] = []
+
+    @classmethod
+    def from_spec(cls, spec: Spec) -> "Corpus":
+        spec.check_keys(cls.options)
+        return cls(spec)
+
+    @abc.abstractmethod
+    def __iter__(self) -> Iterator[Utterance]:
+        """Utterances in a fixed order."""
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def describe(self) -> dict[str, Any]:
+        return {"spec": str(self.spec), "kind": self.spec.kind}

@@ -1,0 +1,243 @@
+"""Reading a feature store: codes, tables, labels, and named representations on read.
+
+Vectors are never stored: ``layer:k`` is ``tables[k][codes[:, k]]`` and
+``cumulative:k`` the sum of the first k lookups, materialised per batch so
+memory stays bounded by the batch, not the corpus.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..errors import CodeclensError
+from . import layout
+from .reprs import Repr, parse_reprs
+
+
+class Store:
+    """A finished feature store directory (see :mod:`codeclens.store.writer`)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        mf = self.path / layout.MANIFEST
+        if not mf.is_file():
+            raise CodeclensError(f"{self.path}: not a feature store (no {layout.MANIFEST})")
+        self.manifest: dict[str, Any] = json.loads(mf.read_text())
+        if not self.manifest.get("complete"):
+            raise CodeclensError(f"{self.path}: extraction has not finished; re-run extract to resume")
+
+    # -- basic facts ---------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.manifest.get("name") or self.path.name
+
+    @property
+    def codec(self) -> dict[str, Any]:
+        return self.manifest["codec"]
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.codec["n_layers"])
+
+    @property
+    def frame_rate(self) -> float:
+        return float(self.codec["frame_rate"])
+
+    @property
+    def codebook_sizes(self) -> list[int]:
+        return [int(k) for k in self.codec["codebook_sizes"]]
+
+    @property
+    def dim(self) -> int:
+        return int(self.tables[0].shape[1])
+
+    @cached_property
+    def codes(self) -> np.ndarray:
+        """``[n_frames, n_layers]`` integer codes (memory-mapped)."""
+        return np.load(self.path / layout.CODES, mmap_mode="r")
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.codes.shape[0])
+
+    @cached_property
+    def tables(self) -> list[np.ndarray]:
+        from safetensors.numpy import load_file
+
+        t = load_file(str(self.path / layout.TABLES))
+        return [t[f"layer_{l}"].astype(np.float32) for l in range(self.n_layers)]
+
+    @property
+    def has_latent(self) -> bool:
+        return (self.path / layout.LATENT).is_file()
+
+    @cached_property
+    def latent(self) -> np.ndarray:
+        if not self.has_latent:
+            raise CodeclensError(f"{self.path}: store has no latent (extract with --latent)")
+        return np.load(self.path / layout.LATENT, mmap_mode="r")
+
+    @cached_property
+    def utterances(self) -> pd.DataFrame:
+        """One row per utterance: id, speaker, accent..., frame_offset, n_frames, splits."""
+        return pd.read_parquet(self.path / layout.UTTERANCES)
+
+    @cached_property
+    def frames(self) -> pd.DataFrame:
+        """One row per frame: ``utt`` (row in utterances), ``frame``, ``time`` and label columns."""
+        return pd.read_parquet(self.path / layout.FRAMES)
+
+    @property
+    def n_utterances(self) -> int:
+        return len(self.utterances)
+
+    def reprs(self, text: str) -> list[Repr]:
+        return parse_reprs(text, self.n_layers)
+
+    # -- labels --------------------------------------------------------------
+    def label_columns(self) -> list[str]:
+        skip = {"utt", "frame", "time", "frame_offset", "n_frames", "path", "id"}
+        cols = [c for c in self.frames.columns if c not in skip]
+        cols += [c for c in self.utterances.columns if c not in skip and c not in cols]
+        return cols
+
+    def frame_column(self, name: str) -> np.ndarray:
+        """A label per frame: a frames column, or an utterance column broadcast to frames."""
+        if name in self.frames.columns:
+            return self.frames[name].to_numpy()
+        if name in self.utterances.columns:
+            return self.utterances[name].to_numpy()[self.frame_utt]
+        raise CodeclensError(
+            f"{self.path}: no label column '{name}'; available: {', '.join(self.label_columns())}"
+        )
+
+    def utterance_column(self, name: str) -> np.ndarray:
+        if name in self.utterances.columns:
+            return self.utterances[name].to_numpy()
+        raise CodeclensError(
+            f"{self.path}: no utterance-level column '{name}'; available: "
+            f"{', '.join(c for c in self.utterances.columns)}"
+        )
+
+    @cached_property
+    def frame_utt(self) -> np.ndarray:
+        """Utterance row of every frame."""
+        u = self.utterances
+        return np.repeat(np.arange(len(u)), u["n_frames"].to_numpy())
+
+    # -- representations -----------------------------------------------------
+    def _rows(self, rows: slice | np.ndarray | None) -> slice | np.ndarray:
+        return slice(0, self.n_frames) if rows is None else rows
+
+    def materialize(self, rep: Repr | str, rows: slice | np.ndarray | None = None) -> np.ndarray:
+        """Frame-level values of a (non-pooled) representation for ``rows``.
+
+        ``codes:k`` gives integer codes ``[n]``; the others float32 ``[n, D]``.
+        """
+        rep = self._one(rep)
+        if rep.pooled:
+            raise CodeclensError(f"{rep}: use pooled() for utterance-level representations")
+        rows = self._rows(rows)
+        if rep.kind == "latent":
+            return np.asarray(self.latent[rows], dtype=np.float32)
+        k = rep.layer - 1  # type: ignore[operator]
+        if rep.kind == "codes":
+            return np.asarray(self.codes[rows, k], dtype=np.int64)
+        codes = np.asarray(self.codes[rows, : k + 1], dtype=np.int64)
+        if rep.kind == "layer":
+            return self.tables[k][codes[:, k]]
+        out = self.tables[0][codes[:, 0]].copy()
+        for l in range(1, k + 1):
+            out += self.tables[l][codes[:, l]]
+        return out
+
+    def iter_batches(
+        self, rep: Repr | str, batch_frames: int = 65536, rows: np.ndarray | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield ``(row_indices, values)`` in batches, streaming from disk."""
+        rep = self._one(rep)
+        if rows is None:
+            for a in range(0, self.n_frames, batch_frames):
+                b = min(a + batch_frames, self.n_frames)
+                yield np.arange(a, b), self.materialize(rep, slice(a, b))
+        else:
+            rows = np.asarray(rows)
+            for a in range(0, len(rows), batch_frames):
+                r = rows[a : a + batch_frames]
+                yield r, self.materialize(rep, r)
+
+    def pooled(self, rep: Repr | str, batch_frames: int = 65536) -> np.ndarray:
+        """Utterance-mean ``[n_utterances, D]`` of a representation, streamed."""
+        rep = self._one(rep)
+        base = Repr(rep.kind, rep.layer, False)
+        if base.kind == "codes":
+            raise CodeclensError("mean(codes:k) is not meaningful; pool layer:k instead")
+        sums = np.zeros((self.n_utterances, self._dim_of(base)), dtype=np.float64)
+        utt = self.frame_utt
+        for r, x in self.iter_batches(base, batch_frames):
+            np.add.at(sums, utt[r], x) if len(r) < 64 else _add_by_group(sums, utt[r], x)
+        n = np.maximum(self.utterances["n_frames"].to_numpy(), 1)[:, None]
+        return (sums / n).astype(np.float32)
+
+    def values(self, rep: Repr | str, rows: np.ndarray | None = None) -> np.ndarray:
+        """Frame values, or utterance means for a pooled representation (rows = utterances)."""
+        rep = self._one(rep)
+        if rep.pooled:
+            x = self.pooled(rep)
+            return x if rows is None else x[rows]
+        return self.materialize(rep, rows)
+
+    def _dim_of(self, rep: Repr) -> int:
+        return int(self.latent.shape[1]) if rep.kind == "latent" else self.dim
+
+    def _one(self, rep: Repr | str) -> Repr:
+        if isinstance(rep, Repr):
+            reps = [rep]
+        else:
+            reps = self.reprs(rep)
+        if len(reps) != 1:
+            raise CodeclensError(f"expected one representation, got {len(reps)}")
+        r = reps[0]
+        if r.layer is not None and r.layer > self.n_layers:
+            raise CodeclensError(f"{r}: the store's codec has {self.n_layers} layers")
+        return r
+
+    # -- summary -------------------------------------------------------------
+    def disk_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+
+    def summary(self) -> dict[str, Any]:
+        u = self.utterances
+        dur = float(u["duration"].sum()) if "duration" in u.columns else float("nan")
+        return {
+            "path": str(self.path),
+            "codec": self.codec["spec"],
+            "corpus": self.manifest.get("corpus", {}).get("spec"),
+            "utterances": int(len(u)),
+            "speakers": int(u["speaker"].nunique()) if "speaker" in u.columns else 0,
+            "frames": self.n_frames,
+            "hours": dur / 3600.0,
+            "layers": self.n_layers,
+            "codebook_sizes": self.codebook_sizes,
+            "frame_rate": self.frame_rate,
+            "latent": self.has_latent,
+            "skipped": len(self.manifest.get("skipped", [])),
+            "labels": self.label_columns(),
+            "disk_mb": self.disk_bytes() / 1e6,
+        }
+
+
+def _add_by_group(sums: np.ndarray, groups: np.ndarray, x: np.ndarray) -> None:
+    """sums[g] += x rows of group g, for sorted contiguous groups (frames are utterance-ordered)."""
+    starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
+    sums[groups[starts]] += np.add.reduceat(x.astype(np.float64), starts, axis=0)
+
+
+def open_stores(paths: Sequence[str | Path]) -> list[Store]:
+    return [Store(p) for p in paths]

@@ -1,0 +1,16 @@
+"""Device choice: CUDA when present, CPU otherwise; an explicit choice wins."""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import CodeclensError
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    if device is None or str(device) in ("", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CodeclensError(f"device '{device}' asked for but CUDA is not available")
+    return dev
