@@ -76,6 +76,8 @@ def parse_spec(text: str) -> Spec:
     head, _, query = text.partition("?")
     kind, sep, target = head.partition(":")
     if not kind or not kind.replace("_", "").replace("-", "").isalnum():
+        if os.sep in text or text.startswith("."):
+            raise SpecError(f"'{text}' is not an existing folder (nor a spec kind[:target][?key=value&...])")
         raise SpecError(f"bad spec '{text}': expected kind[:target][?key=value&...]")
     options: list[tuple[str, str]] = []
     seen: set[str] = set()

@@ -191,10 +191,17 @@ class MelRVQ(CodecAdapter):
         waves = []
         for m in logmel:
             mel = np.maximum(np.exp(m.T) - 1e-5, 0.0)
-            y = librosa.feature.inverse.mel_to_audio(
-                mel, sr=self.cfg.sample_rate, n_fft=self.cfg.n_fft, hop_length=self.cfg.hop_length,
-                power=2.0, n_iter=self.cfg.griffin_lim_iters, random_state=0, center=True,
-                length=m.shape[0] * self.cfg.hop_length,
+            # T frames of a centred STFT span T*hop samples plus one edge frame: repeat the
+            # last frame so the inverse has exactly T*hop samples.
+            mel = np.concatenate([mel, mel[:, -1:]], axis=1)
+            stft_mag = librosa.feature.inverse.mel_to_stft(
+                mel, sr=self.cfg.sample_rate, n_fft=self.cfg.n_fft, power=2.0
+            )
+            # Fixed phase seed: the same codes always decode to the same waveform.
+            y = librosa.griffinlim(
+                stft_mag, n_iter=self.cfg.griffin_lim_iters, hop_length=self.cfg.hop_length,
+                win_length=self.cfg.n_fft, center=True, length=m.shape[0] * self.cfg.hop_length,
+                random_state=0,
             )
             waves.append(torch.from_numpy(y.astype(np.float32)))
         return torch.stack(waves).to(codes.device)
