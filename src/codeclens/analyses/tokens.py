@@ -1,0 +1,305 @@
+"""Token <-> label association per RVQ layer (Sadok et al. 2025, §2.1) and codebook usage.
+
+For every layer k of every store, the codes of k are counted against a
+discrete frame label (content units, phones, speakers) into a co-occurrence
+matrix. From it: the ranked association curve (each code's label
+distribution sorted from most to least associated, averaged over codes,
+weighted by code frequency and unweighted, in %), top-1 association, purity,
+PNMI (HuBERT's I(label; code) / H(label)), H(label | code), and codebook usage
+(perplexity, dead codes). The shared store helpers used by the ``mi`` and
+``tsne`` analyses live here too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..errors import CodeclensError
+from ..util.atomic import atomic_path
+from . import ANALYSES
+from .base import Analysis, AnalysisResult, Artifact
+from . import infotheory as it
+
+
+# -- helpers shared by tokens / mi / tsne ------------------------------------------
+def parse_layers(text: str, n_layers: int) -> list[int]:
+    """1-based layers from ``all``, ``*``, ``3``, ``1-8`` or ``1,3,5-6``; out of range -> error."""
+    text = str(text).replace(" ", "")
+    if text in ("all", "*", ""):
+        return list(range(1, n_layers + 1))
+    out: list[int] = []
+    for part in text.split(","):
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not m:
+            raise CodeclensError(f"bad layer list '{text}': expected e.g. 1-8, 1,3,5 or all")
+        a, b = int(m.group(1)), int(m.group(2) or m.group(1))
+        if a < 1 or b < a:
+            raise CodeclensError(f"bad layer range '{part}' (layers are 1-based)")
+        if b > n_layers:
+            raise CodeclensError(f"layer {b} asked for but the codec has {n_layers} layers")
+        out.extend(range(a, b + 1))
+    return list(dict.fromkeys(out))
+
+
+def label_column_name(store: Any, name: str) -> str:
+    """The column behind a label name: ``unit`` falls back to ``phone`` when the store has no units."""
+    cols = set(store.frames.columns) | set(store.utterances.columns)
+    if name == "unit" and "unit" not in cols and "phone" in cols:
+        return "phone"
+    return name
+
+
+def discrete_labels(store: Any, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """``(frame_rows, label_ids, classes, column)`` for the frames that have a label.
+
+    Missing labels (None, NaN, empty string) are dropped; a column that does
+    not exist or has no labels at all is a :class:`CodeclensError`.
+    """
+    col = label_column_name(store, name)
+    values = store.frame_column(col)
+    keep, ids, classes = it.encode_labels(values)
+    if not keep.any():
+        raise CodeclensError(f"{store.path}: label column '{col}' has no values")
+    return np.flatnonzero(keep), ids, classes, col
+
+
+def layer_codes(store: Any, layer: int) -> np.ndarray:
+    """int64 codes of a 1-based layer for all frames."""
+    if not 1 <= layer <= store.n_layers:
+        raise CodeclensError(f"layer {layer} out of range: the store has {store.n_layers} layers")
+    return np.asarray(store.codes[:, layer - 1], dtype=np.int64)
+
+
+def store_labels(stores: Sequence[Any]) -> list[str]:
+    """Short distinct panel titles for stores (their names, made unique)."""
+    names: list[str] = []
+    for s in stores:
+        n = str(s.name)
+        while n in names:
+            n = f"{n}'"
+        names.append(n)
+    return names
+
+
+def save_csv(df: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path, ".csv") as tmp:
+        df.to_csv(tmp, index=False)
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path, path.suffix) as tmp:
+        fig.savefig(tmp, dpi=130, bbox_inches="tight", format=path.suffix.lstrip("."))
+    plt.close(fig)
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+# -- the analysis ------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class TokensConfig:
+    label: str = "unit"
+    """Discrete frame label: unit (content units; phones when the store has none), phone, speaker, or any column."""
+    layers: str = "all"
+    """1-based layers: all, 1-8, 1,3,5."""
+    max_rank: int = 10
+    """Ranks shown in the association-curve figure (tables keep every rank)."""
+    save_cooccurrence: bool = True
+    """Save the per-layer code x label co-occurrence counts (cooccurrence.parquet)."""
+
+    def __post_init__(self):
+        if not self.label:
+            raise ValueError("label must be a column name")
+        if self.max_rank < 1:
+            raise ValueError("max_rank must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerTokenStats:
+    """Association and usage statistics of one layer against one label."""
+
+    layer: int
+    n_frames: int
+    n_codes: int
+    n_labels: int
+    used_codes: int
+    top1_pct: float
+    top1_weighted_pct: float
+    label_purity: float
+    code_purity: float
+    pnmi: float
+    mi_bits: float
+    h_label_bits: float
+    h_label_given_code_bits: float
+    perplexity: float
+    dead_fraction: float
+    majority_pct: float
+
+
+def layer_token_stats(counts: np.ndarray, layer: int) -> LayerTokenStats:
+    """All per-layer numbers from a ``[codes, labels]`` count matrix."""
+    code_n = counts.sum(axis=1)
+    label_n = counts.sum(axis=0)
+    n = int(counts.sum())
+    return LayerTokenStats(
+        layer=layer, n_frames=n, n_codes=counts.shape[0], n_labels=int((label_n > 0).sum()),
+        used_codes=int((code_n > 0).sum()),
+        top1_pct=it.top1_association(counts), top1_weighted_pct=it.top1_association(counts, weighted=True),
+        label_purity=it.label_purity(counts), code_purity=it.code_purity(counts), pnmi=it.pnmi(counts),
+        mi_bits=it.mutual_information(counts) / it.LN2, h_label_bits=it.entropy(label_n) / it.LN2,
+        h_label_given_code_bits=it.conditional_entropy(counts) / it.LN2,
+        perplexity=it.perplexity(code_n), dead_fraction=it.dead_fraction(code_n),
+        majority_pct=100.0 * float(label_n.max()) / max(n, 1),
+    )
+
+
+@ANALYSES.register("tokens")
+class TokensAnalysis(Analysis):
+    name = "tokens"
+    title = "Token-label association per RVQ layer"
+    Config = TokensConfig
+
+    def run(self, stores, cfg: TokensConfig, out: Path, progress: bool = True) -> AnalysisResult:
+        from tqdm.auto import tqdm
+
+        if not stores:
+            raise CodeclensError("tokens: no store given")
+        out = Path(out)
+        titles = store_labels(stores)
+        metric_rows, curve_rows, cooc_parts = [], [], []
+        columns: dict[str, str] = {}
+        n_classes: dict[str, int] = {}
+        for store, title in zip(stores, titles):
+            layers = parse_layers(cfg.layers, store.n_layers)
+            rows, ids, classes, col = discrete_labels(store, cfg.label)
+            columns[title], n_classes[title] = col, len(classes)
+            for layer in tqdm(layers, desc=f"tokens {title}", disable=not progress, leave=False):
+                codes = layer_codes(store, layer)[rows]
+                K = int(store.codebook_sizes[layer - 1])
+                counts = it.cooccurrence(codes, ids, K, len(classes))
+                st = layer_token_stats(counts, layer)
+                metric_rows.append({"store": title, "codec": store.codec.get("spec", ""), "label": col,
+                                    **dataclasses.asdict(st)})
+                w = it.ranked_association(counts, weighted=True)
+                u = it.ranked_association(counts, weighted=False)
+                curve_rows.append(pd.DataFrame({"store": title, "layer": layer, "rank": np.arange(1, len(w) + 1),
+                                                "weighted_pct": w, "unweighted_pct": u}))
+                if cfg.save_cooccurrence:
+                    k_idx, c_idx = np.nonzero(counts)
+                    cooc_parts.append(pd.DataFrame({
+                        "store": title, "layer": layer, "code": k_idx.astype(np.int32),
+                        "label": classes[c_idx].astype(str), "count": counts[k_idx, c_idx],
+                    }))
+        metrics = pd.DataFrame(metric_rows)
+        curves = pd.concat(curve_rows, ignore_index=True)
+        save_csv(metrics, out / "token_metrics.csv")
+        save_csv(curves, out / "association_curve.csv")
+        arts = [
+            Artifact("token_metrics.csv", "Per layer: top-1 association (unweighted and frequency-weighted, %), "
+                     "label and code purity, PNMI = I(label;code)/H(label), MI and H(label|code) in bits, "
+                     "codebook perplexity and dead-code fraction.", "table"),
+            Artifact("association_curve.csv", "Ranked association: mean share (%) of a code's frames on its "
+                     "r-th most associated label, weighted by code frequency and unweighted.", "table"),
+        ]
+        if cfg.save_cooccurrence:
+            with atomic_path(out / "cooccurrence.parquet", ".parquet") as tmp:
+                pd.concat(cooc_parts, ignore_index=True).to_parquet(tmp, index=False)
+            arts.append(Artifact("cooccurrence.parquet", "Non-zero code x label co-occurrence counts per layer.",
+                                 "table"))
+        label_desc = ", ".join(sorted(set(columns.values())))
+        self._curve_figure(curves, titles, n_classes, cfg, out / "association_curve.png", label_desc)
+        arts.append(Artifact(
+            "association_curve.png",
+            f"Ranked association of codes with {label_desc} labels (Sadok et al. 2025, Fig. 2): for each code the "
+            f"label distribution sorted from most to least associated, averaged over codes weighted by code "
+            f"frequency (top) and unweighted (bottom); one curve per RVQ layer, one panel per store. Dotted: "
+            f"uniform label distribution.", "figure"))
+        self._metrics_figure(metrics, titles, out / "token_metrics.png", label_desc)
+        arts.append(Artifact(
+            "token_metrics.png",
+            f"Per layer: top-1 association with {label_desc} (dashed: majority-label rate), PNMI, "
+            f"H({label_desc} | code) and codebook usage (perplexity / codebook size; dashed: dead-code fraction).",
+            "figure"))
+        return AnalysisResult(self.name, self.title, tuple(arts), summary=self._summary(metrics, columns, cfg))
+
+    # -- figures ---------------------------------------------------------------
+    @staticmethod
+    def _curve_figure(curves, titles, n_classes, cfg, path, label_desc) -> None:
+        plt = pyplot()
+        n = len(titles)
+        fig, axes = plt.subplots(2, n, figsize=(4.2 * n + 0.8, 6.4), squeeze=False, sharey="row")
+        for j, title in enumerate(titles):
+            d = curves[(curves["store"] == title) & (curves["rank"] <= cfg.max_rank)]
+            layers = sorted(d["layer"].unique())
+            cmap = plt.get_cmap("viridis")
+            for row, (colname, kind) in enumerate((("weighted_pct", "weighted"), ("unweighted_pct", "unweighted"))):
+                ax = axes[row, j]
+                for i, layer in enumerate(layers):
+                    dd = d[d["layer"] == layer]
+                    ax.plot(dd["rank"], dd[colname], marker="o", ms=3, color=cmap(i / max(len(layers) - 1, 1)),
+                            label=f"layer {layer}")
+                ax.axhline(100.0 / n_classes[title], color="grey", ls=":", lw=1, label="uniform")
+                ax.set_xlabel(f"rank of associated {label_desc} label")
+                if j == 0:
+                    ax.set_ylabel(f"mean share of code's frames (%)\n[{kind} over codes]")
+                ax.set_title(f"{title} ({kind})", fontsize=10)
+                ax.grid(alpha=0.3)
+            axes[0, j].legend(fontsize=7, ncol=2)
+        fig.suptitle(f"Code-{label_desc} association by rank", fontsize=11)
+        fig.tight_layout()
+        save_figure(fig, path)
+
+    @staticmethod
+    def _metrics_figure(metrics, titles, path, label_desc) -> None:
+        plt = pyplot()
+        fig, axes = plt.subplots(1, 4, figsize=(15, 3.6))
+        for t in titles:
+            d = metrics[metrics["store"] == t]
+            line = axes[0].plot(d["layer"], d["top1_pct"], marker="o", label=t)[0]
+            axes[0].plot(d["layer"], d["majority_pct"], ls="--", color=line.get_color(), lw=1)
+            axes[1].plot(d["layer"], d["pnmi"], marker="o", label=t)
+            axes[2].plot(d["layer"], d["h_label_given_code_bits"], marker="o", label=t)
+            axes[3].plot(d["layer"], d["perplexity"] / d["n_codes"], marker="o", color=line.get_color(), label=t)
+            axes[3].plot(d["layer"], d["dead_fraction"], ls="--", color=line.get_color(), lw=1)
+        labels = [("top-1 association (%)", "top-1 association"), ("PNMI", "PNMI = I(label;code)/H(label)"),
+                  (f"H({label_desc} | code) (bits)", "conditional entropy"),
+                  ("fraction of codebook", "usage: perplexity/K, dead (dashed)")]
+        for ax, (yl, tl) in zip(axes, labels):
+            ax.set_xlabel("RVQ layer")
+            ax.set_ylabel(yl)
+            ax.set_title(tl, fontsize=10)
+            ax.grid(alpha=0.3)
+            ax.xaxis.get_major_locator().set_params(integer=True)
+        axes[1].set_ylim(0, 1.02)
+        axes[3].set_ylim(0, 1.02)
+        axes[0].legend(fontsize=8)
+        fig.tight_layout()
+        save_figure(fig, path)
+
+    @staticmethod
+    def _summary(metrics: pd.DataFrame, columns: dict[str, str], cfg: TokensConfig) -> str:
+        parts = []
+        for t, d in metrics.groupby("store", sort=False):
+            best = d.loc[d["pnmi"].idxmax()]
+            note = " (no unit column: phones used as units)" if cfg.label == "unit" and columns[t] != "unit" else ""
+            parts.append(
+                f"{t}{note}: highest PNMI at layer {int(best['layer'])} ({best['pnmi']:.3f}, top-1 association "
+                f"{best['top1_pct']:.1f}%); PNMI ranges {d['pnmi'].min():.3f}-{d['pnmi'].max():.3f} over layers; "
+                f"codebook perplexity {d['perplexity'].min():.0f}-{d['perplexity'].max():.0f} of "
+                f"{int(d['n_codes'].max())} codes."
+            )
+        return " ".join(parts)

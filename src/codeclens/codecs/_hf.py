@@ -1,0 +1,374 @@
+"""Shared plumbing of the adapters that wrap neural codecs (transformers models and
+SpeechTokenizer): loading checkpoints safely, seeded construction, item-by-item
+encoding, and the common spec options.
+
+Encoding is done one utterance at a time. Most of these architectures are not
+causal (DAC, SpeechTokenizer's bidirectional LSTM), and even causal ones pad the
+last frame from the signal's own end, so a zero-padded batch would change the
+codes of an utterance's last frames. One at a time, an utterance's codes never
+depend on what else is in the batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import math
+import os
+import sys
+import types
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from ..errors import CodeclensError
+from ..spec import Spec
+from .calibration import calibration_audio, sample_rows
+
+#: Seconds of the built-in calibration signal used to initialise random codebooks.
+CALIBRATION_SECONDS = 8.0
+#: Gaussian noise added to sampled rows, relative to the residual's per-dimension spread.
+ROW_NOISE = 0.5
+
+
+_TORCHAUDIO_OK: bool | None = None
+
+
+def _torchaudio_imports() -> bool:
+    """Whether a real torchaudio imports here (it may be installed for another torch build)."""
+    global _TORCHAUDIO_OK
+    if _TORCHAUDIO_OK is None:
+        if "torchaudio" in sys.modules or importlib.util.find_spec("torchaudio") is None:
+            _TORCHAUDIO_OK = True  # already imported (or stubbed) by someone, or absent: nothing to do
+        else:
+            try:
+                importlib.import_module("torchaudio")
+                _TORCHAUDIO_OK = True
+            except Exception:  # noqa: BLE001 - a broken binary raises OSError, others ImportError
+                for name in [m for m in sys.modules if m == "torchaudio" or m.startswith("torchaudio.")]:
+                    del sys.modules[name]
+                _TORCHAUDIO_OK = False
+    return _TORCHAUDIO_OK
+
+
+def hf_class(name: str):
+    """``transformers.<name>``, importable even when an installed torchaudio is broken.
+
+    transformers imports torchaudio at module level whenever it is installed, although
+    these codecs never use it. If it cannot be imported, a stub stands in while the
+    transformers modules load and is removed afterwards, so the user's own
+    ``import torchaudio`` behaves as before.
+    """
+    import transformers
+
+    if _torchaudio_imports():
+        return getattr(transformers, name)
+    stub = types.ModuleType("torchaudio")
+    stub.__doc__ = "codeclens stand-in: the installed torchaudio does not import"
+    sys.modules["torchaudio"] = stub
+    try:
+        return getattr(transformers, name)
+    finally:
+        if sys.modules.get("torchaudio") is stub:
+            del sys.modules["torchaudio"]
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Seed torch inside the block without disturbing the caller's random state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load reports (missing/unused keys are checked by us)."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        yield
+        return
+    old = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(old)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or os.environ.get(
+        "TRANSFORMERS_OFFLINE", "0"
+    ).lower() in ("1", "true", "yes")
+
+
+def load_state_file(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from safetensors (preferred) or a torch pickle loaded with weights_only=True."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is the user's file
+        raise CodeclensError(f"cannot load '{path}' as a weights-only torch checkpoint: {str(e).splitlines()[0]}") from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise CodeclensError(f"'{path}' does not hold a state dict")
+    return obj
+
+
+def load_hf_model(model_cls, config_cls, checkpoint: str, what: str):
+    """A transformers model from a ``save_pretrained`` directory, a weights file beside a
+    ``config.json``, or a hub id (from the local cache, else downloaded when online)."""
+    p = Path(checkpoint).expanduser()
+    with quiet_transformers():
+        if p.is_dir():
+            check_model_type(p / "config.json", config_cls, what)
+            try:
+                return model_cls.from_pretrained(str(p), local_files_only=True)
+            except (OSError, ValueError, RuntimeError) as e:
+                raise CodeclensError(f"{what}: cannot load checkpoint '{p}': {_first_line(e)}") from None
+        if p.is_file():
+            check_model_type(p.parent / "config.json", config_cls, what)
+            config = config_cls.from_pretrained(str(p.parent), local_files_only=True)
+            model = model_cls(config)
+            load_strict(model, load_state_file(p), what)
+            return model
+        if checkpoint.startswith((".", "/", "~")) or checkpoint.count("/") > 1:
+            raise CodeclensError(f"{what}: checkpoint not found: {checkpoint}")
+        return _from_hub(model_cls, checkpoint, what)
+
+
+def _from_hub(model_cls, hub_id: str, what: str):
+    hint = "pass checkpoint=DIR (a local save_pretrained directory) or random_init=1"
+    try:
+        return model_cls.from_pretrained(hub_id, local_files_only=True)
+    except Exception:  # noqa: BLE001 - not in the local cache
+        pass
+    if offline() or not hub_reachable():
+        raise CodeclensError(f"{what}: '{hub_id}' is not in the local Hugging Face cache and the hub is not reachable; {hint}")
+    try:
+        return model_cls.from_pretrained(hub_id)
+    except Exception as e:  # noqa: BLE001 - hub errors come in many types
+        raise CodeclensError(f"{what}: cannot load '{hub_id}' from the hub ({_first_line(e)}); {hint}") from None
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick TCP connection instead of huggingface_hub's minute of retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def check_model_type(config_json: Path, config_cls, what: str) -> None:
+    """A clear error when a checkpoint holds another kind of model (e.g. EnCodec for mimi)."""
+    import json
+
+    if not config_json.is_file():
+        raise CodeclensError(f"{what}: no config.json in checkpoint directory '{config_json.parent}'")
+    try:
+        found = json.loads(config_json.read_text()).get("model_type")
+    except (OSError, ValueError) as e:
+        raise CodeclensError(f"{what}: cannot read '{config_json}': {e}") from None
+    want = getattr(config_cls, "model_type", None)
+    if want and found and found != want:
+        raise CodeclensError(f"{what}: '{config_json.parent}' holds a '{found}' model, not '{want}'")
+
+
+def load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches: another size of the architecture
+        raise CodeclensError(f"{what}: checkpoint does not match the architecture: {_first_line(e)}") from None
+    if missing or unexpected:
+        raise CodeclensError(
+            f"{what}: checkpoint does not match the architecture "
+            f"(missing {len(missing)} keys e.g. {missing[:2]}, unexpected {len(unexpected)} e.g. {unexpected[:2]})"
+        )
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0][:300]
+
+
+def check_size(spec: Spec, sizes: tuple[str, ...] = ("full", "tiny")) -> str:
+    size = spec.get("size", "full")
+    if size not in sizes:
+        raise CodeclensError(f"{spec.kind}: size={size!r} is not one of {', '.join(sizes)}")
+    return size
+
+
+def want_random(spec: Spec) -> bool:
+    return bool(spec.get("random_init", False, bool))
+
+
+def calibration_batch(sample_rate: int, seed: int, seconds: float = CALIBRATION_SECONDS) -> torch.Tensor:
+    """``[1, N]`` calibration signal for codebook initialisation."""
+    return torch.from_numpy(calibration_audio(sample_rate, seconds, seed))[None]
+
+
+def init_residual_codebooks(
+    residual: torch.Tensor,
+    layers: list[tuple[Callable[[torch.Tensor], None], Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]],
+    k: int,
+    seed: int,
+) -> None:
+    """Initialise residual codebooks from sampled residual frames, layer by layer.
+
+    ``residual`` is ``[N, D]`` in the quantizer's input space. Each layer is
+    ``(set_codebook, to_code_space, quantize)``: ``to_code_space`` maps residual frames to
+    the space the codebook lives in (an input projection, or identity), ``set_codebook``
+    writes ``[K, d]`` rows, and ``quantize`` returns the layer's contribution ``[N, D]``
+    (the model's own encode + decode) that is subtracted before the next layer.
+
+    Rows get Gaussian noise of ``ROW_NOISE`` times the residual's per-dimension spread:
+    with a few hundred calibration frames for ~1000 codes, noiseless rows would copy the
+    frames exactly, leave a zero residual and make every later layer empty. With noise
+    the residual shrinks layer by layer, as in a trained RVQ, and later layers still
+    carry something.
+    """
+    for l, (set_codebook, to_code_space, quantize) in enumerate(layers):
+        x = to_code_space(residual).detach().float().cpu()
+        g = torch.Generator().manual_seed(seed * 1009 + l)
+        rows = sample_rows(x, k, seed * 1009 + l)
+        rows = rows + ROW_NOISE * x.std(0, keepdim=True) * torch.randn(rows.shape, generator=g)
+        set_codebook(rows.to(residual.device, residual.dtype))
+        residual = residual - quantize(residual)
+
+
+def encode_items(
+    encode_one: Callable[[torch.Tensor], torch.Tensor], waves: torch.Tensor, lengths: torch.Tensor, hop: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode each item alone. ``encode_one(x [1, N]) -> codes [L, T]``.
+
+    Valid frames per item: ``ceil(N / hop)`` (the last, partial frame is kept; the codec
+    pads it). Checked against what the model returns, so a mismatch is a bug, not a shift.
+    """
+    outs, n_frames = [], []
+    for w, n in zip(waves, lengths.tolist()):
+        n = int(n)
+        if n <= 0:
+            raise CodeclensError("cannot encode an empty utterance")
+        c = encode_one(w[:n][None])
+        want = math.ceil(n / hop)
+        if c.shape[-1] < want:
+            raise RuntimeError(f"codec returned {c.shape[-1]} frames for {n} samples, expected {want}")
+        outs.append(c[:, :want])
+        n_frames.append(want)
+    t = max(n_frames)
+    codes = torch.zeros(len(outs), outs[0].shape[0], t, dtype=torch.long, device=waves.device)
+    for i, c in enumerate(outs):
+        codes[i, :, : c.shape[-1]] = c.to(codes.device)
+    return codes, torch.tensor(n_frames, dtype=torch.long, device=waves.device)
+
+
+def pad_to_hop(x: torch.Tensor, hop: int) -> torch.Tensor:
+    """Zero-pad the last axis to a multiple of ``hop`` (what DAC's reference code does)."""
+    extra = (-x.shape[-1]) % hop
+    return torch.nn.functional.pad(x, (0, extra)) if extra else x
+
+
+def latent_items(
+    latent_one: Callable[[torch.Tensor], torch.Tensor], waves: torch.Tensor, lengths: torch.Tensor, hop: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Like :func:`encode_items` for a float latent: ``latent_one(x) -> [T, D]``."""
+    outs, n_frames = [], []
+    for w, n in zip(waves, lengths.tolist()):
+        z = latent_one(w[: int(n)][None])
+        want = math.ceil(int(n) / hop)
+        outs.append(z[:want])
+        n_frames.append(want)
+    t = max(n_frames)
+    out = torch.zeros(len(outs), t, outs[0].shape[-1], device=waves.device)
+    for i, z in enumerate(outs):
+        out[i, : z.shape[0]] = z.to(out.device, out.dtype)
+    return out, torch.tensor(n_frames, dtype=torch.long, device=waves.device)
+
+
+def save_pretrained_atomic(model, out: str | Path) -> Path:
+    """``model.save_pretrained`` into ``out`` atomically (config.json + model.safetensors)."""
+    from ..util.atomic import atomic_dir
+
+    out = Path(out)
+    with atomic_dir(out) as tmp, quiet_transformers():
+        model.save_pretrained(str(tmp), safe_serialization=True)
+    return out
+
+
+def load_hf_config(config_cls, checkpoint: str, what: str):
+    """Only the architecture (config.json) of a checkpoint, for ``random_init`` controls."""
+    p = Path(checkpoint).expanduser()
+    if p.is_file():
+        p = p.parent
+    with quiet_transformers():
+        try:
+            if p.is_dir():
+                check_model_type(p / "config.json", config_cls, what)
+                return config_cls.from_pretrained(str(p), local_files_only=True)
+            try:
+                return config_cls.from_pretrained(checkpoint, local_files_only=True)
+            except Exception:  # noqa: BLE001 - not cached
+                if offline() or not hub_reachable():
+                    raise CodeclensError(
+                        f"{what}: '{checkpoint}' is not in the local Hugging Face cache and the hub is not "
+                        "reachable; pass checkpoint=DIR or random_init=1 without checkpoint="
+                    ) from None
+            return config_cls.from_pretrained(checkpoint)
+        except CodeclensError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise CodeclensError(f"{what}: cannot read the config of '{checkpoint}': {_first_line(e)}") from None
+
+
+class TorchCodec:
+    """Mixin for adapters around a torch model: cached tables, item-by-item encode,
+    decode through the model's decoder, and ``save``.
+
+    Subclasses set ``model``, ``device``, ``hop`` (samples per frame) and implement
+    ``_encode_one(x [1, N]) -> [L, T]``, ``_latent_one(x) -> [T, D]``,
+    ``_compute_tables()``, ``quantized`` and ``_decode_quantized(q [B, T, D]) -> [B, N]``.
+    """
+
+    model: torch.nn.Module
+    device: torch.device
+    hop: int
+    _table_cache: list[torch.Tensor] | None = None
+
+    def tables(self) -> list[torch.Tensor]:
+        if self._table_cache is None:
+            with torch.no_grad():
+                self._table_cache = [t.detach().float().contiguous() for t in self._compute_tables()]
+        return self._table_cache
+
+    @torch.no_grad()
+    def encode(self, waves: torch.Tensor, lengths: torch.Tensor):
+        waves = waves.to(self.device, torch.float32)
+        return encode_items(self._encode_one, waves, lengths, self.hop)
+
+    @torch.no_grad()
+    def latent(self, waves: torch.Tensor, lengths: torch.Tensor):
+        waves = waves.to(self.device, torch.float32)
+        return latent_items(self._latent_one, waves, lengths, self.hop)
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor, layers=None) -> torch.Tensor:
+        return self._decode_quantized(self.quantized(codes.to(self.device), layers))
+
+    def save(self, out: str | Path) -> Path:
+        return save_pretrained_atomic(self.model, out)

@@ -1,0 +1,156 @@
+"""``encodec:24khz@6kbps`` / ``encodec:48khz@12kbps``: Meta's EnCodec via transformers.
+
+The bandwidth decides how many RVQ layers are used: ``floor(kbps * 1000 /
+(frame_rate * log2(codebook_size)))``, i.e. 2/4/8/16/32 layers for 1.5/3/6/12/24
+kbps at 24 kHz (75 Hz) and 2/4/8/16 for 3/6/12/24 kbps at 48 kHz (150 Hz).
+Tables are the codebooks themselves (no projections), in the decoder's input space.
+
+The 48 kHz model is stereo and normalises its input; mono input is duplicated to
+both channels, each utterance is encoded as one chunk (transformers cuts it into
+1 s chunks with their own scales, which would make the frame sequence overlap)
+and ``decode`` returns the channel mean at unit scale.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from ..errors import CodeclensError
+from ..spec import Spec
+from . import CODECS
+from ._hf import (
+    TorchCodec, calibration_batch, hf_class, check_size, init_residual_codebooks, load_hf_config, load_hf_model, seeded,
+    want_random,
+)
+from .base import CodecAdapter, layer_mask
+
+HUB = {24000: "facebook/encodec_24khz", 48000: "facebook/encodec_48khz"}
+BANDWIDTHS = {24000: (1.5, 3.0, 6.0, 12.0, 24.0), 48000: (3.0, 6.0, 12.0, 24.0)}
+DEFAULT_TARGET = "24khz@6kbps"
+
+
+def parse_target(target: str) -> tuple[int, float]:
+    m = re.fullmatch(r"(24|48)khz(?:@([0-9.]+)kbps)?", (target or DEFAULT_TARGET).lower())
+    if not m:
+        raise CodeclensError(f"encodec: bad target '{target}'; expected 24khz@{{1.5,3,6,12,24}}kbps or 48khz@{{3,6,12,24}}kbps")
+    sr = int(m.group(1)) * 1000
+    bw = float(m.group(2)) if m.group(2) else 6.0
+    if bw not in BANDWIDTHS[sr]:
+        raise CodeclensError(f"encodec:{m.group(1)}khz: bandwidth {bw:g} kbps not one of {', '.join(f'{b:g}' for b in BANDWIDTHS[sr])}")
+    return sr, bw
+
+
+def builtin_config(sample_rate: int, size: str):
+    """The architecture of the released checkpoints (size=full) or a few-channel copy (size=tiny)."""
+    EncodecConfig = hf_class("EncodecConfig")
+
+    kw = {}
+    if sample_rate == 48000:
+        # facebook/encodec_48khz: stereo, normalised, non-causal with time group norm.
+        kw = dict(sampling_rate=48000, audio_channels=2, normalize=True, chunk_length_s=1.0, overlap=0.01,
+                  target_bandwidths=[3.0, 6.0, 12.0, 24.0], norm_type="time_group_norm", use_causal_conv=False)
+    if size == "tiny":
+        # Same strides, frame rate, codebook size and layer count; far fewer channels.
+        kw.update(num_filters=4, hidden_size=16, num_lstm_layers=1)
+    return EncodecConfig(**kw)
+
+
+@CODECS.register("encodec")
+class EnCodec(TorchCodec, CodecAdapter):
+    options = ("size",)
+
+    def __init__(self, model, bandwidth: float, device: torch.device):
+        self.model = model.to(device).eval()
+        self.device = device
+        cfg = model.config
+        self.bandwidth = bandwidth
+        self.sample_rate = int(cfg.sampling_rate)
+        self.hop = int(cfg.hop_length)
+        self.frame_rate = self.sample_rate / self.hop
+        self.n_layers = int(model.quantizer.get_num_quantizers_for_bandwidth(bandwidth))
+        self.codebook_sizes = [int(cfg.codebook_size)] * self.n_layers
+
+    @classmethod
+    def from_spec(cls, spec: Spec, device: torch.device) -> "EnCodec":
+        EncodecConfig, EncodecModel = hf_class("EncodecConfig"), hf_class("EncodecModel")
+
+        sr, bw = parse_target(spec.target)
+        size = check_size(spec)
+        ckpt = spec.get("checkpoint")
+        what = f"encodec:{spec.target or DEFAULT_TARGET}"
+        if want_random(spec):
+            seed = spec.get("seed", 0, int)
+            config = load_hf_config(EncodecConfig, ckpt, what) if ckpt else builtin_config(sr, size)
+            with seeded(seed):
+                model = EncodecModel(config)
+            adapter = cls(model, _check(config, sr, bw, what), device)
+            adapter.init_codebooks(seed)
+            return adapter
+        model = load_hf_model(EncodecModel, EncodecConfig, ckpt or HUB[sr], what)
+        return cls(model, _check(model.config, sr, bw, what), device)
+
+    # -- the model's own code paths -------------------------------------------
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [B, N]`` -> encoder output ``[B, D, T]`` (normalised first, as the model does)."""
+        x = x[:, None].expand(-1, self.model.config.audio_channels, -1)
+        if self.model.config.normalize:
+            scale = x.mean(1, keepdim=True).pow(2).mean(-1, keepdim=True).sqrt() + 1e-8
+            x = x / scale
+        return self.model.encoder(x)
+
+    def _encode_one(self, x):
+        return self.model.quantizer.encode(self._embed(x), self.bandwidth)[:, 0]
+
+    def _latent_one(self, x):
+        return self._embed(x)[0].T
+
+    def _compute_tables(self):
+        return [layer.codebook.embed for layer in self.model.quantizer.layers[: self.n_layers]]
+
+    @torch.no_grad()
+    def quantized(self, codes, layers=None):
+        codes = codes.to(self.device)
+        if layers is None:
+            return self.model.quantizer.decode(codes.transpose(0, 1)).transpose(1, 2)
+        out = torch.zeros(codes.shape[0], self.dim, codes.shape[2], device=self.device)
+        for l in layer_mask(self.n_layers, layers):
+            out = out + self.model.quantizer.layers[l].decode(codes[:, l])
+        return out.transpose(1, 2)
+
+    def _decode_quantized(self, q):
+        return self.model.decoder(q.transpose(1, 2)).mean(1)
+
+    def reference_decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """transformers' own ``EncodecModel.decode`` of ``codes [B, L, T]`` (channel mean)."""
+        with torch.no_grad():
+            return self.model.decode(codes.to(self.device)[None], [None])[0].mean(1)
+
+    @torch.no_grad()
+    def init_codebooks(self, seed: int) -> None:
+        """random_init: every layer's codebook is a sample of residual encoder frames of the
+        calibration signal (so codes are spread over the codebook, not all 0)."""
+        x = calibration_batch(self.sample_rate, seed).to(self.device)
+        resid = self._embed(x)[0].T
+        k = self.model.config.codebook_size
+
+        def layer_fns(layer):
+            def set_cb(rows):
+                layer.codebook.embed.copy_(rows)
+                layer.codebook.embed_avg.copy_(rows)
+                layer.codebook.inited.fill_(1.0)
+
+            return set_cb, (lambda r: r), (lambda r: layer.decode(layer.encode(r.T[None]))[0].T)
+
+        init_residual_codebooks(resid, [layer_fns(l) for l in self.model.quantizer.layers], k, seed)
+        self._table_cache = None
+
+
+def _check(config, sr: int, bw: float, what: str) -> float:
+    if int(config.sampling_rate) != sr:
+        raise CodeclensError(f"{what}: checkpoint is a {config.sampling_rate} Hz model, not {sr} Hz")
+    if bw not in [float(b) for b in config.target_bandwidths]:
+        raise CodeclensError(f"{what}: checkpoint does not support {bw:g} kbps (has {list(config.target_bandwidths)})")
+    return bw
