@@ -48,6 +48,11 @@ class Utterance:
         out: dict[str, Any] = {"id": self.id, "path": self.path, "speaker": self.speaker}
         if self.accent is not None:
             out["accent"] = self.accent
+        # Segments of long files keep their bounds, so the audio can be found again.
+        if self.start is not None:
+            out["start"] = self.start
+        if self.end is not None:
+            out["end"] = self.end
         out.update(dict(self.extra))
         return out
 

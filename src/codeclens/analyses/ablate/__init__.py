@@ -1,0 +1,17 @@
+"""``ablate``: causal interventions on RVQ layers (drop, truncate, only, swap, noise),
+measured on the decoded audio. See docs/ablate.md."""
+
+from .. import ANALYSES
+from .interventions import (
+    Edited, Intervention, align_time, apply, code_distributions, drop_layers, format_layers, keep_first,
+    keep_only, noise_layers, parse_interventions, parse_layers, swap_layers,
+)
+from .run import AblateAnalysis, AblateConfig, ablate, ablate_store, decode_codes, encode_audio
+
+ANALYSES.register("ablate")(AblateAnalysis)
+
+__all__ = [
+    "AblateAnalysis", "AblateConfig", "Edited", "Intervention", "ablate", "ablate_store", "align_time", "apply",
+    "code_distributions", "decode_codes", "drop_layers", "encode_audio", "format_layers", "keep_first",
+    "keep_only", "noise_layers", "parse_interventions", "parse_layers", "swap_layers",
+]

@@ -1,0 +1,158 @@
+"""Figures of the ablate analysis: effect heatmap, layer profiles, voice conversion by swap."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+KIND_LABEL = {"drop": "drop k", "truncate": "keep 1..k", "only": "only k", "noise": "noise k", "swap": "swap k"}
+BOUNDED = ("spk_sim", "voicing_agree", "stoi")
+"""Measures in [0, 1] with 1 for identical audio: coloured by the absolute change."""
+KIND_COLOR = {"drop": "tab:red", "truncate": "tab:blue", "only": "tab:green", "noise": "tab:purple", "swap": "tab:orange"}
+
+
+def _save(fig, path: Path) -> None:
+    from ...util.atomic import atomic_path
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for ext in (".png", ".svg"):
+        with atomic_path(path.with_suffix(ext), ext) as tmp:
+            fig.savefig(tmp, dpi=130, bbox_inches="tight", format=ext[1:])
+    plt.close(fig)
+
+
+def _single_layer(effects: pd.DataFrame) -> pd.DataFrame:
+    e = effects.dropna(subset=["layer"])
+    return e[e["kind"].isin(list(KIND_LABEL))]
+
+
+def effect_figures(effects: pd.DataFrame, out: Path, group: str, labels: dict, ideal: dict) -> list[tuple[str, str]]:
+    """Heatmap + layer profiles; returns (file name, caption) pairs."""
+    if effects.empty:
+        return []
+    made = []
+    e = _single_layer(effects)
+    none = effects[effects["kind"] == "none"].set_index("measure")["mean"].to_dict()
+    floor = effects[(effects["intervention"] == "other speaker") & (effects["measure"] == "spk_sim")]["mean"]
+    measures = [m for m in labels if m in set(e["measure"]) and m != "spk_sim_donor"]
+    if len(e) and measures:
+        made.append(_heatmap(e, measures, none, out / "heatmap.png", group, labels, ideal))
+        made.append(_profiles(e, measures, none, float(floor.iloc[0]) if len(floor) else None, out / "layer_profiles.png", group, labels, ideal))
+    return [m for m in made if m]
+
+
+def _damage(values: np.ndarray, m: str, none: dict, ideal: dict) -> np.ndarray:
+    """Distance from the value identical audio would get (phone accuracy: from the unedited decode)."""
+    ref = none.get(m, np.nan) if m == "phone_acc" else ideal.get(m, np.nan)
+    if m == "loudness_db":
+        return np.abs(values)
+    return np.abs(values - ref)
+
+
+def _heatmap(e: pd.DataFrame, measures: list[str], none: dict, path: Path, group: str, labels: dict, ideal: dict):
+    rows = []
+    for kind in KIND_LABEL:
+        k = e[e["kind"] == kind]
+        for layer in sorted(k["layer"].dropna().unique()):
+            rows.append((kind, int(layer)))
+    if not rows:
+        return None
+    vals = np.full((len(rows), len(measures)), np.nan)
+    for i, (kind, layer) in enumerate(rows):
+        sub = e[(e["kind"] == kind) & (e["layer"] == layer)].set_index("measure")["mean"]
+        for j, m in enumerate(measures):
+            if m in sub.index:
+                vals[i, j] = sub[m]
+    dmg = np.column_stack([_damage(vals[:, j], m, none, ideal) for j, m in enumerate(measures)])
+    # Bounded measures on their own scale (a 0.01 change stays pale); unbounded ones
+    # (cents, dB) relative to the largest change in the column.
+    scale = np.nanmax(np.where(np.isfinite(dmg), dmg, np.nan), axis=0) if np.isfinite(dmg).any() else np.ones(len(measures))
+    for j, m in enumerate(measures):
+        if m in BOUNDED:
+            scale[j] = 1.0
+        elif m == "phone_acc":
+            scale[j] = none.get(m, np.nan)
+    scale[~np.isfinite(scale) | (scale == 0)] = 1.0
+    norm = dmg / scale
+    fig, ax = plt.subplots(figsize=(1.5 + 1.35 * len(measures), 0.9 + 0.32 * len(rows)))
+    im = ax.imshow(np.clip(norm, 0, 1), aspect="auto", cmap="Reds", vmin=0, vmax=1)
+    for i in range(len(rows)):
+        for j in range(len(measures)):
+            if np.isfinite(vals[i, j]):
+                ax.text(j, i, f"{vals[i, j]:.2g}", ha="center", va="center", fontsize=7,
+                        color="white" if norm[i, j] > 0.6 else "black")
+    ax.set_xticks(range(len(measures)), [labels.get(m, m) for m in measures], rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)), [f"{KIND_LABEL[k].replace('k', str(l))}" if k != "truncate" else f"keep 1..{l}" for k, l in rows], fontsize=7)
+    ax.set_xlabel("measurement (against the unedited decode)")
+    ax.set_ylabel("intervention (layer, 1-based)")
+    ax.set_title(f"{group}: effect of each layer intervention\n(colour: change from identical audio; cos, voicing, STOI absolute;\nphone accuracy relative to unedited; cents, dB relative to column max. Text: mean)", fontsize=9)
+    fig.colorbar(im, ax=ax, label="relative change (0 = none)")
+    _save(fig, path)
+    return path.name, (f"{group}: layer x measurement effects (numbers: means over utterances). Colour: the change from "
+                       "identical audio; absolute for similarity, voicing and STOI, relative to the unedited decode for phone "
+                       "accuracy, relative to the largest change in the column for cents and dB")
+
+
+def _profiles(e: pd.DataFrame, measures: list[str], none: dict, floor: float | None, path: Path, group: str, labels: dict, ideal: dict):
+    n = len(measures)
+    cols = min(3, n)
+    nrows = -(-n // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.0 * nrows), squeeze=False)
+    for ax, m in zip(axes.flat, measures):
+        sub = e[e["measure"] == m]
+        for kind in KIND_LABEL:
+            k = sub[sub["kind"] == kind].sort_values("layer")
+            if k.empty:
+                continue
+            x = k["layer"].astype(int).to_numpy()
+            ax.plot(x, k["mean"], marker="o", ms=3, color=KIND_COLOR[kind], label=KIND_LABEL[kind])
+            ax.fill_between(x, k["ci_lo"], k["ci_hi"], color=KIND_COLOR[kind], alpha=0.15)
+        ref = none.get(m) if m == "phone_acc" else ideal.get(m)
+        if ref is not None and np.isfinite(ref):
+            ax.axhline(ref, color="black", lw=0.8, ls="--", label="unedited" if m == "phone_acc" else "identical audio")
+        if m == "spk_sim" and floor is not None and np.isfinite(floor):
+            ax.axhline(floor, color="gray", lw=0.8, ls=":", label="other speaker")
+        ax.set_xlabel("layer k (1-based)")
+        ax.set_ylabel(labels.get(m, m))
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    handles, lab = [], []
+    for ax in axes.flat:
+        for h, l in zip(*ax.get_legend_handles_labels()):
+            if l not in lab:
+                handles.append(h)
+                lab.append(l)
+    fig.legend(handles, lab, loc="upper center", ncol=min(len(lab), 7), fontsize=8, bbox_to_anchor=(0.5, 1.02))
+    fig.suptitle(f"{group}: measurements by layer (mean, 95% CI band over utterances)", y=1.07, fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+    return path.name, f"{group}: every measurement against layer k for each intervention kind, with 95% bootstrap CIs and reference lines"
+
+
+def vc_figure(vc: pd.DataFrame, out: Path, group: str) -> list[tuple[str, str]]:
+    if vc.empty or vc["cos_target"].isna().all():
+        return []
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.55 * len(vc) + 2), 3.4))
+    x = np.arange(len(vc))
+    ax.errorbar(x - 0.1, vc["cos_target"], yerr=[vc["cos_target"] - vc["cos_target_lo"], vc["cos_target_hi"] - vc["cos_target"]],
+                fmt="o", color="tab:orange", label="COS to target (donor)")
+    ax.errorbar(x + 0.1, vc["cos_source"], yerr=[vc["cos_source"] - vc["cos_source_lo"], vc["cos_source_hi"] - vc["cos_source"]],
+                fmt="s", color="tab:blue", label="COS to source")
+    fl = vc["cos_source_vs_target_unedited"].iloc[0]
+    if np.isfinite(fl):
+        ax.axhline(fl, color="gray", ls=":", lw=1, label="source vs target, unedited")
+    ax.set_xticks(x, vc["swapped_layers"], rotation=45, fontsize=8)
+    ax.set_xlabel("layers swapped in from the donor (1-based)")
+    ax.set_ylabel("speaker similarity (Resemblyzer cos)")
+    ax.set_title(f"{group}: voice conversion by layer swap", fontsize=10)
+    ax.legend(fontsize=7, loc="best")
+    path = out / "voice_conversion.png"
+    _save(fig, path)
+    return [(path.name, f"{group}: speaker similarity of swapped decodes to the donor (target) and to the source, 95% CIs")]

@@ -1,0 +1,151 @@
+"""ablate end to end: a real melrvq store, the real CLI, decoded audio checked against the codec."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import torch
+
+from codeclens.cli import main
+from codeclens.codecs import load_codec
+from codeclens.store import Store
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Small models on a shared 2-core machine run far faster without intra-op threads.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, audio_folder, melrvq_dir):
+    out = tmp_path_factory.mktemp("ablate") / "store"
+    rc = main(["extract", "--corpus", str(audio_folder), "--codec", f"melrvq?checkpoint={melrvq_dir}",
+               "--out", str(out), "--labels", "none", "--quiet"])
+    assert rc == 0
+    return out
+
+
+# Few edits: melrvq's Griffin-Lim decode is the slow part (seconds per decode on a busy CPU).
+ARGS = ["--interventions", "drop,swap:4", "--layers", "1,4", "--examples", "1",
+        "--measures", "speaker,pitch,stoi,mcd,loudness,phone", "--max-seconds", "1.0", "--n-boot", "100", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def run(store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ablate-out")
+    assert main(["ablate", "--store", str(store), "--out", str(out), "--n-utts", "2", *ARGS]) == 0
+    return out
+
+
+def test_outputs_and_contract(run):
+    res = json.loads((run / "result.json").read_text())
+    assert res["analysis"] == "ablate"
+    kinds = {a["kind"] for a in res["artifacts"]}
+    assert kinds == {"table", "figure", "audio"}
+    for a in res["artifacts"]:
+        assert (run / a["path"]).is_file(), a["path"]
+    eff = pd.read_csv(run / "store" / "effects.csv")
+    names = set(eff["intervention"])
+    assert names == {"none", "codec (original vs decode)", "other speaker", "drop 1", "drop 4", "swap 4"}
+    assert {"spk_sim", "f0_rmse_cents", "voicing_agree", "stoi", "mcd_db", "loudness_db", "spk_sim_donor"} <= set(eff["measure"])
+    assert (eff["ci_lo"] <= eff["mean"] + 1e-12).all() and (eff["mean"] <= eff["ci_hi"] + 1e-12).all()
+    none = eff[eff["intervention"] == "none"].set_index("measure")["mean"]
+    assert none["spk_sim"] == pytest.approx(1.0, abs=1e-5) and none["stoi"] == pytest.approx(1.0)
+    assert none["mcd_db"] == 0.0 and none["f0_rmse_cents"] == 0.0
+    # Dropping the first (coarsest) layer of a residual quantizer does far more harm than dropping the last.
+    drop = eff[eff["kind"] == "drop"].set_index(["layer", "measure"])["mean"]
+    assert drop[(1, "mcd_db")] > drop[(4, "mcd_db")] and drop[(1, "stoi")] < drop[(4, "stoi")]
+    assert (run / "store" / "layer_roles.csv").is_file() and (run / "store" / "voice_conversion.csv").is_file()
+    assert "no phone labels" in res["summary"]
+
+
+def test_unedited_decode_is_the_codecs_own_decode_exactly(run, store):
+    s = Store(store)
+    codec = load_codec(s.codec["spec"], "cpu")
+    (utt_dir,) = [p for p in (run / "store" / "audio").iterdir()]
+    row = s.utterances[s.utterances["id"].str.replace("/", "_") == utt_dir.name].iloc[0]
+    audio, sr = sf.read(row["path"], dtype="float32")
+    codes, n = codec.encode(torch.from_numpy(audio)[None], torch.tensor([len(audio)]))
+    own = codec.decode(codes[:, :, :50])[0].numpy()  # --max-seconds 1.0 at 50 Hz
+    saved, sr2 = sf.read(utt_dir / "decode.wav", dtype="float32")
+    assert sr2 == codec.sample_rate
+    assert np.array_equal(saved, own)
+    # And an edit is not: dropping layer 4 changes the audio.
+    assert not np.array_equal(sf.read(utt_dir / "drop_4.wav", dtype="float32")[0], own)
+
+
+def test_swaps_use_another_speaker(run):
+    per = pd.read_csv(run / "store" / "per_utterance.csv")
+    sw = per[per["kind"] == "swap"]
+    assert len(sw) == 2 and sw["donor_other_speaker"].all()
+    assert (sw["speaker"] != sw["donor_id"].str.split("/").str[0]).all()
+
+
+def test_rerun_resumes_without_recomputing(run, store):
+    cache = sorted((run / "store" / "cache").glob("*.json"))
+    assert len(cache) == 2
+    stamp = {p: p.stat().st_mtime_ns for p in cache}
+    before = pd.read_csv(run / "store" / "per_utterance.csv")
+    assert main(["ablate", "--store", str(store), "--out", str(run), "--n-utts", "2", *ARGS]) == 0
+    assert {p: p.stat().st_mtime_ns for p in cache} == stamp
+    pd.testing.assert_frame_equal(pd.read_csv(run / "store" / "per_utterance.csv"), before)
+
+
+def test_swapping_every_layer_gives_the_donor(store, tmp_path):
+    """Known answer: with all layers swapped (equal lengths after cropping) the edit *is* the donor's
+    codes, so its decode is the donor's decode and the similarity to the target is exactly 1."""
+    from codeclens.analyses.ablate import ablate
+
+    out = tmp_path / "vc"
+    ablate(store, out=out, interventions=("swap:1-4",), measures=("speaker",), n_utts=1, examples=1,
+           max_seconds=1.0, n_boot=50, progress=False)
+    vc = pd.read_csv(out / "store" / "voice_conversion.csv")
+    assert vc["cos_target"].iloc[0] == pytest.approx(1.0, abs=1e-5)
+    assert vc["cos_source"].iloc[0] == pytest.approx(vc["cos_source_vs_target_unedited"].iloc[0], abs=1e-5)
+    (d,) = list((out / "store" / "audio").iterdir())
+    assert np.array_equal(sf.read(d / "swap_1-4.wav")[0], sf.read(d / "donor.wav")[0])
+    pub = pd.read_csv(out / "published_vc.csv")
+    assert "source" in pub.columns and (pub["source"] == "ours").sum() == 1
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--layers", "9"], "has 4 layers"),
+    (["--interventions", "zero"], "unknown intervention"),
+    (["--measures", "vibes"], "unknown measure"),
+    (["--asr", "/no/such/asr"], "not found"),
+])
+def test_bad_input_is_one_line(store, tmp_path, capsys, extra, needle):
+    rc = main(["ablate", "--store", str(store), "--out", str(tmp_path / "o"), "--quiet", "--n-utts", "1", *extra])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and needle in err and len(err.splitlines()) == 1
+
+
+def test_missing_store_is_one_line(tmp_path, capsys):
+    assert main(["ablate", "--store", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert "not a feature store" in capsys.readouterr().err
+
+
+def test_phone_accuracy_on_reencoded_audio(melrvq_dir, tmp_path):
+    """Content: a phone probe on re-encoded decodes beats the majority-phone rate on the unedited
+    decode and falls when only the last (finest) residual layer is kept."""
+    from codeclens.analyses.ablate import ablate
+
+    st = tmp_path / "syn-store"
+    rc = main(["extract", "--corpus", f"synthetic:{tmp_path / 'syn'}?n=8&accents=en-us&speakers_per_accent=4&seed=0&progress=0",
+               "--codec", f"melrvq?checkpoint={melrvq_dir}", "--out", str(st), "--labels", "phone", "--quiet"])
+    assert rc == 0
+    s = Store(st)
+    majority = s.frames["phone"].value_counts(normalize=True).iloc[0]
+    res = ablate(s, out=tmp_path / "o", interventions=("only:4",), measures=("phone",), n_utts=2, examples=0,
+                 max_seconds=1.5, n_boot=50, progress=False)
+    assert "phone accuracy from" in res.summary
+    per = pd.read_csv(tmp_path / "o" / "syn-store" / "per_utterance.csv")
+    acc = per.pivot_table(index="utt", columns="intervention", values="phone_acc")
+    assert (acc["none"] > majority + 0.1).all(), (acc, majority)
+    assert (acc["only 4"] < acc["none"]).all(), acc

@@ -1,0 +1,105 @@
+"""ablate: the audio measures, on signals with known answers and on two real (eSpeak NG) voices."""
+
+import numpy as np
+import pytest
+import torch
+
+from codeclens.analyses.ablate import measures as ms
+from codeclens.codecs.calibration import calibration_audio
+from codeclens.errors import CodeclensError
+
+SR = 16000
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Small models on a shared 2-core machine run far faster without intra-op threads.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def harmonic(f0: float, seconds: float = 1.0, sr: int = SR) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    return (0.3 * sum(np.sin(2 * np.pi * h * f0 * t) / h for h in range(1, 8))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def voices(tmp_path_factory):
+    """Two eSpeak NG speakers (a male and a female voice variant, different pitch and rate),
+    two different sentences each, from the project's synthetic corpus."""
+    from codeclens.corpora import load_corpus
+
+    out = tmp_path_factory.mktemp("syn")
+    c = load_corpus(f"synthetic:{out}?n=4&accents=en-us&speakers_per_accent=2&seed=0&progress=0")
+    by = {}
+    for u in c:
+        by.setdefault(u.speaker, []).append(u.load(SR)[0])
+    assert len(by) == 2 and all(len(v) == 2 for v in by.values())
+    return list(by.values())
+
+
+def test_identical_audio_scores_as_identical():
+    a = calibration_audio(SR, 1.5, seed=3)
+    enc = ms.speaker_encoder("cpu")
+    assert ms.speaker_similarity(enc, a, a, SR) == pytest.approx(1.0, abs=1e-5)
+    assert ms.stoi(a, a, SR) == pytest.approx(1.0, abs=1e-6)
+    assert ms.mel_cepstral_distance(a, a, SR) == 0.0
+    assert ms.loudness_change_db(a, a) == 0.0
+    tr = ms.f0_track(a, SR)
+    assert tr.voiced.any()
+    assert ms.f0_rmse_cents(tr, tr) == 0.0 and ms.voicing_agreement(tr, tr) == 1.0
+
+
+def test_known_changes():
+    a = harmonic(150.0)
+    up = harmonic(150.0 * 2 ** (100 / 1200))  # one semitone higher
+    assert ms.f0_rmse_cents(ms.f0_track(a, SR), ms.f0_track(up, SR)) == pytest.approx(100.0, abs=15.0)
+    c = calibration_audio(SR, 1.5, seed=4)
+    # A gain only moves c0, which MCD leaves out; loudness sees exactly 20*log10(0.5).
+    assert ms.mel_cepstral_distance(c, 0.5 * c, SR) == pytest.approx(0.0, abs=1e-3)
+    assert ms.loudness_change_db(c, 0.5 * c) == pytest.approx(-6.0206, abs=1e-3)
+    noisy = c + 0.3 * np.random.default_rng(0).standard_normal(len(c)).astype(np.float32)
+    assert ms.stoi(c, noisy, SR) < 0.9
+    assert ms.mel_cepstral_distance(c, noisy, SR) > 1.0
+    # Silence is unvoiced: no frame is voiced in both, so no F0 error, and voicing disagrees where c is voiced.
+    silent = ms.f0_track(np.zeros_like(c), SR)
+    assert np.isnan(ms.f0_rmse_cents(ms.f0_track(c, SR), silent))
+
+
+def test_a_different_voice_is_less_similar_than_the_same_voice(voices):
+    """Two eSpeak NG speakers that differ in gender variant, pitch and rate: what this shows is that
+    the Resemblyzer similarity separates clearly different voices across different sentences, not
+    that it resolves close natural voices."""
+    (a1, a2), (b1, b2) = voices
+    enc = ms.speaker_encoder("cpu")
+    e = {k: enc.embed(x, SR) for k, x in {"a1": a1, "a2": a2, "b1": b1, "b2": b2}.items()}
+    same = [ms.cosine(e["a1"], e["a2"]), ms.cosine(e["b1"], e["b2"])]
+    diff = [ms.cosine(e["a1"], e["b1"]), ms.cosine(e["a1"], e["b2"]), ms.cosine(e["a2"], e["b1"]), ms.cosine(e["a2"], e["b2"])]
+    assert min(same) > max(diff), (same, diff)
+
+
+def test_bootstrap_ci():
+    c = ms.bootstrap_ci([0.7] * 10)
+    assert (c.mean, c.lo, c.hi, c.n) == (0.7, 0.7, 0.7, 10)
+    assert ms.bootstrap_ci([np.nan, 2.0]).n == 1
+    assert np.isnan(ms.bootstrap_ci([]).mean)
+    x = np.random.default_rng(0).normal(5.0, 2.0, 400)
+    c = ms.bootstrap_ci(x, n_boot=2000)
+    half = 1.96 * x.std(ddof=1) / np.sqrt(len(x))  # normal-theory 95% half width
+    assert c.lo < 5.0 < c.hi
+    assert (c.hi - c.lo) / 2 == pytest.approx(half, rel=0.15)
+
+
+def test_word_error_rate():
+    assert ms.word_error_rate("the cat sat", "the cat sat") == 0.0
+    assert ms.word_error_rate("the cat sat", "a cat sat down") == pytest.approx(2 / 3)
+    assert ms.word_error_rate("The Cat", "the cat") == 0.0
+
+
+def test_missing_asr_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(CodeclensError, match="not found"):
+        ms.AsrScorer(str(tmp_path / "no-such-model"))
+    with pytest.raises(CodeclensError, match="cannot load ASR checkpoint"):
+        ms.AsrScorer(str(tmp_path))
