@@ -1,0 +1,240 @@
+"""Train many TopK SAEs concurrently: one pass over the data feeds every batch to all of them.
+
+Each configuration owns its seeded initialisation and its own Adam, and the batch
+order comes from one generator that does not depend on which configurations are
+in the sweep, so a sweep gives bit-for-bit the same SAEs as training each
+configuration alone with the same seed (tested). What is shared is the data
+path: shuffling, gathering rows and, for store-backed frame data, materialising
+vectors from codes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .config import PAPER_Q, PAPER_S
+from .model import SAEShape, TopKSAE, auxk_loss, geometric_median, k_of, latent_size, mse
+
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings shared by all SAEs of a sweep (paper defaults)."""
+
+    lr: float = 1e-5
+    """Adam learning rate."""
+    eps: float = 6.25e-10
+    """Adam epsilon."""
+    batch_size: int = 1024
+    """Rows per batch."""
+    aux_k: int = 0
+    """AuxK: dead latents used to predict the residual (0 = off)."""
+    aux_coef: float = 1.0 / 32
+    """Weight of the AuxK loss."""
+    dead_samples: int = 0
+    """A latent is dead after this many samples without firing (0 = one epoch)."""
+    eval_every: int = 0
+    """Evaluate monitor loss every this many epochs (0 = about 20 times per run)."""
+    normalize: bool = False
+    """Divide inputs by one scalar, their RMS distance to the geometric median (not in the paper; makes
+    the learning rate mean the same for codecs whose representations differ in scale)."""
+
+    def __post_init__(self):
+        if self.lr <= 0 or self.eps <= 0:
+            raise ValueError("lr and eps must be positive")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        if self.aux_k < 0 or self.dead_samples < 0 or self.eval_every < 0:
+            raise ValueError("aux_k, dead_samples and eval_every must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class SAEConfig:
+    """One point of the sweep."""
+
+    q: float
+    """Latent ratio d_z / d."""
+    s: float
+    """Relative sparsity: k = ceil(s · d)."""
+    epochs: int
+    """Passes over the training data."""
+
+    @property
+    def tag(self) -> str:
+        return f"q{self.q:g}_s{self.s:g}"
+
+    def shape(self, d: int) -> SAEShape:
+        return SAEShape(d, latent_size(self.q, d), k_of(self.s, d))
+
+    def seed(self, base: int) -> int:
+        """Per-configuration init seed: the same whether trained alone or in a sweep."""
+        h = hashlib.sha256(f"{base}|{self.q:g}|{self.s:g}".encode()).digest()
+        return int.from_bytes(h[:4], "little")
+
+
+def paper_grid(
+    qs: Sequence[float] = PAPER_Q,
+    ss: Sequence[float] = PAPER_S,
+    epochs: int = 200,
+    long_epochs: int = 500,
+    long_q: Sequence[float] = (2.0, 5.0),
+    long_s: Sequence[float] = (0.10, 0.05),
+) -> list[SAEConfig]:
+    """The q × s grid; configurations with q in long_q and s in long_s train long_epochs
+    (Wang et al.: 500 for q ∈ {2, 5}, s ∈ {0.10, 0.05}, which converge slower)."""
+    out = []
+    for q in qs:
+        for s in ss:
+            long = any(np.isclose(q, a) for a in long_q) and any(np.isclose(s, b) for b in long_s)
+            out.append(SAEConfig(float(q), float(s), int(long_epochs if long else epochs)))
+    return out
+
+
+class Source(Protocol):
+    """Rows of training data, gathered by index."""
+
+    n: int
+    dim: int
+
+    def get(self, idx: np.ndarray) -> np.ndarray: ...
+
+
+class ArraySource:
+    """Rows held in memory (utterance-level representations)."""
+
+    def __init__(self, x: np.ndarray):
+        self.x = np.ascontiguousarray(x, dtype=np.float32)
+        self.n, self.dim = self.x.shape
+
+    def get(self, idx: np.ndarray) -> np.ndarray:
+        return self.x[idx]
+
+
+class StoreSource:
+    """Frame rows materialised from a store's codes batch by batch (memory ∝ batch)."""
+
+    def __init__(self, store, rep, rows: np.ndarray):
+        self.store, self.rep, self.rows = store, rep, np.asarray(rows)
+        self.n = len(self.rows)
+        self.dim = int(store.materialize(rep, self.rows[:1]).shape[1])
+
+    def get(self, idx: np.ndarray) -> np.ndarray:
+        # A batch is a set of rows: reading them in disk order keeps memmap access sequential.
+        return self.store.materialize(self.rep, np.sort(self.rows[idx]))
+
+
+def sample_rows(source: Source, n_max: int = 20000, seed: int = 0) -> np.ndarray:
+    idx = np.arange(source.n)
+    if source.n > n_max:
+        idx = np.sort(np.random.default_rng(seed).choice(source.n, n_max, replace=False))
+    return source.get(idx)
+
+
+class Member:
+    """One SAE in a sweep: model, optimiser and dead-latent bookkeeping."""
+
+    def __init__(self, cfg: SAEConfig, d: int, b_pre: np.ndarray, seed: int, train: TrainConfig,
+                 n_train: int, device: torch.device, scale: float = 1.0):
+        self.cfg = cfg
+        self.sae = TopKSAE(cfg.shape(d), seed=cfg.seed(seed), b_pre=np.asarray(b_pre) / scale, scale=scale).to(device)
+        self.opt = torch.optim.Adam(self.sae.parameters(), lr=train.lr, eps=train.eps)
+        self.train = train
+        self.dead_after = train.dead_samples or n_train
+        self.since_fired = torch.zeros(self.sae.shape.d_z, dtype=torch.long, device=device)
+        self.history: list[dict] = []
+        self.steps = 0
+
+    def step(self, x: torch.Tensor) -> float:
+        sae = self.sae
+        pre = sae.pre_activations(x)
+        z = sae._topk(pre, sae.k)
+        u_hat = sae.decode(z)
+        c = float(sae.scale)
+        loss = mse(u_hat, x)
+        total = loss / (c * c)  # optimise in scaled units
+        fired = (z > 0).any(0)
+        if self.train.aux_k > 0:
+            dead = self.since_fired >= self.dead_after
+            resid = (x - u_hat).detach() / c
+            total = total + self.train.aux_coef * auxk_loss(sae, pre, resid, dead, self.train.aux_k)
+        self.since_fired += x.shape[0]
+        self.since_fired[fired] = 0
+        self.opt.zero_grad(set_to_none=True)
+        total.backward()
+        sae.project_decoder_grad()
+        self.opt.step()
+        sae.normalize_decoder()
+        self.steps += 1
+        return float(loss.detach())
+
+
+@torch.no_grad()
+def reconstruction_loss(sae: TopKSAE, x: np.ndarray, device: torch.device, chunk: int = 8192) -> float:
+    tot, n = 0.0, 0
+    for a in range(0, len(x), chunk):
+        xb = torch.as_tensor(x[a : a + chunk], device=device)
+        u_hat, _ = sae(xb)
+        tot += float((u_hat - xb).pow(2).sum())
+        n += len(xb)
+    return tot / max(n, 1)
+
+
+def train_sweep(
+    configs: Sequence[SAEConfig],
+    source: Source,
+    train: TrainConfig = TrainConfig(),
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    monitor: np.ndarray | None = None,
+    progress: bool = True,
+    on_epoch: Callable[[int], None] | None = None,
+) -> list[Member]:
+    """Train all ``configs`` on ``source`` in one pass per epoch; returns the members in order.
+
+    The batch order for epoch e depends only on (seed, e, n), and each configuration
+    simply stops after its own number of epochs.
+    """
+    device = torch.device(device)
+    if source.n < 1:
+        raise ValueError("no training rows for the SAE")
+    sample = sample_rows(source, seed=seed)
+    b_pre = geometric_median(sample)
+    scale = 1.0
+    if train.normalize:
+        rms = float(np.sqrt(((sample - b_pre) ** 2).sum(1).mean()))
+        scale = rms if rms > 0 else 1.0
+    members = [Member(c, source.dim, b_pre, seed, train, source.n, device, scale) for c in configs]
+    n_epochs = max((c.epochs for c in configs), default=0)
+    every = train.eval_every or max(1, n_epochs // 20)
+    bs = train.batch_size
+    n_batches = (source.n + bs - 1) // bs
+    bar = tqdm(total=n_epochs * n_batches, desc=f"SAE sweep ({len(members)} configs)", disable=not progress,
+               leave=False)
+    for epoch in range(n_epochs):
+        perm = np.random.default_rng([seed, epoch]).permutation(source.n)
+        active = [m for m in members if epoch < m.cfg.epochs]
+        losses = np.zeros(len(active))
+        for a in range(0, source.n, bs):
+            x = torch.as_tensor(source.get(perm[a : a + bs]), device=device)
+            for i, m in enumerate(active):
+                losses[i] += m.step(x) * len(x)
+            bar.update(1)
+        last = epoch + 1 == n_epochs
+        for i, m in enumerate(active):
+            if (epoch + 1) % every == 0 or epoch + 1 == m.cfg.epochs or last:
+                rec = {"epoch": epoch + 1, "train_mse": losses[i] / source.n}
+                if monitor is not None and len(monitor):
+                    rec["monitor_mse"] = reconstruction_loss(m.sae, monitor, device)
+                m.history.append(rec)
+        if on_epoch is not None:
+            on_epoch(epoch)
+    bar.close()
+    for m in members:
+        m.sae.eval()
+    return members

@@ -1,0 +1,82 @@
+"""sae-latents: planted phone (layer 1) and F0 (layer 2) structure is found in the right layer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from codeclens.analyses.sae.latents import probe_latents
+from codeclens.cli import main
+from codeclens.store.arrays import write_store
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def planted_store(path, seed=0, n_spk=10, utts=3, d=8, K=16):
+    """Layer 1: code c sits on axis phone(c) = c % 4 (phone is in layer 1 only).
+    Layer 2: code c is a_c · v with f0 = 100 + 50 a_c (F0 is in layer 2 only).
+    Speakers are random with respect to both."""
+    rng = np.random.default_rng(seed)
+    t1 = 0.05 * rng.standard_normal((K, d)).astype(np.float32)
+    t1[np.arange(K), np.arange(K) % 4] += 2.0
+    a = np.linspace(0.5, 2.0, K)
+    v = np.zeros(d, np.float32)
+    v[5] = 1.0
+    t2 = (a[:, None] * v[None]).astype(np.float32)
+    rows, codes = [], []
+    for s in range(n_spk):
+        for u in range(utts):
+            n = 30
+            codes.append(np.stack([rng.integers(0, K, n), rng.integers(0, K, n)], 1))
+            rows.append({"id": f"s{s}u{u}", "speaker": f"s{s}", "n_frames": n,
+                         "split_spk": "train" if s < 6 else "test", "split_utt": "train"})
+    c = np.concatenate(codes)
+    frames = pd.DataFrame({"phone": np.array(["aa", "iy", "s", "m"])[c[:, 0] % 4],
+                           "f0_hz": 100 + 50 * a[c[:, 1]] + rng.normal(0, 1, len(c)),
+                           "voiced": True})
+    return write_store(path, c, [t1, t2], pd.DataFrame(rows), frames)
+
+
+def test_probe_latents_known_answers():
+    z = np.zeros((100, 3))
+    lab = np.array(["x"] * 50 + ["y"] * 50)
+    z[:50, 0] = 1.0  # fires exactly on class x
+    z[::2, 1] = 1.0  # fires on every other row: half x, half y
+    f = np.linspace(0, 1, 100)
+    z[:, 2] = f + 0.01  # monotone in the continuous attribute
+    df = probe_latents(z, {"lab": lab, "f": f}, min_active=10)
+    cat = df[df.attribute == "lab"].set_index("latent")
+    assert cat.loc[0, "purity"] == 1.0 and cat.loc[0, "best"] == "x" and cat.loc[0, "recall"] == 1.0
+    assert cat.loc[1, "purity"] == 0.5 and cat.loc[0, "lift"] == 2.0
+    con = df[df.attribute == "f"].set_index("latent")
+    assert con.loc[2, "rho"] == pytest.approx(1.0)
+
+
+def test_sae_latents_cli_finds_planted_layers(tmp_path):
+    st = planted_store(tmp_path / "st")
+    out = tmp_path / "out"
+    assert main(["sae-latents", str(st), "--out", str(out), "--q", "2", "--s", "0.25", "--epochs", "30",
+                 "--lr", "3e-3", "--batch-size", "64", "--min-active", "10", "--quiet"]) == 0
+    summ = pd.read_csv(out / "monosemantic.csv").set_index(["repr", "attribute"])
+    assert set(summ.index.get_level_values(1)) == {"phone", "speaker", "f0_hz"}
+    assert summ.loc[("layer:1", "phone"), "fraction"] >= 0.5
+    assert summ.loc[("layer:1", "speaker"), "monosemantic"] == 0
+    assert summ.loc[("layer:2", "f0_hz"), "best_score"] > 0.9
+    assert summ.loc[("layer:1", "f0_hz"), "best_score"] < 0.5
+    assert summ.loc[("layer:2", "phone"), "monosemantic"] == 0
+    assert (out / "monosemantic.png").is_file() and (out / "result.json").is_file()
+    # a re-run reloads the saved SAEs instead of training them again
+    w = out / "stores" / "st" / "saes" / "layer1" / "sae.safetensors"
+    before = w.stat().st_mtime_ns
+    assert main(["sae-latents", str(st), "--out", str(out), "--q", "2", "--s", "0.25", "--epochs", "30",
+                 "--lr", "3e-3", "--batch-size", "64", "--min-active", "10", "--quiet"]) == 0
+    assert w.stat().st_mtime_ns == before
+    assert pd.read_csv(out / "monosemantic.csv").set_index(["repr", "attribute"]).equals(summ)
