@@ -76,9 +76,9 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, skip: set[str
             else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
         )
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        help_text = docs.get(f.name, "")
+        help_text = docs.get(f.name, "").replace("%", "%%")  # argparse formats help with %
         if not required:
-            help_text += f" (default: {default})"
+            help_text += f" (default: {str(default).replace('%', '%%')})"
         kw: dict[str, Any] = dict(dest=f.name, help=help_text, required=required)
         if not required:
             kw["default"] = argparse.SUPPRESS

@@ -1,0 +1,72 @@
+"""Configuration of a probing run (also the ``codeclens probe`` options)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+LEVELS = ("frame", "utterance")
+BACKENDS = ("torch", "sklearn")
+SPLITS = ("auto", "utt", "spk")
+CONTROLS = ("code", "type", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeConfig:
+    task: tuple[str, ...] = ("phone",)
+    """Label columns to probe (categorical -> logistic regression, continuous -> ridge); f0 = f0_hz on voiced frames."""
+    repr: str = "layer:*"
+    """Representations, e.g. layer:1-8,cumulative:1-8,latent (layer:* = every layer of a store)."""
+    level: str = "frame"
+    """frame: one row per codec frame; utterance: utterance means of the representations."""
+    backend: str = "torch"
+    """torch (exact count-table fits for layer:k, batched whitened fits otherwise) or sklearn (parity checks)."""
+    device: str = "auto"
+    """Torch device (auto: CUDA when present)."""
+    split: str = "auto"
+    """auto (speaker tasks: split_utt, closed-set; others: split_spk, speaker-disjoint), utt or spk."""
+    l2: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2)
+    """L2 strengths tried (mean loss + l2*|W|^2 on whitened features); the best on the val split is kept."""
+    l1: float = 0.0
+    """Optional L1 strength (proximal gradient; 0 = off)."""
+    balance: bool = False
+    """Weight classes inversely to their train frequency."""
+    max_iter: int = 300
+    """Most L-BFGS iterations per probe group."""
+    patience: int = 3
+    """Early stopping: rounds of 10 iterations without a better validation loss."""
+    control: str = "code"
+    """Control task (Hewitt & Liang): code (each code / code tuple gets a random label), type (each phone type does), none."""
+    lookup: bool = True
+    """Report the code-lookup upper bound (majority train label per code) beside layer:k probes."""
+    bootstrap: int = 1000
+    """Bootstrap resamples of test utterances for the 95 percent CIs (0 = none)."""
+    max_train_frames: int | None = None
+    """Subsample train utterances to at most this many frames (None: all)."""
+    memory_mb: int = 1024
+    """Feature memory budget of one batched fit; larger groups are split, larger single probes streamed."""
+    seed: int = 0
+    """Seed of control labels, subsampling and bootstrap."""
+
+    def __post_init__(self):
+        if not self.task:
+            raise ValueError("give at least one task")
+        if self.level not in LEVELS:
+            raise ValueError(f"level must be one of {', '.join(LEVELS)}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}")
+        if self.split not in SPLITS:
+            raise ValueError(f"split must be one of {', '.join(SPLITS)}")
+        if self.control not in CONTROLS:
+            raise ValueError(f"control must be one of {', '.join(CONTROLS)}")
+        if not self.l2 or any(v < 0 for v in self.l2):
+            raise ValueError("l2 needs at least one value, all >= 0")
+        if self.l1 < 0:
+            raise ValueError("l1 must be >= 0")
+        if self.max_iter < 1 or self.patience < 1:
+            raise ValueError("max_iter and patience must be >= 1")
+        if self.bootstrap < 0:
+            raise ValueError("bootstrap must be >= 0")
+        if self.max_train_frames is not None and self.max_train_frames < 1:
+            raise ValueError("max_train_frames must be >= 1")
+        if self.memory_mb < 1:
+            raise ValueError("memory_mb must be >= 1")

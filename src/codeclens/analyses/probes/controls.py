@@ -1,0 +1,79 @@
+"""Control tasks (Hewitt & Liang 2019) and selectivity.
+
+A control task keeps the input "types" of the real task but gives each type a
+random label, following the train label distribution (see :func:`control_labels`).
+A probe that scores well on it is memorising types, not reading the attribute;
+selectivity (see :func:`selectivity`) is how much better it does on the task.
+
+Types:
+- ``code``: the code of ``layer:k`` (for ``cumulative:k`` the tuple of codes
+  1..k, for ``latent`` the tuple of all codes): the analogue of a word type,
+  i.e. what a probe could memorise from the input identity alone;
+- ``type``: the phone type of the frame (needs a ``phone`` column).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...errors import CodeclensError
+from ...store import Repr, Store
+
+
+def code_types(store: Store, rep: Repr, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Integer type of each row per split: its code (layer) or code tuple (cumulative, latent)."""
+    if rep.kind in ("layer", "codes"):
+        return {s: np.asarray(store.codes[r, rep.layer - 1], np.int64) for s, r in rows.items()}
+    upto = rep.layer if rep.kind == "cumulative" else store.n_layers
+    splits = list(rows)
+    allc = np.concatenate([np.asarray(store.codes[rows[s], :upto], np.int64) for s in splits])
+    _, inv = np.unique(allc, axis=0, return_inverse=True)
+    inv = inv.reshape(-1)
+    out, a = {}, 0
+    for s in splits:
+        out[s] = inv[a : a + len(rows[s])]
+        a += len(rows[s])
+    return out
+
+
+def phone_types(store: Store, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    if "phone" not in store.frames.columns:
+        raise CodeclensError(f"{store.path}: control 'type' needs a phone column; use --control code or none")
+    ph = store.frames["phone"].astype(str).to_numpy()
+    _, inv = np.unique(ph, return_inverse=True)
+    return {s: inv[r] for s, r in rows.items()}
+
+
+def control_labels(types: dict[str, np.ndarray], y_train: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """Each type gets one random label; every row takes its type's label.
+
+    Types are put in random order and laid end to end by their train frequency;
+    a type takes the train label found at the midpoint of its stretch in the
+    sorted train labels. So the assignment is random, yet the control labels
+    follow the task's label distribution (not just in expectation), and a
+    representation without information scores the same on both (selectivity ~ 0).
+    Types never seen in train draw a label from the train labels.
+    """
+    rng = np.random.default_rng(seed)
+    n_types = int(max((t.max() for t in types.values() if len(t)), default=-1)) + 1
+    y_sorted = np.sort(np.asarray(y_train))
+    n = len(y_sorted)
+    freq = np.bincount(types["train"], minlength=n_types).astype(np.float64)
+    order = rng.permutation(n_types)
+    mid = np.cumsum(freq[order]) - freq[order] / 2
+    table = np.empty(n_types, dtype=y_sorted.dtype)
+    table[order] = y_sorted[np.clip((mid / max(freq.sum(), 1) * n).astype(np.int64), 0, n - 1)]
+    unseen = freq == 0
+    table[unseen] = rng.choice(y_sorted, size=int(unseen.sum()))
+    return {s: table[t] for s, t in types.items()}
+
+
+def selectivity(task_value, control_value, task_chance: float = 0.0, control_chance: float = 0.0) -> np.ndarray:
+    """Gain of the task over its chance minus gain of the control over its chance.
+
+    With equal chance levels this is Hewitt & Liang's task - control. Subtracting
+    each one's own baseline (majority class; train-mean predictor for regression)
+    keeps a shift between train and test labels (e.g. held-out speakers' F0)
+    from showing up as selectivity.
+    """
+    return (np.asarray(task_value) - task_chance) - (np.asarray(control_value) - control_chance)

@@ -1,0 +1,271 @@
+"""Gathering probe rows from a store: labels, splits, and whitening of features.
+
+A task is a label column. Its rows (frames, or utterances at utterance level)
+are those with a usable label (F0: voiced frames with a positive value; NaN and
+empty labels are never used), cut by an utterance-level split column so that
+all frames of one utterance fall in one split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ...errors import CodeclensError
+from ...store import Repr, Store
+from .config import ProbeConfig
+
+SPLITS = ("train", "val", "test")
+F0_COLUMNS = ("f0_hz", "f0")
+SPEAKER_TASKS = ("speaker",)
+DISJOINT_TASKS = ("accent",)
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskData:
+    """Rows, labels and utterance groups of one task on one store, per split."""
+
+    task: str
+    """The task as asked (e.g. f0)."""
+    column: str
+    """The label column used (e.g. f0_hz)."""
+    categorical: bool
+    """Classification (True) or regression."""
+    classes: tuple[str, ...]
+    """Class names: the train classes first, then classes seen only in val/test."""
+    n_train_classes: int
+    """Classes a probe can predict (those present in train)."""
+    split_column: str
+    """split_utt or split_spk."""
+    level: str
+    """frame or utterance."""
+    is_f0: bool
+    """F0 in Hz: also report MAE in cents."""
+    rows: dict[str, np.ndarray]
+    """Frame (or utterance) indices per split, ascending."""
+    y: dict[str, np.ndarray]
+    """Encoded labels (int) or values (float64) per split."""
+    groups: dict[str, np.ndarray]
+    """Utterance index of each row per split (for bootstrap)."""
+    open_set: bool = False
+    """Test classes are all unseen in train (e.g. speaker ID on held-out speakers): evaluated by
+    identifying test rows among the test classes with the probe's class scores as embeddings."""
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+
+def resolve_column(store: Store, task: str) -> str:
+    """``f0`` means the store's F0 column in Hz (f0_hz, else f0)."""
+    cols = set(store.frames.columns) | set(store.utterances.columns)
+    if task == "f0":
+        for c in F0_COLUMNS:
+            if c in cols:
+                return c
+    return task
+
+
+def default_split(task: str, column: str) -> str:
+    if task in SPEAKER_TASKS or column in SPEAKER_TASKS:
+        return "split_utt"
+    return "split_spk"
+
+
+def split_column(task: str, column: str, cfg: ProbeConfig) -> str:
+    if cfg.split == "auto":
+        return default_split(task, column)
+    col = {"utt": "split_utt", "spk": "split_spk"}[cfg.split]
+    if col == "split_utt" and (task in DISJOINT_TASKS or column in DISJOINT_TASKS):
+        raise CodeclensError(f"task '{task}' must be evaluated on held-out speakers: use --split spk (or auto)")
+    return col
+
+
+def _is_categorical(values: np.ndarray) -> bool:
+    return np.asarray(values).dtype.kind not in "fc"
+
+
+def _valid(values: np.ndarray, categorical: bool) -> np.ndarray:
+    ok = np.asarray(~pd.isna(values), dtype=bool)
+    if categorical and values.dtype.kind == "i":
+        ok &= values >= 0  # integer labels mark "none" with -1 (e.g. unit)
+    if categorical and values.dtype.kind in "OUS":
+        ok &= np.char.str_len(values.astype(str)) > 0
+    return ok
+
+
+def gather_task(store: Store, task: str, cfg: ProbeConfig, seed: int | None = None) -> TaskData:
+    """Rows and labels of ``task`` per split; raises CodeclensError for unusable tasks."""
+    column = resolve_column(store, task)
+    level = cfg.level
+    if level == "frame":
+        values = store.frame_column(column)
+        groups_all = store.frame_utt
+    else:
+        if column not in store.utterances.columns:
+            raise CodeclensError(
+                f"{store.path}: '{column}' is not an utterance-level column; utterance-level tasks: "
+                f"{', '.join(c for c in store.utterances.columns if c not in ('id', 'path', 'n_frames', 'frame_offset'))}"
+            )
+        values = store.utterance_column(column)
+        groups_all = np.arange(store.n_utterances)
+    values = np.asarray(values)
+    categorical = _is_categorical(values)
+    is_f0 = column in F0_COLUMNS or task == "f0"
+    if is_f0 and categorical:
+        raise CodeclensError(f"{store.path}: F0 column '{column}' is not numeric")
+    ok = _valid(values, categorical)
+    if is_f0:
+        ok &= np.where(ok, values.astype(np.float64, copy=False) > 0, False) if not categorical else ok
+        if level == "frame" and "voiced" in store.frames.columns:
+            ok &= store.frames["voiced"].fillna(False).to_numpy().astype(bool)
+    scol = split_column(task, column, cfg)
+    if scol not in store.utterances.columns:
+        raise CodeclensError(f"{store.path}: no split column '{scol}' in the store's utterances")
+    split_all = store.utterances[scol].astype(str).to_numpy()[groups_all]
+    rows = {s: np.flatnonzero(ok & (split_all == s)) for s in SPLITS}
+    if cfg.max_train_frames is not None and len(rows["train"]) > cfg.max_train_frames:
+        rows["train"] = _subsample_by_group(rows["train"], groups_all, cfg.max_train_frames, cfg.seed if seed is None else seed)
+    for s in ("train", "test"):
+        if not len(rows[s]):
+            raise CodeclensError(
+                f"{store.path}: task '{task}' has no usable {s} rows in {scol} "
+                f"({int(ok.sum())} labelled rows in all; check the label column and the splits)"
+            )
+    groups = {s: groups_all[r] for s, r in rows.items()}
+    if categorical:
+        labels = {s: values[r].astype(str) for s, r in rows.items()}
+        train_classes = np.unique(labels["train"])
+        if len(train_classes) < 2:
+            raise CodeclensError(
+                f"{store.path}: task '{task}' has one class ({train_classes[0]!s}) in the train split; nothing to probe"
+            )
+        extra = np.setdiff1d(np.unique(np.concatenate([labels["val"], labels["test"]])), train_classes)
+        classes = np.concatenate([train_classes, extra])
+        y = {s: _encode(labels[s], train_classes, extra) for s in SPLITS}
+        open_set = not np.isin(y["test"], np.arange(len(train_classes))).any()
+        if open_set and scol != "split_spk":
+            raise CodeclensError(
+                f"{store.path}: no test label of task '{task}' occurs in train ({scol}); nothing to evaluate"
+            )
+        if open_set and len(np.unique(y["test"])) < 2:
+            raise CodeclensError(
+                f"{store.path}: open-set task '{task}' needs at least 2 test classes in {scol}"
+            )
+        _check_val(store, task, scol, rows, cfg)
+        return TaskData(task, column, True, tuple(str(c) for c in classes), len(train_classes), scol, level,
+                        is_f0, rows, y, groups, open_set)
+    y = {s: values[r].astype(np.float64) for s, r in rows.items()}
+    if np.ptp(y["train"]) == 0:
+        raise CodeclensError(f"{store.path}: task '{task}' is constant in the train split; nothing to probe")
+    _check_val(store, task, scol, rows, cfg)
+    return TaskData(task, column, False, (), 0, scol, level, is_f0, rows, y, groups)
+
+
+def _encode(labels: np.ndarray, train_classes: np.ndarray, extra: np.ndarray) -> np.ndarray:
+    """Index into ``concat(train_classes, extra)`` (both sorted, disjoint)."""
+    out = np.searchsorted(train_classes, labels).astype(np.int64)
+    inside = (out < len(train_classes)) & (train_classes[np.minimum(out, len(train_classes) - 1)] == labels)
+    if not inside.all():
+        out[~inside] = len(train_classes) + np.searchsorted(extra, labels[~inside])
+    return out
+
+
+def _check_val(store: Store, task: str, scol: str, rows: dict[str, np.ndarray], cfg: ProbeConfig) -> None:
+    if not len(rows["val"]) and len(cfg.l2) > 1:
+        raise CodeclensError(
+            f"{store.path}: task '{task}' has an empty val split in {scol}; give one --l2 value to skip validation"
+        )
+
+
+def _subsample_by_group(rows: np.ndarray, groups_all: np.ndarray, budget: int, seed: int) -> np.ndarray:
+    """Whole utterances in random order until ``budget`` rows (keeps the utterance structure)."""
+    g = groups_all[rows]
+    uniq, counts = np.unique(g, return_counts=True)
+    order = np.random.default_rng(seed).permutation(len(uniq))
+    keep = uniq[order[np.cumsum(counts[order]) <= budget]]
+    if not len(keep):
+        keep = uniq[order[:1]]
+    return rows[np.isin(g, keep)]
+
+
+# -- features ----------------------------------------------------------------
+def iter_features(store: Store, rep: Repr, rows: np.ndarray, level: str, chunk: int = 65536) -> Iterator[np.ndarray]:
+    """Raw feature chunks ``[m, D]`` (float32) for ``rows``, streamed from the store."""
+    if level == "utterance":
+        base = Repr(rep.kind, rep.layer, True)
+        x = store.values(base)
+        for a in range(0, len(rows), chunk):
+            yield np.asarray(x[rows[a : a + chunk]], np.float32)
+        return
+    for _, x in store.iter_batches(Repr(rep.kind, rep.layer, False), chunk, rows=rows):
+        yield np.asarray(x, np.float32)
+
+
+def feature_dim(store: Store, rep: Repr) -> int:
+    if rep.kind == "codes":
+        return store.codebook_sizes[rep.layer - 1]
+    return int(store.latent.shape[1]) if rep.kind == "latent" else store.dim
+
+
+@dataclasses.dataclass(frozen=True)
+class Whitener:
+    """z = (x - mean) @ proj: PCA whitening fitted on train rows (unit variance per kept direction)."""
+
+    mean: np.ndarray
+    """[D] train mean."""
+    proj: np.ndarray
+    """[D, r] eigenvectors divided by sqrt(eigenvalue)."""
+
+    @property
+    def dim(self) -> int:
+        return int(self.proj.shape[1])
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        # torch rather than numpy: mixing OpenBLAS' thread pool with torch's OpenMP one
+        # oversubscribes a small CPU (a 64 x 64 eigh went from 1 to 40 ms).
+        xt = torch.as_tensor(np.asarray(x), dtype=torch.float64)
+        z = (xt - torch.from_numpy(self.mean)) @ torch.from_numpy(self.proj)
+        return z.to(torch.float32).numpy()
+
+
+def whitener_from_moments(n: float, s: np.ndarray, ss: np.ndarray, rel_eps: float = 1e-7) -> Whitener:
+    """From the total weight, weighted sum and weighted sum of outer products.
+
+    Directions with (relative) variance below ``rel_eps`` are dropped: they carry
+    nothing in train, and scaling them up would only amplify rounding noise.
+    """
+    s_t, ss_t = torch.as_tensor(s, dtype=torch.float64), torch.as_tensor(ss, dtype=torch.float64)
+    mean = s_t / n
+    cov = ss_t / n - torch.outer(mean, mean)
+    evals, evecs = torch.linalg.eigh((cov + cov.T) / 2)
+    top = max(float(evals[-1]), 0.0)
+    keep = evals > rel_eps * top if top > 0 else torch.zeros_like(evals, dtype=torch.bool)
+    if not bool(keep.any()):
+        # A constant representation: keep one zero direction so shapes stay valid.
+        return Whitener(mean.numpy(), np.zeros((len(mean), 1)))
+    return Whitener(mean.numpy(), (evecs[:, keep] / evals[keep].sqrt()).numpy())
+
+
+def weighted_whitener(x: np.ndarray, w: np.ndarray) -> Whitener:
+    xt = torch.as_tensor(np.asarray(x), dtype=torch.float64)
+    wt = torch.as_tensor(np.asarray(w), dtype=torch.float64)
+    return whitener_from_moments(float(wt.sum()), wt @ xt, (xt * wt[:, None]).T @ xt)
+
+
+def streamed_whitener(chunks: Iterator[np.ndarray]) -> Whitener:
+    n, s, ss = 0.0, None, None
+    for x in chunks:
+        x = torch.as_tensor(np.asarray(x), dtype=torch.float64)
+        if s is None:
+            s, ss = torch.zeros(x.shape[1], dtype=torch.float64), torch.zeros((x.shape[1], x.shape[1]), dtype=torch.float64)
+        n += len(x)
+        s += x.sum(0)
+        ss += x.T @ x
+    if s is None or n == 0:
+        raise CodeclensError("no train rows to fit the whitening on")
+    return whitener_from_moments(n, s, ss)

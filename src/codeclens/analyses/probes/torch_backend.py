@@ -1,0 +1,399 @@
+"""The fast backend: exact count-table fits for layer:k, batched whitened fits otherwise.
+
+A *job* is one probe to fit: (store, representation, labels), the labels being
+the task's or a control task's. Jobs are grouped so that one tensor program
+fits many of them at once, for every L2 strength; each job then keeps the
+strength that is best on its val split (macro-F1, or least squared error).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ...store import Repr, Store
+from .config import ProbeConfig
+from .data import TaskData, Whitener, iter_features, streamed_whitener, weighted_whitener
+from .linear import RidgeStats, fit_logistic, fit_ridge, logits_of, ridge_sse, ridge_stats, threads_for
+from .lookup import code_sums, code_vectors, count_table, lookup_classifier, lookup_regressor
+
+CHUNK_BYTES = 32 * 2**20  # size of one logits tensor of a frame chunk
+
+
+@dataclasses.dataclass
+class Job:
+    """One probe: a representation of a store and the labels to predict from it."""
+
+    store: Store
+    rep: Repr
+    td: TaskData
+    y: dict[str, np.ndarray]
+    """Labels per split (the task's or a control task's)."""
+    control: bool = False
+
+    @property
+    def lookup(self) -> bool:
+        return self.rep.is_lookup and self.td.level == "frame" and not self.td.open_set
+
+
+@dataclasses.dataclass
+class JobFit:
+    """A fitted probe: whitening, weights, the chosen strength and its test predictions."""
+
+    whitener: Whitener
+    W: np.ndarray
+    """[r, C] (classification) or [r] (regression) on whitened features."""
+    b: np.ndarray
+    """[C] or scalar."""
+    l2: float
+    pred_test: np.ndarray
+    """Predicted class index / value of every test row."""
+    lookup_test: np.ndarray | None = None
+    """The code-lookup upper bound's test predictions (layer:k only)."""
+    iters: int = 0
+    emb_test: np.ndarray | None = None
+    """Open-set tasks: the probe's class scores of every test row (an embedding of the held-out classes)."""
+
+
+def fit_jobs(jobs: Sequence[Job], cfg: ProbeConfig, device: torch.device, log=None) -> list[JobFit]:
+    """Fit all jobs (of one task); results in job order."""
+    out: list[JobFit | None] = [None] * len(jobs)
+    lookup = [i for i, j in enumerate(jobs) if j.lookup]
+    frames = [i for i, j in enumerate(jobs) if not j.lookup]
+    cache: dict[tuple[int, Repr], object] = {}
+    # Lookup jobs sharing a class list are one group, across stores and layers.
+    groups: dict[tuple, list[int]] = {}
+    for i in lookup:
+        key = (jobs[i].td.classes, jobs[i].td.n_train_classes) if jobs[i].td.categorical else ("reg",)
+        groups.setdefault(key, []).append(i)
+    for idx in (sub for g in groups.values() for sub in _split_lookup(g, jobs, cfg)):
+        cvs = []
+        for i in idx:
+            k = (id(jobs[i].store), jobs[i].rep)
+            if k not in cache:
+                cache[k] = code_vectors(jobs[i].store, jobs[i].rep, jobs[i].td.rows)
+            cvs.append(cache[k])
+        fn = _lookup_classify if jobs[idx[0]].td.categorical else _lookup_regress
+        work = len(idx) * len(cfg.l2) * max(len(c.vectors) for c in cvs) * max(jobs[idx[0]].td.n_classes, 8)
+        with threads_for(work):
+            for i, f in zip(idx, fn([jobs[i] for i in idx], cvs, cfg, device)):
+                out[i] = f
+        if log:
+            log(len(idx))
+    by_store: dict[int, list[int]] = {}
+    for i in frames:
+        by_store.setdefault(id(jobs[i].store), []).append(i)
+    for idx in by_store.values():
+        feats: dict[Repr, _RepFeatures] = {}
+        for i in idx:
+            j = jobs[i]
+            if j.rep not in feats:
+                feats[j.rep] = _RepFeatures(j.store, j.rep, j.td)
+        for group, in_memory in _plan(idx, jobs, feats, cfg.memory_mb):
+            fr = _Frames([feats[jobs[i].rep] for i in group], jobs[group[0]].td.rows, in_memory, device)
+            fn = _frames_classify if jobs[group[0]].td.categorical else _frames_regress
+            td = jobs[group[0]].td
+            work = len(group) * len(cfg.l2) * len(td.rows["train"]) * max(td.n_classes, fr.r)
+            with threads_for(work):
+                for i, f in zip(group, fn([jobs[i] for i in group], fr, cfg, device)):
+                    out[i] = f
+            if log:
+                log(len(group))
+    return out  # type: ignore[return-value]
+
+
+# -- helpers -----------------------------------------------------------------
+def _split_lookup(idx: list[int], jobs, cfg: ProbeConfig) -> list[list[int]]:
+    """Cut a count-table group so one program's per-problem copies ([P*G, K, D] float64) fit the budget."""
+    K = max(jobs[i].store.codebook_sizes[jobs[i].rep.layer - 1] for i in idx)
+    width = max(data_dim(jobs[i]) for i in idx) + max(jobs[i].td.n_classes for i in idx)
+    per = max(len(cfg.l2) * K * width * 8 * 3, 1)
+    n = max(1, int(cfg.memory_mb * 2**20 // per))
+    return [idx[a : a + n] for a in range(0, len(idx), n)]
+
+
+def data_dim(job: Job) -> int:
+    from .data import feature_dim
+
+    return feature_dim(job.store, job.rep)
+
+def _pad(arrs: Sequence[np.ndarray], shape: tuple[int, ...], dtype, device) -> torch.Tensor:
+    t = torch.zeros((len(arrs),) + shape, dtype=dtype, device=device)
+    for p, a in enumerate(arrs):
+        t[(p,) + tuple(slice(0, s) for s in a.shape)] = torch.as_tensor(a, dtype=dtype, device=device)
+    return t
+
+
+def _class_weights(train_counts: torch.Tensor, balance: bool) -> torch.Tensor:
+    """[P, C]: 1, or n / (classes present * n_c) as scikit-learn's 'balanced'."""
+    if not balance:
+        return torch.ones_like(train_counts)
+    n = train_counts.sum(-1, keepdim=True)
+    present = (train_counts > 0).sum(-1, keepdim=True).clamp(min=1)
+    return torch.where(train_counts > 0, n / (present * train_counts.clamp(min=1e-12)), torch.zeros_like(train_counts))
+
+
+def _f1(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> torch.Tensor:
+    den = 2 * tp + fp + fn
+    present = den > 0
+    f1 = torch.where(present, 2 * tp / den.clamp(min=1e-300), torch.zeros_like(den))
+    return f1.sum(-1) / present.sum(-1).clamp(min=1)
+
+
+def _choose(score: torch.Tensor | None, G: int) -> np.ndarray:
+    """Index of the best strength per probe (ties: the strongest regularisation, the later index)."""
+    if score is None:
+        return np.zeros(0, np.int64)
+    s = score.detach().cpu().numpy()
+    return (G - 1 - np.argmax(s[:, ::-1], axis=1)).astype(np.int64)
+
+
+# -- lookup path -------------------------------------------------------------
+def _lookup_classify(jobs, cvs, cfg: ProbeConfig, device) -> list[JobFit]:
+    td = jobs[0].td
+    C, Call, G = td.n_train_classes, td.n_classes, len(cfg.l2)
+    whs, Zs, Ts, Tvs = [], [], [], []
+    for job, cv in zip(jobs, cvs):
+        U = len(cv.vectors)
+        wh = weighted_whitener(cv.vectors, np.bincount(cv.ids["train"], minlength=U))
+        whs.append(wh)
+        Zs.append(wh.transform(cv.vectors).astype(np.float64))
+        Ts.append(count_table(cv.ids["train"], job.y["train"], U, C))
+        Tvs.append(count_table(cv.ids["val"], job.y["val"], U, Call))
+    Umax, rmax = max(len(z) for z in Zs), max(z.shape[1] for z in Zs)
+    dt = torch.float64
+    Z = _pad(Zs, (Umax, rmax), dt, device)
+    T = _pad(Ts, (Umax, C), dt, device)
+    Tv = _pad(Tvs, (Umax, Call), dt, device)
+    cw = _class_weights(T.sum(1), cfg.balance)
+    has_val = bool(Tv.sum() > 0)
+    fit = fit_logistic(lambda: iter([(Z, T)]), (lambda: iter([(Z, Tv[..., :C])])) if has_val else None,
+                       len(jobs), rmax, C, cw, cfg.l2, cfg.l1, cfg.max_iter, cfg.patience)
+    with torch.no_grad():
+        pred = logits_of(Z, fit.W, fit.b).argmax(-1)  # [P, G, U]
+        if has_val:
+            onehot = torch.nn.functional.one_hot(pred, Call).to(dt)
+            tp = (onehot * Tv[:, None]).sum(2)
+            predn = (onehot * Tv.sum(-1)[:, None, :, None]).sum(2)
+            truen = Tv.sum(1)[:, None, :]
+            choice = _choose(_f1(tp, predn - tp, truen - tp), G)
+        else:
+            choice = np.zeros(len(jobs), np.int64)
+    out = []
+    for p, (job, cv, wh) in enumerate(zip(jobs, cvs, whs)):
+        g, U, r = int(choice[p]), len(cv.vectors), wh.dim
+        pv = pred[p, g, :U].cpu().numpy()
+        out.append(JobFit(
+            wh, fit.W[p, g, :r].cpu().numpy(), fit.b[p, g].cpu().numpy(), float(cfg.l2[g]),
+            pv[cv.ids["test"]], lookup_classifier(Ts[p])[cv.ids["test"]], fit.iters,
+        ))
+    return out
+
+
+def _lookup_regress(jobs, cvs, cfg: ProbeConfig, device) -> list[JobFit]:
+    G = len(cfg.l2)
+    whs, Zs, tr, va = [], [], [], []
+    for job, cv in zip(jobs, cvs):
+        U = len(cv.vectors)
+        s = code_sums(cv.ids["train"], job.y["train"], U)
+        wh = weighted_whitener(cv.vectors, s.n)
+        whs.append(wh)
+        Zs.append(wh.transform(cv.vectors).astype(np.float64))
+        tr.append(s)
+        va.append(code_sums(cv.ids["val"], job.y["val"], U))
+    Umax, rmax = max(len(z) for z in Zs), max(z.shape[1] for z in Zs)
+    dt = torch.float64
+    Z = _pad(Zs, (Umax, rmax), dt, device)
+
+    def stats(sums) -> RidgeStats:
+        n, s1, s2 = (_pad([getattr(s, f) for s in sums], (Umax,), dt, device) for f in ("n", "s1", "s2"))
+        return ridge_stats(iter([(Z, n, s1, s2)]))
+
+    w, b = fit_ridge(stats(tr), cfg.l2)
+    vst = stats(va)
+    choice = _choose(-ridge_sse(vst, w, b), G) if bool(vst.n.sum() > 0) else np.zeros(len(jobs), np.int64)
+    with torch.no_grad():
+        pred = torch.einsum("pur,pgr->pgu", Z, w) + b[:, :, None]
+    out = []
+    for p, (job, cv, wh) in enumerate(zip(jobs, cvs, whs)):
+        g, U, r = int(choice[p]), len(cv.vectors), wh.dim
+        pv = pred[p, g, :U].cpu().numpy()
+        out.append(JobFit(wh, w[p, g, :r].cpu().numpy(), b[p, g].cpu().numpy(), float(cfg.l2[g]),
+                          pv[cv.ids["test"]], lookup_regressor(tr[p])[cv.ids["test"]]))
+    return out
+
+
+# -- frame path --------------------------------------------------------------
+class _RepFeatures:
+    """Whitening of one representation fitted on the task's train rows; whitened features on demand."""
+
+    def __init__(self, store: Store, rep: Repr, td: TaskData):
+        self.store, self.rep, self.level = store, rep, td.level
+        self._pooled = None
+        if td.level == "utterance":
+            self._pooled = store.values(Repr(rep.kind, rep.layer, True))
+        self.whitener = streamed_whitener(self.raw(td.rows["train"]))
+
+    def raw(self, rows: np.ndarray) -> Iterator[np.ndarray]:
+        if self._pooled is not None:
+            yield np.asarray(self._pooled[rows], np.float32)
+            return
+        yield from iter_features(self.store, self.rep, rows, self.level)
+
+    def z(self, rows: np.ndarray) -> np.ndarray:
+        parts = [self.whitener.transform(x) for x in self.raw(rows)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.whitener.dim), np.float32)
+
+
+def _plan(idx: list[int], jobs, feats, memory_mb: int) -> list[tuple[list[int], bool]]:
+    """Greedy groups within the memory budget; a job alone over budget is streamed."""
+    budget = memory_mb * 2**20
+    groups: list[tuple[list[int], bool]] = []
+    cur, used = [], 0
+    for i in idx:
+        n = sum(len(r) for r in jobs[i].td.rows.values())
+        cost = n * feats[jobs[i].rep].whitener.dim * 4
+        if cost > budget:
+            groups.append(([i], False))
+            continue
+        if cur and used + cost > budget:
+            groups.append((cur, True))
+            cur, used = [], 0
+        cur.append(i)
+        used += cost
+    if cur:
+        groups.append((cur, True))
+    return groups
+
+
+class _Frames:
+    """Whitened frames of a group of jobs (same store, same rows), in memory or streamed in chunks."""
+
+    def __init__(self, feats: list[_RepFeatures], rows: dict[str, np.ndarray], in_memory: bool, device):
+        self.feats, self.rows, self.device = feats, rows, device
+        self.P, self.r = len(feats), max(f.whitener.dim for f in feats)
+        self.mem: dict[str, torch.Tensor] = {}
+        if in_memory:
+            for s, r in rows.items():
+                per_rep = {}
+                for f in feats:
+                    if f.rep not in per_rep:
+                        per_rep[f.rep] = f.z(r)
+                self.mem[s] = _pad([per_rep[f.rep] for f in feats], (len(r), self.r), torch.float32, device)
+
+    def chunks(self, split: str, m: int) -> Iterator[tuple[int, int, torch.Tensor]]:
+        rows = self.rows[split]
+        for a in range(0, len(rows), m):
+            b = min(a + m, len(rows))
+            if split in self.mem:
+                yield a, b, self.mem[split][:, a:b]
+            else:
+                per_rep = {}
+                for f in self.feats:
+                    if f.rep not in per_rep:
+                        per_rep[f.rep] = f.z(rows[a:b])
+                yield a, b, _pad([per_rep[f.rep] for f in self.feats], (b - a, self.r), torch.float32, self.device)
+
+
+def _frames_classify(jobs, fr: _Frames, cfg: ProbeConfig, device) -> list[JobFit]:
+    td = jobs[0].td
+    C, Call, G, P = td.n_train_classes, td.n_classes, len(cfg.l2), len(jobs)
+    m = max(256, CHUNK_BYTES // (4 * P * G * max(C, 1)))
+    Y = {s: torch.as_tensor(np.stack([j.y[s] for j in jobs]), dtype=torch.long, device=device) for s in fr.rows}
+    Yfit_val = torch.where(Y["val"] < C, Y["val"], torch.full_like(Y["val"], -1))
+    counts = torch.stack([torch.bincount(Y["train"][p], minlength=C)[:C] for p in range(P)]).float()
+    cw = _class_weights(counts, cfg.balance)
+
+    def src(split, y):
+        return lambda: ((z, y[:, a:b]) for a, b, z in fr.chunks(split, m))
+
+    has_val = len(fr.rows["val"]) > 0
+    if td.open_set:
+        # Held-out classes: val labels cannot score the probe's own outputs, so fit to convergence
+        # and choose the strength by open-set identification on val (see _open_set).
+        fit = fit_logistic(src("train", Y["train"]), None, P, fr.r, C, cw, cfg.l2, cfg.l1, cfg.max_iter, cfg.patience)
+        return _open_set(jobs, fr, fit, cfg, m)
+    fit = fit_logistic(src("train", Y["train"]), src("val", Yfit_val) if has_val else None,
+                       P, fr.r, C, cw, cfg.l2, cfg.l1, cfg.max_iter, cfg.patience)
+
+    def predict(split):
+        parts = []
+        with torch.no_grad():
+            for a, b, z in fr.chunks(split, m):
+                parts.append(logits_of(z, fit.W, fit.b).argmax(-1))
+        return torch.cat(parts, -1)  # [P, G, n]
+
+    if has_val:
+        pv = predict("val")
+        yv = Y["val"][:, None, :].expand_as(pv)
+        base = (torch.arange(P * G, device=device) * Call).view(P, G, 1)
+        size = P * G * Call
+        hit = (pv == yv).to(torch.float64)
+        tp = torch.bincount((base + yv).flatten(), weights=hit.flatten(), minlength=size).view(P, G, Call)
+        predn = torch.bincount((base + pv).flatten(), minlength=size).view(P, G, Call).double()
+        truen = torch.bincount((base + yv).flatten(), minlength=size).view(P, G, Call).double()
+        choice = _choose(_f1(tp, predn - tp, truen - tp), G)
+    else:
+        choice = np.zeros(P, np.int64)
+    pt = predict("test").cpu().numpy()
+    return [
+        JobFit(fr.feats[p].whitener, fit.W[p, int(g), : fr.feats[p].whitener.dim].cpu().numpy(),
+               fit.b[p, int(g)].cpu().numpy(), float(cfg.l2[int(g)]), pt[p, int(g)], None, fit.iters)
+        for p, g in enumerate(choice)
+    ]
+
+
+def _embed(fr: _Frames, split: str, W: torch.Tensor, p: int, m: int) -> np.ndarray:
+    """Class scores (without bias: priors of train classes say nothing about held-out ones)."""
+    parts = [torch.einsum("mr,rc->mc", z[p], W) for _, _, z in fr.chunks(split, m)]
+    return torch.cat(parts).cpu().numpy() if parts else np.zeros((0, W.shape[1]), np.float32)
+
+
+def _open_set(jobs, fr: _Frames, fit, cfg: ProbeConfig, m: int) -> list[JobFit]:
+    from .metrics import nearest_centroid_loo
+
+    out = []
+    for p, job in enumerate(jobs):
+        best_g, best_acc = 0, -1.0
+        if len(fr.rows["val"]) and len(cfg.l2) > 1:
+            yv = job.y["val"]
+            for g in range(len(cfg.l2)):
+                acc = float(np.mean(nearest_centroid_loo(_embed(fr, "val", fit.W[p, g], p, m), yv) == yv))
+                if acc >= best_acc:  # ties: the stronger strength
+                    best_g, best_acc = g, acc
+        emb = _embed(fr, "test", fit.W[p, best_g], p, m)
+        pred = nearest_centroid_loo(emb, job.y["test"])
+        r = fr.feats[p].whitener.dim
+        out.append(JobFit(fr.feats[p].whitener, fit.W[p, best_g, :r].cpu().numpy(), fit.b[p, best_g].cpu().numpy(),
+                          float(cfg.l2[best_g]), pred, None, fit.iters, emb))
+    return out
+
+
+def _frames_regress(jobs, fr: _Frames, cfg: ProbeConfig, device) -> list[JobFit]:
+    G, P = len(cfg.l2), len(jobs)
+    m = 65536
+    Y = {s: torch.as_tensor(np.stack([j.y[s] for j in jobs]), dtype=torch.float64, device=device) for s in fr.rows}
+
+    def chunks(split):
+        for a, b, z in fr.chunks(split, m):
+            y = Y[split][:, a:b]
+            yield z, torch.ones_like(y), y, y * y
+
+    w, b = fit_ridge(ridge_stats(chunks("train")), cfg.l2)
+    if len(fr.rows["val"]):
+        choice = _choose(-ridge_sse(ridge_stats(chunks("val")), w, b), G)
+    else:
+        choice = np.zeros(P, np.int64)
+    parts = []
+    with torch.no_grad():
+        for a, bb, z in fr.chunks("test", m):
+            parts.append(torch.einsum("pmr,pgr->pgm", z.double(), w) + b[:, :, None])
+    pt = torch.cat(parts, -1).cpu().numpy()
+    return [
+        JobFit(fr.feats[p].whitener, w[p, int(g), : fr.feats[p].whitener.dim].cpu().numpy(),
+               b[p, int(g)].cpu().numpy(), float(cfg.l2[int(g)]), pt[p, int(g)])
+        for p, g in enumerate(choice)
+    ]
