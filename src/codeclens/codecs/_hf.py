@@ -372,3 +372,13 @@ class TorchCodec:
 
     def save(self, out: str | Path) -> Path:
         return save_pretrained_atomic(self.model, out)
+
+    def _sum_layers(self, codes: torch.Tensor, layers, layer_decode) -> torch.Tensor:
+        """``[B, T, D]`` sum of ``layer_decode(l, codes[:, l]) -> [B, D, T]`` over the kept layers,
+        through each layer's own decode (so dropped layers contribute nothing)."""
+        from .base import layer_mask
+
+        out = torch.zeros(codes.shape[0], self.dim, codes.shape[2], device=self.device)
+        for l in layer_mask(self.n_layers, layers):
+            out = out + layer_decode(l, codes[:, l])
+        return out.transpose(1, 2)

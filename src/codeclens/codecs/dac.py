@@ -22,7 +22,7 @@ from ._hf import (
     TorchCodec, calibration_batch, hf_class, check_size, init_residual_codebooks, load_hf_config, load_hf_model, pad_to_hop,
     seeded, want_random,
 )
-from .base import CodecAdapter, layer_mask
+from .base import CodecAdapter
 
 VARIANTS = {
     "16khz": dict(sampling_rate=16000, downsampling_ratios=[2, 4, 5, 8], n_codebooks=12, hub="descript/dac_16khz"),
@@ -98,11 +98,8 @@ class DAC(TorchCodec, CodecAdapter):
         codes = codes.to(self.device)
         if layers is None:
             return self.model.quantizer.from_codes(codes)[0].transpose(1, 2)
-        out = torch.zeros(codes.shape[0], self.dim, codes.shape[2], device=self.device)
-        for l in layer_mask(self.n_layers, layers):
-            q = self.model.quantizer.quantizers[l]
-            out = out + q.out_proj(q.codebook(codes[:, l]).transpose(1, 2))
-        return out.transpose(1, 2)
+        qs = self.model.quantizer.quantizers
+        return self._sum_layers(codes, layers, lambda l, c: qs[l].out_proj(qs[l].codebook(c).transpose(1, 2)))
 
     def _decode_quantized(self, q):
         return self.model.decoder(q.transpose(1, 2)).squeeze(1)

@@ -24,7 +24,7 @@ from ._hf import (
     TorchCodec, calibration_batch, hf_class, check_size, init_residual_codebooks, load_hf_config, load_hf_model, seeded,
     want_random,
 )
-from .base import CodecAdapter, layer_mask
+from .base import CodecAdapter
 
 HUB = {24000: "facebook/encodec_24khz", 48000: "facebook/encodec_48khz"}
 BANDWIDTHS = {24000: (1.5, 3.0, 6.0, 12.0, 24.0), 48000: (3.0, 6.0, 12.0, 24.0)}
@@ -115,10 +115,7 @@ class EnCodec(TorchCodec, CodecAdapter):
         codes = codes.to(self.device)
         if layers is None:
             return self.model.quantizer.decode(codes.transpose(0, 1)).transpose(1, 2)
-        out = torch.zeros(codes.shape[0], self.dim, codes.shape[2], device=self.device)
-        for l in layer_mask(self.n_layers, layers):
-            out = out + self.model.quantizer.layers[l].decode(codes[:, l])
-        return out.transpose(1, 2)
+        return self._sum_layers(codes, layers, lambda l, c: self.model.quantizer.layers[l].decode(c))
 
     def _decode_quantized(self, q):
         return self.model.decoder(q.transpose(1, 2)).mean(1)

@@ -38,7 +38,7 @@ from ._hf import (
     TorchCodec, calibration_batch, check_size, init_residual_codebooks, load_state_file, load_strict, seeded,
     want_random,
 )
-from .base import CodecAdapter, layer_mask
+from .base import CodecAdapter
 
 WEIGHTS = "speechtokenizer.safetensors"
 CONFIG = "config.json"
@@ -220,10 +220,7 @@ class SpeechTokenizerCodec(TorchCodec, CodecAdapter):
         codes = codes.to(self.device)
         if layers is None:
             return self.model.quantizer.decode(codes.transpose(0, 1)).transpose(1, 2)
-        out = torch.zeros(codes.shape[0], self.dim, codes.shape[2], device=self.device)
-        for l in layer_mask(self.n_layers, layers):
-            out = out + self._vq_layers[l].decode(codes[:, l])
-        return out.transpose(1, 2)
+        return self._sum_layers(codes, layers, lambda l, c: self._vq_layers[l].decode(c))
 
     def _decode_quantized(self, q):
         return self.model.decoder(q.transpose(1, 2)).squeeze(1)

@@ -27,7 +27,7 @@ from ._hf import (
     TorchCodec, calibration_batch, check_size, hf_class, init_residual_codebooks, load_hf_config, load_hf_model,
     pad_to_hop, seeded, want_random,
 )
-from .base import CodecAdapter, layer_mask
+from .base import CodecAdapter
 
 HUB = "hf-audio/xcodec-hubert-librispeech"
 DEFAULT_TARGET = "4kbps"
@@ -112,10 +112,7 @@ class XCodec(TorchCodec, CodecAdapter):
         codes = codes.to(self.device)
         if layers is None:
             return self.model.quantizer.decode(codes.transpose(0, 1)).transpose(1, 2)
-        out = torch.zeros(codes.shape[0], self.dim, codes.shape[2], device=self.device)
-        for l in layer_mask(self.n_layers, layers):
-            out = out + self.model.quantizer.quantizers[l].decode(codes[:, l])
-        return out.transpose(1, 2)
+        return self._sum_layers(codes, layers, lambda l, c: self.model.quantizer.quantizers[l].decode(c))
 
     def _decode_quantized(self, q):
         return self.model.acoustic_decoder(self.model.fc2(q).transpose(1, 2)).squeeze(1)

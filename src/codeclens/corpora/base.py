@@ -95,3 +95,25 @@ class Corpus(abc.ABC):
 
     def describe(self) -> dict[str, Any]:
         return {"spec": str(self.spec), "kind": self.spec.kind}
+
+
+class ListedCorpus(Corpus):
+    """A corpus that reads its whole listing once (``_load``) and keeps it: for loaders
+    that parse an index (a manifest, a LibriSpeech tree) and record problems while doing so."""
+
+    _utts: list[Utterance] | None = None
+
+    @abc.abstractmethod
+    def _load(self) -> list[Utterance]:
+        """Read the listing, appending skipped rows to ``self.problems``."""
+
+    def utterances(self) -> list[Utterance]:
+        if self._utts is None:
+            self._utts = self._load()
+        return self._utts
+
+    def __iter__(self) -> Iterator[Utterance]:
+        return iter(self.utterances())
+
+    def __len__(self) -> int:
+        return len(self.utterances())

@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..errors import CodeclensError
 from . import CORPORA
-from .base import Corpus, Interval, Problem, Utterance
+from .base import Interval, ListedCorpus, Problem, Utterance
 from .manifest import RowError, audio_duration, check_alignment, load_textgrid_alignment
 from .textgrid import TextGridError
 
@@ -88,7 +88,7 @@ def read_plain_alignments(path: Path, problems: list[Problem]) -> dict[str, tupl
 
 
 @CORPORA.register("librispeech")
-class LibriSpeechCorpus(Corpus):
+class LibriSpeechCorpus(ListedCorpus):
     options = ("alignments", "speakers", "tier", "tolerance")
 
     def __init__(self, spec):
@@ -108,7 +108,6 @@ class LibriSpeechCorpus(Corpus):
         )
         self.tier = spec.get("tier", "phones")
         self.tolerance = spec.get("tolerance", 0.1, float)
-        self._utts: list[Utterance] | None = None
 
     def _index_alignments(self) -> tuple[dict[str, Path], dict[str, tuple[Interval, ...]]]:
         grids: dict[str, Path] = {}
@@ -157,17 +156,6 @@ class LibriSpeechCorpus(Corpus):
                 extra += [("gender", info.get("gender")), ("subset", info.get("subset"))]
             utts.append(Utterance(id=uid, path=str(f), speaker=spk, phones=phones, extra=tuple(extra)))
         return utts
-
-    def utterances(self) -> list[Utterance]:
-        if self._utts is None:
-            self._utts = self._load()
-        return self._utts
-
-    def __iter__(self) -> Iterator[Utterance]:
-        return iter(self.utterances())
-
-    def __len__(self) -> int:
-        return len(self.utterances())
 
     def describe(self) -> dict[str, Any]:
         return {

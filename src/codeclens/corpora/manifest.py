@@ -34,13 +34,13 @@ import csv
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import soundfile as sf
 
 from ..errors import CodeclensError
 from . import CORPORA
-from .base import Corpus, Interval, Problem, Utterance
+from .base import Interval, ListedCorpus, Problem, Utterance
 from .textgrid import TextGridError, check_intervals, read_textgrid
 
 RESERVED = ("path", "speaker", "accent", "id", "start", "end", "textgrid")
@@ -200,7 +200,7 @@ def _scalar(v: Any, kind: str = "str") -> Any:
 
 
 @CORPORA.register("manifest")
-class ManifestCorpus(Corpus):
+class ManifestCorpus(ListedCorpus):
     options = ("tier", "tolerance", "require", "root")
 
     def __init__(self, spec):
@@ -216,7 +216,6 @@ class ManifestCorpus(Corpus):
         if self.tolerance < 0:
             raise CodeclensError("manifest: tolerance must be >= 0")
         self.require = [c.strip() for c in spec.get("require", "").split(",") if c.strip()]
-        self._utts: list[Utterance] | None = None
 
     def _resolve(self, p: str) -> Path:
         q = Path(p).expanduser()
@@ -307,17 +306,6 @@ class ManifestCorpus(Corpus):
         if not math.isfinite(t):
             raise RowError(f"{key} '{v}' is not finite")
         return t
-
-    def utterances(self) -> list[Utterance]:
-        if self._utts is None:
-            self._utts = self._load()
-        return self._utts
-
-    def __iter__(self) -> Iterator[Utterance]:
-        return iter(self.utterances())
-
-    def __len__(self) -> int:
-        return len(self.utterances())
 
     def describe(self) -> dict[str, Any]:
         return {"spec": str(self.spec), "kind": "manifest", "file": str(self.file.resolve())}
