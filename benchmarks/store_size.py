@@ -79,11 +79,16 @@ def main() -> None:
             audio_s = float(s.utterances["duration"].sum())
             store_b = s.disk_bytes()
             vec_b = vector_cache_bytes(s, tmp / f"vectors-{len(rows)}")
-            rows.append((spec.split("?")[0], s.n_layers, s.dim, audio_s, dt, store_b, vec_b))
+            table_b = (s.path / "tables.safetensors").stat().st_size
+            rows.append((spec.split("?")[0], s.n_layers, s.dim, audio_s, dt, store_b, vec_b, table_b, s.n_frames))
             shutil.rmtree(tmp / f"vectors-{len(rows) - 1}")
-        print(f"\n{'codec':24s} {'L':>3s} {'D':>4s} {'audio s':>8s} {'x RT':>7s} {'store MB':>9s} {'vectors MB':>11s} {'ratio':>7s}")
-        for name, L, D, audio_s, dt, sb, vb in rows:
-            print(f"{name:24s} {L:3d} {D:4d} {audio_s:8.1f} {audio_s / dt:7.1f} {sb / 1e6:9.2f} {vb / 1e6:11.2f} {vb / sb:6.1f}x")
+        print(f"\n{'codec':24s} {'L':>3s} {'D':>4s} {'audio s':>8s} {'x RT':>7s} {'store MB':>9s} {'tables MB':>9s} {'vectors MB':>11s} {'ratio':>7s} {'B/frame store':>13s} {'B/frame vec':>11s} {'ratio @100h':>11s}")
+        for name, L, D, audio_s, dt, sb, vb, tb, nfr in rows:
+            # Tables are a fixed cost per store; per-frame bytes decide the ratio on real corpora.
+            per_store, per_vec = (sb - tb) / nfr, vb / nfr
+            frames_100h = 100 * 3600 * nfr / audio_s
+            at_100h = per_vec * frames_100h / (tb + per_store * frames_100h)
+            print(f"{name:24s} {L:3d} {D:4d} {audio_s:8.1f} {audio_s / dt:7.1f} {sb / 1e6:9.2f} {tb / 1e6:9.2f} {vb / 1e6:11.2f} {vb / sb:6.1f}x {per_store:13.1f} {per_vec:11.1f} {at_100h:10.1f}x")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
