@@ -455,17 +455,20 @@ def voice_conversion_table(effects: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-SADOK_VC_COS = (
-    ("AnCoGen - Melspectrogram", 0.72),
-    ("AnCoGen - BigCodec", 0.68),
-    ("AnCoGen - SpeechTokenizer", 0.74),
-)
-"""Sadok, Hauret, Bavu 2025, Table 1, voice conversion COS (Resemblyzer), LibriSpeech test."""
+def sadok_vc_cos() -> list[tuple[str, float]]:
+    """Sadok, Hauret, Bavu 2025, Table 1, voice-conversion COS (Resemblyzer), LibriSpeech test,
+    from the copy shipped in ``codeclens/data/reference``."""
+    from pathlib import Path
+
+    t = pd.read_csv(Path(__file__).resolve().parents[2] / "data" / "reference" / "sadok2025_table1.csv")
+    names = {"ancogen_melspectrogram": "AnCoGen - Melspectrogram", "ancogen_bigcodec": "AnCoGen - BigCodec",
+             "ancogen_speechtokenizer": "AnCoGen - SpeechTokenizer"}
+    return [(names.get(m, m), float(v)) for m, v in zip(t["model"], t["vc_cos"])]
 
 
 def published_vc(vc_by_store: dict[str, pd.DataFrame]) -> pd.DataFrame:
     src = "Sadok, Hauret & Bavu 2025 (Interspeech), Table 1, Voice Conversion COS"
-    rows = [{"system": s, "method": "AnCoGen attribute control", "cos_target": v, "source": src} for s, v in SADOK_VC_COS]
+    rows = [{"system": s, "method": "AnCoGen attribute control", "cos_target": v, "source": src} for s, v in sadok_vc_cos()]
     for store, vc in vc_by_store.items():
         if vc.empty or vc["cos_target"].isna().all():
             continue
