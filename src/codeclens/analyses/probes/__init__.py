@@ -1,4 +1,5 @@
-"""Linear probes per RVQ layer, with code-lookup bounds, control tasks and bootstrap CIs.
+"""Linear probes per RVQ layer, with code-lookup bounds, control tasks and bootstrap CIs
+(and optional one-hidden-layer MLP probes, ``mlp=True``).
 
 Python API: :func:`run_probes` (tidy DataFrame), :func:`fit_probe` (one reusable
 probe), the ``probes`` analysis (files + result.json) and ``codeclens probe``.
@@ -44,9 +45,11 @@ class ProbesAnalysis(Analysis):
         heatmap(df, out / "probes_heatmap")
         arts = (
             Artifact("probes.csv", "Every probe: store, representation, task, probe (linear | lookup bound | control "
-                     "| selectivity), metric, value with 95% bootstrap CI over test utterances, chance levels.", "table"),
+                     "| selectivity; with --mlp also mlp | mlp_control | mlp_selectivity), metric, value with 95% "
+                     "bootstrap CI over test utterances, chance levels.", "table"),
             Artifact("probes_by_layer.png", "Test score vs RVQ layer per task (macro-F1 or R²): linear probes with "
-                     "95% CIs, code-lookup upper bound (dash-dot), control task (dotted), majority chance.", "figure"),
+                     "95% CIs, code-lookup upper bound (dash-dot), control task (dotted), MLP probes (x markers, "
+                     "with --mlp), majority chance.", "figure"),
             Artifact("probes_heatmap.png", "Representation x task grid of the probe score, per store.", "figure"),
         )
         return AnalysisResult(self.name, self.title, arts, summary(df))

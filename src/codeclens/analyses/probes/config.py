@@ -33,7 +33,7 @@ class ProbeConfig:
     max_iter: int = 300
     """Most L-BFGS iterations per probe group."""
     patience: int = 3
-    """Early stopping: rounds of 10 iterations without a better validation loss."""
+    """Early stopping: validation checks (every 10 L-BFGS iterations; MLP probe: every round) without a better loss."""
     control: str = "code"
     """Control task (Hewitt & Liang): code (each code / code tuple gets a random label), type (each phone type does), none."""
     lookup: bool = True
@@ -45,7 +45,17 @@ class ProbeConfig:
     memory_mb: int = 1024
     """Feature memory budget of one batched fit; larger groups are split, larger single probes streamed."""
     seed: int = 0
-    """Seed of control labels, subsampling and bootstrap."""
+    """Seed of control labels, subsampling, bootstrap and MLP initialisation/minibatches."""
+    mlp: bool = False
+    """Also fit a one-hidden-layer MLP probe per representation (probe=mlp; with controls also mlp_control
+    and mlp_selectivity). Off by default: the linear probe is the reference, an MLP needs its control to be read."""
+    mlp_hidden: int = 256
+    """Hidden (ReLU) units of the MLP probe."""
+    mlp_weight_decay: tuple[float, ...] = (1e-4, 1e-3, 1e-2)
+    """MLP strengths tried (mean loss + wd*(|W1|^2 + |W2|^2)); the best on the val split is kept."""
+    mlp_epochs: int = 100
+    """Most rounds of the MLP probe (a round: one epoch of Adam on minibatches of 256, at least 50 steps);
+    each strength early-stops after --patience rounds without a better val loss."""
 
     def __post_init__(self):
         if not self.task:
@@ -70,3 +80,7 @@ class ProbeConfig:
             raise ValueError("max_train_frames must be >= 1")
         if self.memory_mb < 1:
             raise ValueError("memory_mb must be >= 1")
+        if self.mlp_hidden < 1 or self.mlp_epochs < 1:
+            raise ValueError("mlp_hidden and mlp_epochs must be >= 1")
+        if not self.mlp_weight_decay or any(v < 0 for v in self.mlp_weight_decay):
+            raise ValueError("mlp_weight_decay needs at least one value, all >= 0")

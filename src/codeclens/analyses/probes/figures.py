@@ -52,6 +52,16 @@ def layer_curves(df: pd.DataFrame, path: str | Path) -> list[Path]:
                 x = (d["layer"].max() if d["layer"].notna().any() else 0) + 1
                 ax.errorbar([x], lat["value"], yerr=[lat["value"] - lat["ci_low"], lat["ci_high"] - lat["value"]],
                             fmt="*", ms=9, color=c, label=f"{store} latent (x={x:g})")
+            mlp = ds[ds["probe"] == "mlp"]
+            for kind in ("layer", "cumulative"):
+                k = mlp[mlp["kind"] == kind].sort_values("layer")
+                if len(k):
+                    ax.plot(k["layer"], k["value"], lw=0.9, ls=(0, (5, 2)), marker="x", ms=4, color=c, alpha=0.8,
+                            label=f"{store} MLP {kind}:k")
+            mlat = mlp[mlp["kind"] == "latent"]
+            if len(mlat):
+                x = (d["layer"].max() if d["layer"].notna().any() else 0) + 1
+                ax.plot([x] * len(mlat), mlat["value"], "X", ms=7, color=c, alpha=0.8, label=f"{store} MLP latent")
             look = ds[(ds["probe"] == "lookup")].sort_values("layer")
             if len(look):
                 ax.plot(look["layer"], look["value"], "-.", lw=1, color=c, label=f"{store} code lookup (bound)")

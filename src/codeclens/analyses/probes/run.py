@@ -82,17 +82,27 @@ def run_probes(stores: Sequence[Store | str], cfg: ProbeConfig | None = None, pr
 def run_task(stores: list[Store], task: str, cfg: ProbeConfig, progress: bool = False) -> pd.DataFrame:
     tds = [gather_task(s, task, cfg) for s in stores]
     jobs = make_jobs(stores, tds, cfg)
-    bar = None
+    bar, mlp_fits = None, None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(jobs), desc=f"probe {task}", unit="probe", leave=False)
+        n_mlp = 0
+        if cfg.mlp:
+            from .mlp import eligible
+
+            n_mlp = sum(eligible(j) for j in jobs)
+        bar = tqdm(total=len(jobs) + n_mlp, desc=f"probe {task}", unit="probe", leave=False)
     try:
-        fits = fit(jobs, cfg, bar.update if bar is not None else None)
+        log = bar.update if bar is not None else None
+        fits = fit(jobs, cfg, log)
+        if cfg.mlp:
+            from .mlp import fit_mlp_jobs
+
+            mlp_fits = fit_mlp_jobs(jobs, cfg, resolve_device(cfg.device), log)
     finally:
         if bar is not None:
             bar.close()
-    return pd.DataFrame(evaluate(jobs, fits, cfg), columns=COLUMNS)
+    return pd.DataFrame(evaluate(jobs, fits, cfg, mlp_fits), columns=COLUMNS)
 
 
 # -- evaluation --------------------------------------------------------------
@@ -141,12 +151,27 @@ def display_names(stores: Sequence[Store]) -> dict[int, str]:
     return {id(s): (s.name if names.count(s.name) == 1 else str(s.path)) for s in stores}
 
 
-def evaluate(jobs: list[Job], fits: list[JobFit], cfg: ProbeConfig) -> list[dict[str, Any]]:
+def _selectivity(task_found, scores, chance) -> dict[str, tuple[float, np.ndarray | None]]:
+    """Selectivity of every shared metric from the task's and the control's (value, replicates) and chance."""
+    task, task_chance = task_found
+    sel = {}
+    for metric in ("accuracy", "macro_f1", "r2"):
+        if metric in task and metric in scores:
+            (tv, tr), (cv, cr) = task[metric], scores[metric]
+            tc, cc = task_chance[metric][0], chance[metric][0]
+            sel[metric] = (float(selectivity(tv, cv, tc, cc)), None if tr is None else selectivity(tr, cr, tc, cc))
+    return sel
+
+
+def evaluate(jobs: list[Job], fits: list[JobFit], cfg: ProbeConfig,
+             mlp_fits: list | None = None) -> list[dict[str, Any]]:
+    """Tidy rows of every fitted probe; ``mlp_fits`` (job order, None where not fitted) adds the MLP's rows."""
     rows: list[dict[str, Any]] = []
     names = display_names(list({id(j.store): j.store for j in jobs}.values()))
     boots: dict[int, tuple] = {}
     task_reps: dict[tuple[int, Repr], dict] = {}
-    for job, f in zip(jobs, fits):
+    mlp_reps: dict[tuple[int, Repr], dict] = {}
+    for i, (job, f) in enumerate(zip(jobs, fits)):
         td, key = job.td, id(job.td)
         if key not in boots:
             g, n = _test_groups(td)
@@ -160,12 +185,12 @@ def evaluate(jobs: list[Job], fits: list[JobFit], cfg: ProbeConfig) -> list[dict
             "n_test_utterances": n, "split": td.split_column, "level": td.level, "backend": cfg.backend,
         }
 
-        def emit(probe: str, scores, chance, l2=np.nan):
+        def emit(probe: str, scores, chance, l2=np.nan, backend=cfg.backend):
             for metric, (v, reps) in scores.items():
                 lo, hi = M.percentile_ci(reps) if reps is not None else (np.nan, np.nan)
                 cm, cu = chance.get(metric, (np.nan, np.nan)) if chance else (np.nan, np.nan)
                 rows.append({**base, "probe": probe, "metric": metric, "value": v, "ci_low": lo, "ci_high": hi,
-                             "chance_majority": cm, "chance_uniform": cu, "l2": l2})
+                             "chance_majority": cm, "chance_uniform": cu, "l2": l2, "backend": backend})
 
         yt = job.y["test"]
         chance = _chance(td, job.y["train"], yt, g, n)
@@ -181,15 +206,18 @@ def evaluate(jobs: list[Job], fits: list[JobFit], cfg: ProbeConfig) -> list[dict
             emit("control", scores, chance, f.l2)
             found = task_reps.get((key, job.rep))
             if found is not None:
-                task, task_chance = found
-                sel = {}
-                for metric in ("accuracy", "macro_f1", "r2"):
-                    if metric in task and metric in scores:
-                        (tv, tr), (cv, cr) = task[metric], scores[metric]
-                        tc, cc = task_chance[metric][0], chance[metric][0]
-                        sel[metric] = (float(selectivity(tv, cv, tc, cc)),
-                                       None if tr is None else selectivity(tr, cr, tc, cc))
-                emit("selectivity", sel, None)
+                emit("selectivity", _selectivity(found, scores, chance), None)
+        mf = mlp_fits[i] if mlp_fits is not None else None
+        if mf is not None:  # the MLP is always fitted in torch, whatever --backend says
+            ms = _scores(td, yt, mf.pred_test, g, n, w)
+            if not job.control:
+                emit("mlp", ms, chance, mf.weight_decay, "torch")
+                mlp_reps[(key, job.rep)] = (ms, chance)
+            else:
+                emit("mlp_control", ms, chance, mf.weight_decay, "torch")
+                found = mlp_reps.get((key, job.rep))
+                if found is not None:
+                    emit("mlp_selectivity", _selectivity(found, ms, chance), None, backend="torch")
     return rows
 
 
