@@ -154,6 +154,24 @@ def test_cli_mi_discrete_only_and_cumulative(planted, tmp_path):
     assert c["lower_bits"] > 2.5  # H(phone) is ~3.6 bits
 
 
+def test_resolve_target_kinds(tmp_path, rng):
+    from codeclens.analyses.mi import resolve_target
+    from codeclens.store.arrays import write_store
+
+    n = 600
+    unit = (np.arange(n) % 30).astype(float)  # 30 content units, stored as float because of a gap
+    unit[:12] = np.nan
+    loud = rng.normal(-30, 6, n)
+    utts = pd.DataFrame({"id": [f"u{i}" for i in range(6)], "speaker": ["a", "b"] * 3, "n_frames": 100})
+    st = Store(write_store(tmp_path / "st", rng.integers(0, 8, (n, 1)), [rng.normal(size=(8, 4)).astype(np.float32)],
+                           utts, pd.DataFrame({"unit": unit, "loudness": loud}), frame_rate=50.0))
+    u = resolve_target(st, "unit", 16)
+    assert u.discrete and u.n_classes == 30 and len(u.rows) == n - 12  # ids, not 16 quantile bins
+    lo = resolve_target(st, "loudness", 16)
+    assert not lo.discrete and lo.n_classes == 16 and np.allclose(lo.values, loud)
+    assert np.bincount(lo.ids).min() >= n // 16 - 1  # quantile bins hold equal shares
+
+
 def test_mi_bad_input(planted, tmp_path, capsys):
     assert main(["mi", "--store", str(planted), "--targets", "accent", "--out", str(tmp_path / "a"), "--quiet"]) == 2
     assert "no label column 'accent'" in capsys.readouterr().err

@@ -60,6 +60,17 @@ def test_probe_latents_known_answers():
     assert con.loc[2, "rho"] == pytest.approx(1.0)
 
 
+def test_probe_latents_ignores_unlabelled_rows():
+    # latent 0 fires on 25 'x' rows and 25 unlabelled rows: among labelled rows it is pure for x
+    z = np.zeros((100, 2))
+    z[:50, 0] = 1.0
+    z[50:, 1] = 1.0
+    lab = np.array(["x"] * 25 + [None] * 10 + [float("nan")] * 10 + [""] * 5 + ["y"] * 50, dtype=object)
+    cat = probe_latents(z, {"lab": lab}, min_active=10).set_index("latent")
+    assert set(cat["best"]) == {"x", "y"}
+    assert cat.loc[0, "purity"] == 1.0 and cat.loc[0, "lift"] == pytest.approx(3.0)  # P(x) = 25/75
+
+
 def test_sae_latents_cli_finds_planted_layers(tmp_path):
     st = planted_store(tmp_path / "st")
     out = tmp_path / "out"

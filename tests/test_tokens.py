@@ -83,6 +83,23 @@ def test_independent_codes_give_pnmi_near_zero(rng):
     assert it.ranked_association(c).sum() == pytest.approx(100.0)
 
 
+def test_pnmi_and_conditional_entropy_of_a_noisy_channel():
+    # codes = labels through a binary symmetric channel with crossover 0.2, uniform labels:
+    # I = ln 2 - h(0.2), H(label) = ln 2, H(label | code) = h(0.2)
+    c = np.array([[40, 10], [10, 40]])
+    h = -(0.2 * np.log(0.2) + 0.8 * np.log(0.8))
+    assert it.pnmi(c) == pytest.approx((np.log(2) - h) / np.log(2))
+    assert it.pnmi(c.T) == pytest.approx(it.pnmi(c))  # symmetric table: same either way round
+    assert it.conditional_entropy(c) == pytest.approx(h)
+    assert it.ranked_association(c) == pytest.approx([80.0, 20.0])
+    assert it.label_purity(c) == pytest.approx(0.8)
+    # PNMI normalises by H(label), not H(code): 4 codes splitting 2 labels deterministically give 1
+    assert it.pnmi(np.array([[10, 0], [10, 0], [0, 10], [0, 10]])) == pytest.approx(1.0)
+    assert it.pnmi(np.array([[10, 0], [10, 0], [0, 10], [0, 10]]).T) == pytest.approx(0.5)
+    # Miller-Madow: + (occupied bins - 1) / 2N
+    assert it.miller_madow_entropy(np.array([5, 5, 0])) == pytest.approx(np.log(2) + 1 / 20)
+
+
 def test_ranked_association_weighting_known_table():
     # code 0: 90 frames, 90/10 split; code 1: 10 frames, 50/50 split; code 2 unused
     c = np.array([[81, 9], [5, 5], [0, 0]])
@@ -146,6 +163,9 @@ def test_bad_input_is_one_line_error(planted, tmp_path, capsys):
     assert "no label column 'accent'" in capsys.readouterr().err
     assert main(["tokens", "--store", str(planted), "--layers", "1-9", "--out", str(tmp_path / "b")]) == 2
     assert "codec has 3 layers" in capsys.readouterr().err
+    assert main(["tokens", "--store", str(planted), "--label", "f0_hz", "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert "'f0_hz' is real-valued" in err and len(err.strip().splitlines()) == 1
     from codeclens.analyses.tokens import parse_layers
 
     with pytest.raises(CodeclensError):

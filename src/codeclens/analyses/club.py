@@ -27,7 +27,8 @@ mean minus 1.645 standard errors; a sample mean of a valid bound can exceed
 the truth by noise), replaced by zero when negative (MI is non-negative), so
 each estimate is a bracket ``[lower, upper]`` in nats. CLUB is only an upper bound
 when q is close to the true conditional; a poorly fitted q makes it small, and
-the reported ``train_steps``/``val_nll`` let one see whether the fit converged.
+``MIBracket.consistent`` (upper >= lower) and the held-out ``log_likelihood``
+let one see whether the fit was good enough.
 """
 
 from __future__ import annotations
@@ -133,8 +134,8 @@ def _gauss_logq(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def _threads(n: int) -> Iterator[None]:
-    """Temporarily set torch's CPU thread count (restored afterwards)."""
+def torch_threads(n: int) -> Iterator[None]:
+    """Temporarily set torch's CPU thread count (0: leave it; restored afterwards)."""
     old = torch.get_num_threads()
     if n > 0:
         torch.set_num_threads(n)
@@ -266,7 +267,7 @@ def mi_bracket(
     ``groups`` (one per training row, e.g. utterance ids) makes the internal
     validation split group-wise.
     """
-    with _threads(cfg.cpu_threads if resolve_device(device).type == "cpu" else 0):
+    with torch_threads(cfg.cpu_threads if resolve_device(device).type == "cpu" else 0):
         b = _mi_bracket(x_train, y_train, x_test, y_test, discrete, cfg, device, groups)
     # For discrete y, H(Y) (lower_cap) bounds I(X; Y) as well.
     cap = min(upper_cap, b.lower_cap) if discrete else upper_cap

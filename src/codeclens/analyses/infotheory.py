@@ -9,6 +9,8 @@ a function says otherwise; divide by ``LN2`` for bits.
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import numpy as np
 import pandas as pd
 
@@ -36,6 +38,17 @@ def is_missing(values: np.ndarray) -> np.ndarray:
     codes, uniques = pd.factorize(pd.Series(np.asarray(values, dtype=object)), use_na_sentinel=True)
     bad = np.array([_missing_scalar(u) for u in uniques] + [True], dtype=bool)
     return bad[codes]  # the NA sentinel -1 picks the trailing True
+
+
+def is_real_valued(values: np.ndarray, max_classes: int = 20) -> bool:
+    """True for floats with more than ``max_classes`` distinct values that are not all whole
+    numbers: a measurement (F0, loudness), not a label. Integer ids stored as floats
+    (content units upcast by missing values) stay labels."""
+    values = np.asarray(values)
+    if values.dtype.kind != "f":
+        return False
+    finite = values[np.isfinite(values)]
+    return len(np.unique(finite)) > max_classes and not np.array_equal(finite, np.round(finite))
 
 
 def encode_labels(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -198,9 +211,15 @@ def shuffled_mi(
     size and table shape: plug-in MI sits well above zero when codes x labels
     is large compared to the number of frames; Miller-Madow removes most of that.
     """
+    tables = shuffled_cooccurrences(codes, labels, n_codes, n_labels, n_shuffles, seed)
+    return np.array([mutual_information(c, miller_madow) for c in tables], dtype=np.float64)
+
+
+def shuffled_cooccurrences(
+    codes: np.ndarray, labels: np.ndarray, n_codes: int, n_labels: int, n_shuffles: int = 10, seed: int = 0
+) -> Iterator[np.ndarray]:
+    """Co-occurrence tables after permuting the labels, one per shuffle (seeded, so reproducible)."""
     rng = np.random.default_rng(seed)
     labels = np.asarray(labels, dtype=np.int64)
-    out = np.empty(n_shuffles)
-    for i in range(n_shuffles):
-        out[i] = mutual_information(cooccurrence(codes, rng.permutation(labels), n_codes, n_labels), miller_madow)
-    return out
+    for _ in range(n_shuffles):
+        yield cooccurrence(codes, rng.permutation(labels), n_codes, n_labels)

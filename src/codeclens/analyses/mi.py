@@ -109,8 +109,7 @@ def resolve_target(store: Any, name: str, n_bins: int) -> Target:
         col = "f0_hz" if "f0_hz" in cols else "f0"
     raw = store.frame_column(col)
     is_f0 = col in ("f0_hz", "f0")
-    numeric = np.asarray(raw).dtype.kind == "f"
-    continuous = is_f0 or (numeric and len(np.unique(raw[np.isfinite(raw)])) > 20)
+    continuous = is_f0 or it.is_real_valued(raw)
     if not continuous:
         keep, ids, classes = it.encode_labels(raw)
         rows = np.flatnonzero(keep)
@@ -207,10 +206,8 @@ class MIAnalysis(Analysis):
         codes = layer_codes(store, layer)[tgt.rows]
         K = int(store.codebook_sizes[layer - 1])
         counts = it.cooccurrence(codes, tgt.ids, K, tgt.n_classes)
-        rng = np.random.default_rng(cfg.seed + layer)
         sh_plug, sh_mm = [], []
-        for _ in range(cfg.n_shuffles):
-            c = it.cooccurrence(codes, rng.permutation(tgt.ids), K, tgt.n_classes)
+        for c in it.shuffled_cooccurrences(codes, tgt.ids, K, tgt.n_classes, cfg.n_shuffles, cfg.seed + layer):
             sh_plug.append(it.mutual_information(c))
             sh_mm.append(it.mutual_information(c, miller_madow=True))
         b = 1.0 / it.LN2

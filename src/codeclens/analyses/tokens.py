@@ -59,10 +59,13 @@ def discrete_labels(store: Any, name: str) -> tuple[np.ndarray, np.ndarray, np.n
     """``(frame_rows, label_ids, classes, column)`` for the frames that have a label.
 
     Missing labels (None, NaN, empty string) are dropped; a column that does
-    not exist or has no labels at all is a :class:`CodeclensError`.
+    not exist, is real-valued (F0) or has no labels at all is a :class:`CodeclensError`.
     """
     col = label_column_name(store, name)
     values = store.frame_column(col)
+    if it.is_real_valued(values):
+        raise CodeclensError(f"{store.path}: label column '{col}' is real-valued, not a discrete label "
+                             "(the mi analysis handles continuous attributes)")
     keep, ids, classes = it.encode_labels(values)
     if not keep.any():
         raise CodeclensError(f"{store.path}: label column '{col}' has no values")

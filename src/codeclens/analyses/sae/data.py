@@ -14,19 +14,18 @@ import numpy as np
 
 from ...errors import CodeclensError
 from ...store.reprs import Repr
+from ..infotheory import is_missing
 
 ROLES = ("sae", "monitor", "clf", "test")
 
 
 def _clean_labels(values: np.ndarray) -> np.ndarray:
     """Labels as strings; missing ones (None, NaN, '') become ''."""
+    missing = is_missing(values)  # also pandas NA and float32 NaN
     out = np.empty(len(values), dtype=object)
     for i, v in enumerate(values):
-        if v is None or (isinstance(v, float) and np.isnan(v)):
-            out[i] = ""
-        else:
-            s = str(v)
-            out[i] = "" if s.lower() in ("nan", "none") else s
+        s = "" if missing[i] else str(v)
+        out[i] = "" if s.lower() in ("nan", "none") else s
     return out
 
 

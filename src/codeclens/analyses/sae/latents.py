@@ -26,6 +26,7 @@ from ...errors import CodeclensError
 from ...util.atomic import atomic_path
 from ...util.provenance import config_hash
 from ..base import AnalysisResult, Artifact
+from ..infotheory import is_missing
 from .config import LatentProbeConfig
 from .io import load_sae, read_meta, save_sae
 from .sweep import SAEConfig, StoreSource, TrainConfig, train_sweep
@@ -56,7 +57,10 @@ def probe_latents(z: np.ndarray, attrs: dict[str, np.ndarray], min_active: int =
         ok = np.ones(len(z), bool) if not valid or name not in valid else valid[name]
         kind = attribute_kind(values)
         if kind == "categorical":
-            lab = pd.Series(values).astype(str).to_numpy()[ok]
+            # Unlabelled frames (None, NaN, '') are no class: counting them would make "nan" a
+            # label a latent can be pure for (and mixed str/float labels cannot be sorted).
+            ok = ok & ~is_missing(values)
+            lab = np.asarray(values, dtype=object)[ok].astype(str)
             classes, inv = np.unique(lab, return_inverse=True)
             onehot = np.zeros((len(lab), len(classes)))
             onehot[np.arange(len(lab)), inv] = 1
@@ -95,7 +99,7 @@ class LatentRunner:
     title = "Frame-level SAE latents per layer: which are monosemantic for phone, speaker, F0?"
 
     def run(self, stores: Sequence[Any], cfg: LatentProbeConfig, out: Path, progress: bool = True) -> AnalysisResult:
-        from .study import torch_threads
+        from ..club import torch_threads
 
         with torch_threads(cfg.threads):
             return self._run(stores, cfg, out, progress)

@@ -10,7 +10,6 @@ published-vs-ours tables when a store's codec is one the paper reports.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -26,6 +25,7 @@ from ...errors import CodeclensError
 from ...util.atomic import atomic_path, write_json
 from ...util.provenance import config_hash
 from ..base import AnalysisResult, Artifact
+from ..club import torch_threads
 from . import figures, metrics
 from .browser import write_browser
 from .classify import FEATURES, delta_f1, fit_score, macro_f1
@@ -35,18 +35,6 @@ from .io import load_sae, read_meta, save_sae
 from .model import TopKSAE
 from .published import SOURCE, bitrate_kbps, codec_family, published_key, table
 from .sweep import ArraySource, SAEConfig, StoreSource, train_sweep
-
-
-@contextlib.contextmanager
-def torch_threads(n: int):
-    """Run with n intra-op threads (0: leave torch's setting), restoring it afterwards."""
-    old = torch.get_num_threads()
-    if n > 0:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def _nearest(values: Sequence[float], v: float) -> float:
@@ -162,7 +150,7 @@ class SAERunner:
             **{f"speakers_{r}": int(len(set(task.speaker[roles[r]]))) for r in roles},
         }
         eval_fp = config_hash({"label": cfg.label, "classes": list(cfg.classes), "map": list(cfg.label_map),
-                               "clf": to_dict(clf_cfg),
+                               "clf": to_dict(clf_cfg), "top_latents": cfg.top_latents,
                                "roles": {r: _rows_hash(v) for r, v in roles.items()}})
         results, history, dens_rows, label_latents = [], [], [], []
         dq = _nearest(cfg.q, cfg.density_q)
