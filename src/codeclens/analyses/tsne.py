@@ -282,12 +282,8 @@ class TsneAnalysis(Analysis):
 
 def knn_agreement(xy: np.ndarray, labels: np.ndarray, k: int = 5) -> float:
     """Mean share of each point's k nearest neighbours (in the embedding) carrying its label."""
-    d = ((xy[:, None, :] - xy[None, :, :]) ** 2).sum(-1) if len(xy) <= 4000 else None
-    if d is None:
-        from sklearn.neighbors import NearestNeighbors
+    from sklearn.neighbors import NearestNeighbors
 
-        idx = NearestNeighbors(n_neighbors=k + 1).fit(xy).kneighbors(xy, return_distance=False)[:, 1:]
-    else:
-        np.fill_diagonal(d, np.inf)
-        idx = np.argsort(d, axis=1)[:, :k]
+    # Querying the fitted points themselves (no X) leaves each point out of its own neighbours.
+    idx = NearestNeighbors(n_neighbors=min(k, len(xy) - 1)).fit(xy).kneighbors(return_distance=False)
     return float((labels[idx] == labels[:, None]).mean())
