@@ -1,6 +1,7 @@
 """ablate end to end: a real melrvq store, the real CLI, decoded audio checked against the codec."""
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -92,9 +93,19 @@ def test_rerun_resumes_without_recomputing(run, store):
     assert len(cache) == 2
     stamp = {p: p.stat().st_mtime_ns for p in cache}
     before = pd.read_csv(run / "store" / "per_utterance.csv")
+    # Audio an earlier run with other options left behind is not this run's example.
+    (utt_dir,) = list((run / "store" / "audio").iterdir())
+    (utt_dir / "noise_3.wav").write_bytes((utt_dir / "decode.wav").read_bytes())
+    (run / "store" / "audio" / "other_utt").mkdir()
+    (run / "store" / "audio" / "other_utt" / "decode.wav").write_bytes((utt_dir / "decode.wav").read_bytes())
+    listed = {a["path"] for a in json.loads((run / "result.json").read_text())["artifacts"] if a["kind"] == "audio"}
     assert main(["ablate", "--store", str(store), "--out", str(run), "--n-utts", "2", *ARGS]) == 0
     assert {p: p.stat().st_mtime_ns for p in cache} == stamp
     pd.testing.assert_frame_equal(pd.read_csv(run / "store" / "per_utterance.csv"), before)
+    again = {a["path"] for a in json.loads((run / "result.json").read_text())["artifacts"] if a["kind"] == "audio"}
+    assert again == listed and {f"store/audio/{utt_dir.name}/{n}.wav" for n in ("decode", "drop_1", "swap_4")} <= again
+    (utt_dir / "noise_3.wav").unlink()  # the module's other tests expect one example folder
+    shutil.rmtree(run / "store" / "audio" / "other_utt")
 
 
 def test_swapping_every_layer_gives_the_donor(store, tmp_path):
@@ -129,6 +140,13 @@ def test_bad_input_is_one_line(store, tmp_path, capsys, extra, needle):
 def test_missing_store_is_one_line(tmp_path, capsys):
     assert main(["ablate", "--store", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
     assert "not a feature store" in capsys.readouterr().err
+
+
+def test_output_path_that_is_a_file_is_one_line(store, tmp_path, capsys):
+    (tmp_path / "o").write_text("")
+    assert main(["ablate", "--store", str(store), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is a file" in err and len(err.splitlines()) == 1
 
 
 def test_phone_accuracy_on_reencoded_audio(melrvq_dir, tmp_path):

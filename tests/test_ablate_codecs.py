@@ -40,4 +40,13 @@ def test_ablate_runs_for_codec(kind, audio_folder, tmp_path):
     assert {"none", "drop 1", "swap 2", "keep 1", "noise 2"} <= set(eff["intervention"])
     none = eff[(eff["intervention"] == "none") & (eff["measure"] == "stoi")]["mean"].iloc[0]
     assert none == pytest.approx(1.0)
-    assert (out / "store" / "audio").is_dir()
+    # Every edit reaches the decoder: a codec that ignored the layer mask or the edited codes
+    # would give back the unedited decode.
+    import numpy as np
+    import soundfile as sf
+
+    (ex,) = list((out / "store" / "audio").iterdir())
+    decode = sf.read(ex / "decode.wav", dtype="float32")[0]
+    for edit in ("drop_1", "swap_2", "keep_1", "noise_2"):
+        audio = sf.read(ex / f"{edit}.wav", dtype="float32")[0]
+        assert len(audio) == len(decode) and not np.array_equal(audio, decode), edit

@@ -68,6 +68,65 @@ def test_known_changes():
     assert np.isnan(ms.f0_rmse_cents(ms.f0_track(c, SR), silent))
 
 
+def test_f0_error_counts_only_frames_voiced_in_both():
+    """Known answer on tracks built by hand: frames voiced in only one signal (here with a
+    2-octave error) must not enter the RMSE; they only lower the voicing agreement."""
+    n = 40
+    ref = ms.F0Track(np.full(n, 100.0), np.ones(n, dtype=bool))
+    f0 = np.full(n, 100.0 * 2 ** (100 / 1200))  # one semitone up where both are voiced
+    voiced = np.ones(n, dtype=bool)
+    f0[:10], voiced[:10] = np.nan, False  # unvoiced in hyp
+    f0[10:20] = 400.0
+    hyp_only = ms.F0Track(f0, voiced)
+    ref_part = ms.F0Track(np.where(np.arange(n) < 20, 25.0, 100.0), np.arange(n) >= 10)
+    assert ms.f0_rmse_cents(ref, hyp_only) == pytest.approx(np.sqrt((10 * 2400.0 ** 2 + 20 * 100.0 ** 2) / 30))
+    assert ms.voicing_agreement(ref, hyp_only) == pytest.approx(30 / 40)
+    # Frames 10..19 are voiced in both (25 Hz -> 400 Hz: 4800 cents); 0..9 are voiced in neither.
+    assert ms.f0_rmse_cents(ref_part, hyp_only) == pytest.approx(np.sqrt((10 * 4800.0 ** 2 + 20 * 100.0 ** 2) / 30))
+    assert ms.voicing_agreement(ref_part, hyp_only) == 1.0
+    # Different lengths: compared over the common prefix.
+    assert ms.f0_rmse_cents(ref, ms.F0Track(f0[20:], voiced[20:])) == pytest.approx(100.0)
+
+
+def test_stoi_is_given_the_rate_of_the_signal():
+    """pystoi resamples to its internal 10 kHz from the rate it is told: the same signals given
+    at 24 kHz and at 16 kHz must score as pystoi scores them resampled to 10 kHz directly."""
+    from pystoi import stoi as reference_stoi
+
+    from codeclens.audio import resample
+
+    c = calibration_audio(24000, 2.0, seed=5)
+    noisy = c + 0.05 * np.random.default_rng(1).standard_normal(len(c)).astype(np.float32)
+    want = reference_stoi(resample(c, 24000, 10000).astype(np.float64), resample(noisy, 24000, 10000).astype(np.float64), 10000)
+    assert 0.3 < want < 0.99
+    assert ms.stoi(c, noisy, 24000) == pytest.approx(want, abs=0.01)
+    assert ms.stoi(resample(c, 24000, 16000), resample(noisy, 24000, 16000), 16000) == pytest.approx(want, abs=0.01)
+    # Told the wrong rate, the score moves: the rate matters and is not ignored.
+    assert abs(ms.stoi(c, noisy, 16000) - want) > 0.01
+
+
+def test_mcd_matches_a_reference_mfcc():
+    """Reference implementation: librosa's MFCC (orthonormal DCT-II of the dB mel amplitude), taken
+    to natural-log units (x ln10/20) and to the documented FFT-cepstrum scale (/ sqrt(2 * n_mels)),
+    gives the same coefficients 1..24 and the same MCD = mean 10/ln10 * sqrt(2 * sum d^2)."""
+    import librosa
+
+    rng = np.random.default_rng(0)
+    a = calibration_audio(SR, 1.5, seed=4) + 0.01 * rng.standard_normal(int(1.5 * SR)).astype(np.float32)
+    b = a + 0.2 * rng.standard_normal(len(a)).astype(np.float32)
+
+    def cepstrum(x):
+        mel = librosa.feature.melspectrogram(y=x, sr=SR, n_fft=1024, hop_length=160, n_mels=80, power=1.0)
+        db = librosa.amplitude_to_db(mel, ref=1.0, amin=1e-30, top_db=None)
+        m = librosa.feature.mfcc(S=db, n_mfcc=25, dct_type=2, norm="ortho")
+        return (m[1:25] * np.log(10) / 20 / np.sqrt(2 * 80)).T
+
+    ca, cb = cepstrum(a), cepstrum(b)
+    np.testing.assert_allclose(ms.mel_cepstrum(a, SR), ca, atol=1e-5)
+    want = np.mean(10 / np.log(10) * np.sqrt(2 * np.sum((ca - cb) ** 2, axis=1)))
+    assert ms.mel_cepstral_distance(a, b, SR) == pytest.approx(want, rel=1e-4)
+
+
 def test_a_different_voice_is_less_similar_than_the_same_voice(voices):
     """Two eSpeak NG speakers that differ in gender variant, pitch and rate: what this shows is that
     the Resemblyzer similarity separates clearly different voices across different sentences, not

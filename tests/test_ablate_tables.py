@@ -53,3 +53,28 @@ def test_voice_conversion_table(per_utt):
     assert r["cos_target"] == pytest.approx(0.9) and r["cos_source"] == pytest.approx(0.65)
     assert r["content_retention"] == pytest.approx(0.6 / 0.8)
     assert r["cos_source_vs_target_unedited"] == pytest.approx(0.6)
+
+
+def test_cache_key_follows_what_the_rows_depend_on(tmp_path):
+    """Cached per-utterance rows are reused only for the same store contents and row-relevant options:
+    a store re-extracted in place with a refitted codec (same path, spec and frame count) gets a new key."""
+    import dataclasses
+
+    from codeclens.analyses.ablate.run import AblateConfig, _cache_key
+    from codeclens.store import Store
+    from codeclens.store.arrays import write_store
+
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 8, size=(20, 2))
+    utts = pd.DataFrame({"id": ["a", "b"], "speaker": ["s1", "s2"], "n_frames": [10, 10]})
+    tables = [rng.standard_normal((8, 4)).astype(np.float32) for _ in range(2)]
+    p = tmp_path / "store"
+    write_store(p, codes, tables, utts)
+    cfg = AblateConfig()
+    key = _cache_key(Store(p), cfg, ["drop 1"], "")
+    assert _cache_key(Store(p), dataclasses.replace(cfg, n_utts=3, examples=0, n_boot=10, device="cpu"), ["drop 1"], "") == key
+    assert _cache_key(Store(p), dataclasses.replace(cfg, seed=1), ["drop 1"], "") != key
+    assert _cache_key(Store(p), cfg, ["drop 2"], "") != key
+    assert _cache_key(Store(p), cfg, ["drop 1"], "probe-b") != key
+    write_store(p, codes, [t + 1.0 for t in tables], utts)
+    assert _cache_key(Store(p), cfg, ["drop 1"], "") != key

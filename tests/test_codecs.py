@@ -281,6 +281,8 @@ def test_speechtokenizer_loads_a_torch_pickle_without_its_trainer(saved, tmp_pat
         ("dac:8khz", "unknown variant"),
         ("encodec:24khz@6kbps?random_init=1&size=huge", "size"),
         ("mimi?random_init=1&size=tiny&layers=0", "layers=0"),
+        ("encodec:24khz@6kbps?random_init=1&size=tiny&seed=-1", "seed must be >= 0"),
+        ("melrvq?random_init=1&seed=x", "not a valid int"),
         ("dac:16khz?checkpoint=/no/such/dir", "not found"),
         ("encodec:24khz@6kbps?colour=red", "unknown option"),
     ],

@@ -239,3 +239,70 @@ def test_librispeech_without_alignments_and_bad_paths(libri, tmp_path):
         load_corpus(f"librispeech:{tmp_path / 'nope'}")
     with pytest.raises(CodeclensError, match="alignments not found"):
         load_corpus(f"librispeech:{sub}?alignments={tmp_path / 'nope'}")
+    with pytest.raises(CodeclensError, match="tolerance must be"):
+        load_corpus(f"librispeech:{sub}?tolerance=-1")
+
+
+SHORT_TEXTGRID = '''File type = "ooTextFile"
+Object class = "TextGrid"
+
+0
+2.3
+<exists>
+2
+"TextTier"
+"bells"
+0
+2.3
+1
+1.0
+"ding"
+"IntervalTier"
+"phones"
+0
+2.3
+2
+0
+1.5
+"a"
+1.5
+2.3
+"say ""hi"""
+'''
+
+
+def test_textgrid_short_format_point_tiers_and_quotes(tmp_path):
+    """Praat's short text format reads to the same intervals; point tiers are skipped;
+    doubled quotes inside labels survive a write/read round trip."""
+    from codeclens.corpora.textgrid import TextGridError, read_textgrid
+
+    p = tmp_path / "short.TextGrid"
+    p.write_text(SHORT_TEXTGRID, encoding="utf-8")
+    want = [Interval(0.0, 1.5, "a"), Interval(1.5, 2.3, 'say "hi"')]
+    assert read_textgrid(p) == {"phones": want}
+    back = tmp_path / "long.TextGrid"
+    write_textgrid(back, {"phones": [Interval(0.2, 1.5, "a"), Interval(1.5, 2.3, 'say "hi"')]}, 2.5)
+    # Gaps are filled with empty intervals, on both sides.
+    assert read_textgrid(back) == {"phones": [Interval(0.0, 0.2, ""), Interval(0.2, 1.5, "a"),
+                                              Interval(1.5, 2.3, 'say "hi"'), Interval(2.3, 2.5, "")]}
+    p.write_text(SHORT_TEXTGRID[: SHORT_TEXTGRID.index('"say')], encoding="utf-8")
+    with pytest.raises(TextGridError, match="malformed TextGrid"):
+        read_textgrid(p)
+
+
+def test_load_audio_segments_known_samples(tmp_path):
+    """A segment is exactly the samples [start*sr, end*sr); bad bounds are one-line AudioErrors."""
+    from codeclens.audio import AudioError, load_audio
+
+    x = (np.arange(1600) / 1600).astype(np.float32)
+    p = tmp_path / "ramp.wav"
+    sf.write(p, x, 16000, subtype="FLOAT")
+    a, sr = load_audio(str(p), None, 0.05, 0.08)
+    assert sr == 16000
+    np.testing.assert_array_equal(a, x[800:1280])
+    np.testing.assert_array_equal(load_audio(str(p), None, 0.09)[0], x[1440:])
+    for start, end, msg in ((-0.01, 0.05, "before 0"), (0.2, 0.3, "past the end"), (0.05, 0.05, "empty segment")):
+        with pytest.raises(AudioError, match=msg):
+            load_audio(str(p), None, start, end)
+    with pytest.raises(AudioError, match="unreadable audio"):
+        load_audio(str(tmp_path / "missing.wav"))

@@ -73,5 +73,40 @@ def test_errors(tmp_path):
         load_codec("melrvq?random_init=1&bogus=2", "cpu")
     with pytest.raises(CodeclensError, match="unknown codec"):
         load_codec("nosuchcodec", "cpu")
+    with pytest.raises(CodeclensError, match="n_layers must be >= 1"):
+        load_codec("melrvq?random_init=1&layers=0", "cpu")
     c = load_codec("melrvq?random_init=1&layers=3&codebook_size=16", "cpu")
     assert c.n_layers == 3 and c.codebook_sizes == [16] * 3
+    # A damaged checkpoint is a one-line error, not a traceback.
+    c.save(tmp_path / "ck")
+    (tmp_path / "ck" / "melrvq.json").write_text('{"n_mels": ')
+    with pytest.raises(CodeclensError, match="damaged") as e:
+        load_codec(f"melrvq?checkpoint={tmp_path / 'ck'}", "cpu")
+    assert "\n" not in str(e.value)
+    c.save(tmp_path / "ck")
+    (tmp_path / "ck" / "melrvq.safetensors").write_bytes(b"junk")
+    with pytest.raises(CodeclensError, match="damaged"):
+        load_codec(f"melrvq?checkpoint={tmp_path / 'ck'}", "cpu")
+
+
+def test_frames_sit_at_store_frame_times(codec):
+    """Frame t covers [t*hop, (t+1)*hop): the span the store labels frame t with.
+    A click at sample s must peak in frame s // hop (a centred STFT peaks half a frame early)."""
+    for s in (1000, 1200, 1279, 1281, 5000, 7999):
+        a = np.zeros(8000, np.float32)
+        a[s] = 1.0
+        x, n = codec.latent(*_batch(a))
+        assert int(n[0]) == 25
+        assert int(x[0].sum(1).argmax()) == s // 320, s
+
+
+def test_decode_keeps_time(codec):
+    """A noise burst comes back where it was (not shifted by the framing)."""
+    rng = np.random.default_rng(0)
+    for a0 in (6000, 8160):
+        a = np.zeros(16000, np.float32)
+        a[a0 : a0 + 320] = 0.5 * rng.standard_normal(320)
+        codes, _ = codec.encode(*_batch(a))
+        y = codec.decode(codes)[0].numpy()
+        env = np.convolve(y.astype(np.float64) ** 2, np.ones(320), "same")
+        assert abs(int(env.argmax()) - (a0 + 160)) <= 80, (a0, int(env.argmax()))

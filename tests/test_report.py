@@ -72,8 +72,11 @@ def test_report_lists_failures_and_guards_paths(tmp_path, audio_folder):
     res_file.write_text(json.dumps(res))
     run = json.loads((root / "run.json").read_text())
     run["steps"][-1].update(status="failed", error=f"boom {EVIL}", this_run="failed")
+    assert run["steps"][-2]["id"] == "studytest:audio"
+    run["steps"][-2].update(this_run="blocked")  # an earlier run's result.json is still there
     (root / "run.json").write_text(json.dumps(run))
     page = write_report(root).read_text()
+    assert page.count("Not updated by this run (blocked)") == 1
     assert 'href="../../../../etc/passwd"' not in page and "Missing file: ../../../../etc/passwd" in page
     assert 'src="analyses/studytest/audio/gone.png"' not in page
     assert "Steps that did not finish" in page and f"boom {html.escape(EVIL)}" in page

@@ -21,6 +21,11 @@ def test_spec_grammar():
         parse_spec("melrvq?a=1&a=2")
     with pytest.raises(SpecError, match="not a valid int"):
         parse_spec("x?n=abc").get("n", 0, int)
+    # str() parses back to the same spec, even for paths holding the grammar's separators.
+    odd = parse_spec("melrvq:a%3Fb?checkpoint=/runs/a%26b%2525&seed=1")
+    assert odd.target == "a?b" and odd.get("checkpoint") == "/runs/a&b%25"
+    assert parse_spec(str(odd)) == odd
+    assert str(parse_spec("encodec:24khz@6kbps?random_init&seed=3")) == "encodec:24khz@6kbps?random_init=1&seed=3"
 
 
 def test_bare_folder_is_folder_corpus(tmp_path):
@@ -44,6 +49,8 @@ class _Cfg:
     """How many."""
     names: tuple[str, ...] = ("a",)
     """Which ones."""
+    layers: tuple[int, ...] = ()
+    """Layer numbers."""
 
     def __post_init__(self):
         if self.n < 0:
@@ -51,8 +58,13 @@ class _Cfg:
 
 
 def test_config_docs_and_validation():
-    assert field_docs(_Cfg) == {"n": "How many.", "names": "Which ones."}
+    assert field_docs(_Cfg) == {"n": "How many.", "names": "Which ones.", "layers": "Layer numbers."}
     assert build(_Cfg, {"names": "x,y"}).names == ("x", "y")
+    # A comma string (TOML) gives the same typed tuple as the CLI; lists pass through.
+    assert build(_Cfg, {"layers": "1, 3"}).layers == (1, 3)
+    assert build(_Cfg, {"layers": [2, 4]}).layers == (2, 4)
+    with pytest.raises(CodeclensError, match="layers"):
+        build(_Cfg, {"layers": "1,x"})
     with pytest.raises(CodeclensError, match="unknown option"):
         build(_Cfg, {"m": 1})
     with pytest.raises(CodeclensError, match="n must be"):

@@ -44,6 +44,16 @@ class CrashOnceCorpus(FolderCorpus):
             yield _CrashOnce(u.id, u.path, u.speaker, extra=(("flag", self.flag), ("crash", i == 4)))
 
 
+from codeclens.codecs import CodecAdapter
+from codeclens.codecs.melrvq import MelRVQ
+
+
+class NoLatentMel(MelRVQ):
+    """melrvq without a latent, loaded as the plug-in ``python:test_store:NoLatentMel``."""
+
+    latent = CodecAdapter.latent
+
+
 def _extract(corpus, codec, out, *extra):
     return main(["extract", "--corpus", corpus, "--codec", codec, "--out", str(out), "--quiet", *extra])
 
@@ -133,6 +143,10 @@ def test_bad_input_is_one_line(audio_folder, melrvq_dir, tmp_path, capsys):
     ]
     (tmp_path / "empty").mkdir()
     cases.append(([str(tmp_path / "empty"), codec, tmp_path / "e"], "has no utterances"))
+    cases.append(([str(audio_folder), f"python:test_store:NoLatentMel?checkpoint={melrvq_dir}", tmp_path / "f",
+                   "--latent"], "has no pre-quantization latent"))
+    (tmp_path / "afile").write_text("x")
+    cases.append(([str(audio_folder), codec, tmp_path / "afile"], "is a file, not a store directory"))
     for args, msg in cases:
         capsys.readouterr()
         assert _extract(*args, "--labels", "none") == 2
@@ -174,8 +188,21 @@ def test_representations(tmp_path, rng):
     bounds = np.r_[0, np.cumsum(nf)]
     ref = np.stack([x[a:b].mean(0) for a, b in zip(bounds[:-1], bounds[1:])])
     np.testing.assert_allclose(s.pooled("cumulative:2", batch_frames=4), ref, rtol=1e-5)
+    np.testing.assert_allclose(s.pooled("cumulative:2"), ref, rtol=1e-5)
+    # Frames know their utterance and sit at their centre times (1/50 s frames).
+    np.testing.assert_array_equal(s.frame_utt, np.repeat(np.arange(len(nf)), nf))
+    np.testing.assert_allclose(s.frames["time"].to_numpy()[: nf[0]], (np.arange(nf[0]) + 0.5) / 50.0)
     np.testing.assert_allclose(s.values("mean(cumulative:2)"), ref, rtol=1e-5)
     # Utterance labels broadcast to frames; a missing one is a clear error.
     assert list(s.frame_column("speaker")[: nf[0]]) == ["a"] * nf[0]
     with pytest.raises(Exception, match="no label column 'accent'"):
         s.frame_column("accent")
+
+
+def test_corrupt_manifest_is_one_line_error(tmp_path, rng):
+    from codeclens.errors import CodeclensError
+
+    path, *_ = _planted_store(tmp_path, rng)
+    (path / "manifest.json").write_text('{"complete": tr')
+    with pytest.raises(CodeclensError, match="unreadable store manifest"):
+        Store(path)

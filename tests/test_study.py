@@ -227,6 +227,7 @@ def test_run_skip_rerun_and_force(tmp_path, audio_folder):
     assert res4.ran == ["fit:mel", "extract:audio/mel", "studytest:audio", "bystore:audio/mel"]
     assert "extract:audio/rand" in res4.skipped
     assert main(["run", str(study_file), "--out", str(out), "--force", "nosuchstep", "--quiet"]) == 2
+    assert main(["run", str(study_file), "--out", str(out / "run.json"), "--quiet"]) == 2  # a file, not a folder
 
     # one run per directory: a live run's lock is respected, a dead one's is taken over
     import subprocess
@@ -269,6 +270,73 @@ def test_interrupted_and_failed_runs_resume(tmp_path, audio_folder, capsys):
     assert res.ran == ["studytest:audio"] and res.ok
 
 
+@dataclasses.dataclass(frozen=True)
+class ResumeTestConfig:
+    parts: int = 3
+    """Parts of work, each cached as a file under out/parts."""
+
+
+@ANALYSES.register("resumetest")
+class ResumeTestAnalysis(Analysis):
+    """Caches each finished part; raises after the first part while PLANTED['raise'] is set."""
+
+    name = "resumetest"
+    title = "Study test: a resumable analysis"
+    Config = ResumeTestConfig
+    resumable = True
+    computed: list[int] = []
+
+    def run(self, stores, cfg, out, progress=True):
+        for i in range(cfg.parts):
+            f = out / "parts" / f"{i}.txt"
+            if f.is_file():
+                continue
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_text(str(i))
+            self.computed.append(i)
+            if PLANTED["raise"] is not None:
+                exc, PLANTED["raise"] = PLANTED["raise"], None
+                raise exc
+        return AnalysisResult(self.name, self.title)
+
+
+def test_resumable_analysis_keeps_its_cache_only_for_the_same_key(tmp_path, audio_folder):
+    """An interrupted resumable analysis continues from its cache; a changed option or --force
+    starts it from an empty folder; a non-resumable one always does."""
+    analyses = """
+        [analyses.resumetest]
+        codecs = ["rand"]
+        parts = {parts}
+        """
+    study_file = write_study(tmp_path, audio_folder, analyses=analyses.format(parts=3))
+    out = tmp_path / "run"
+    ResumeTestAnalysis.computed.clear()
+    PLANTED["raise"] = KeyboardInterrupt()
+    with pytest.raises(KeyboardInterrupt):
+        run_study(load_study(study_file), out, progress=False, echo=quiet, report=False)
+    assert ResumeTestAnalysis.computed == [0]
+    res = run_study(load_study(study_file), out, progress=False, echo=quiet, report=False)
+    assert res.ran == ["resumetest:audio"] and ResumeTestAnalysis.computed == [0, 1, 2]
+    assert "resumetest:audio: resuming" in (out / "run.log").read_text()
+    ResumeTestAnalysis.computed.clear()
+    write_study(tmp_path, audio_folder, analyses=analyses.format(parts=2))
+    res = run_study(load_study(study_file), out, progress=False, echo=quiet, report=False)
+    assert res.ran == ["resumetest:audio"] and ResumeTestAnalysis.computed == [0, 1]
+    assert not (out / "analyses" / "resumetest" / "audio" / "parts" / "2.txt").exists()
+    ResumeTestAnalysis.computed.clear()
+    run_study(load_study(study_file), out, force=["resumetest"], progress=False, echo=quiet, report=False)
+    assert ResumeTestAnalysis.computed == [0, 1]
+    # The non-resumable studytest starts from an empty folder after an interruption.
+    study_file = write_study(tmp_path, audio_folder)
+    PLANTED["raise"] = KeyboardInterrupt()
+    with pytest.raises(KeyboardInterrupt):
+        run_study(load_study(study_file), out, progress=False, echo=quiet, report=False)
+    stray = out / "analyses" / "studytest" / "audio" / "stray.txt"
+    stray.write_text("left by the interrupted run")
+    run_study(load_study(study_file), out, progress=False, echo=quiet, report=False)
+    assert not stray.exists()
+
+
 def test_interrupted_extraction_resumes(tmp_path, audio_folder):
     """A crash inside extraction keeps finished shards; the re-run completes the same store."""
     import codeclens.store.writer as writer
@@ -301,13 +369,38 @@ def test_interrupted_extraction_resumes(tmp_path, audio_folder):
     np.testing.assert_array_equal(codes, np.load(fresh / "stores" / "audio" / "mel" / "codes.npy"))
 
 
+def test_interrupted_synthetic_corpus_resumes(tmp_path, audio_folder):
+    """A synthetic corpus written into the run keeps its finished utterances when its step is
+    re-run after an interruption (same key), instead of being deleted and synthesized again."""
+    study_file = write_study(tmp_path, audio_folder, analyses="")
+    study_file.write_text(study_file.read_text().replace(
+        f'spec = "folder:{audio_folder}"', 'spec = "synthetic?n=2&accents=en-us&speakers_per_accent=1&seed=0&progress=0"'))
+    out = tmp_path / "run"
+    assert run_study(load_study(study_file), out, progress=False, echo=quiet, report=False).ok
+    corpus = out / "corpora" / "audio"
+    first, second = sorted(corpus.rglob("*.wav"))
+    # As an interruption leaves it: the step recorded as running, the corpus incomplete.
+    rec_file = out / ".steps" / "corpus__audio.json"
+    rec = json.loads(rec_file.read_text())
+    rec["status"] = "running"
+    rec_file.write_text(json.dumps(rec))
+    (corpus / "COMPLETE").unlink()
+    data = second.read_bytes()
+    second.unlink()
+    stamp = first.stat().st_mtime_ns
+    res = run_study(load_study(study_file), out, progress=False, echo=quiet, report=False)
+    assert res.ok and res.ran[0] == "corpus:audio"
+    assert "corpus:audio: resuming" in (out / "run.log").read_text()
+    assert first.stat().st_mtime_ns == stamp and second.read_bytes() == data
+
+
 def test_demo_study_is_valid():
     from codeclens.cli.demo import demo_study_path
 
     study = load_study(demo_study_path())
     kinds = {a.kind for a in study.analyses}
     # the demo goes through every registered analysis (add a new one to demo.toml)
-    assert kinds == set(ANALYSES.names()) - {"studytest"}
+    assert kinds == set(ANALYSES.names()) - {"studytest", "resumetest"}  # test-only analyses
     assert {parse_spec(c.spec).kind for c in study.codecs} == {"melrvq", "encodec", "dac", "mimi", "speechtokenizer"}
     repo_copy = Path(__file__).resolve().parents[1] / "studies" / "demo.toml"
     assert repo_copy.read_text() == demo_study_path().read_text()

@@ -35,6 +35,11 @@ def load_audio(
         sr = info.samplerate
         first = int(round((start or 0.0) * sr))
         last = int(round(end * sr)) if end is not None else -1
+        # soundfile counts a negative start from the file's end: a silently wrong segment.
+        if first < 0:
+            raise AudioError(f"{path}: segment starts before 0 ({start} s)")
+        if first >= info.frames:
+            raise AudioError(f"{path}: segment starts at {start} s, past the end ({info.frames / sr:.3f} s)")
         if end is not None and last <= first:
             raise AudioError(f"{path}: empty segment {start}..{end} s")
         data, sr = sf.read(path, start=first, stop=None if last < 0 else last, dtype="float32", always_2d=True)

@@ -132,6 +132,13 @@ def build(cls: type[C], values: dict[str, Any], where: str = "") -> C:
         if typing.get_origin(tp) in (tuple, list) and isinstance(v, (list, str)):
             if isinstance(v, str):
                 v = [t.strip() for t in v.split(",") if t.strip()]
+            # "1,2" from a TOML string must give (1, 2) for tuple[int, ...], as on the CLI.
+            inner = (typing.get_args(tp) or (str,))[0]
+            if inner in (int, float):
+                try:
+                    v = [inner(t) if isinstance(t, str) else t for t in v]
+                except ValueError as e:
+                    raise CodeclensError(f"{where or cls.__name__}: {k}: {e}") from None
             v = tuple(v)
         coerced[k] = v
     try:

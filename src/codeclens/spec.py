@@ -31,9 +31,11 @@ class Spec:
         return dict(self.options)
 
     def __str__(self) -> str:
-        s = self.kind + (f":{self.target}" if self.target else "")
+        # Escape what the parser splits on, so str() parses back to the same spec
+        # (a checkpoint path holding '&' or '?'); ordinary specs print unchanged.
+        s = self.kind + (f":{_escape(self.target, '%?')}" if self.target else "")
         if self.options:
-            s += "?" + "&".join(f"{k}={v}" for k, v in self.options)
+            s += "?" + "&".join(f"{k}={_escape(v, '%&')}" for k, v in self.options)
         return s
 
     def check_keys(self, known: Mapping[str, Any] | set[str] | list[str]) -> None:
@@ -95,6 +97,12 @@ def parse_spec(text: str) -> Spec:
             # A bare flag (``random_init``) means true.
             options.append((key, unquote(value) if eq else "1"))
     return Spec(kind.lower(), unquote(target) if sep else "", tuple(options))
+
+
+def _escape(text: str, chars: str) -> str:
+    for ch in chars:  # '%' first, so the escapes themselves are not escaped again
+        text = text.replace(ch, f"%{ord(ch):02X}")
+    return text
 
 
 def _looks_like_kind(text: str) -> bool:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 from ..config import to_dict
+from ..errors import CodeclensError
 from ..util.atomic import write_json
 from ..util.provenance import provenance
 
@@ -69,6 +70,10 @@ class Analysis(abc.ABC):
     name: ClassVar[str]
     title: ClassVar[str]
     Config: ClassVar[type]
+    resumable: ClassVar[bool] = False
+    """True when :meth:`run` reuses finished parts of an interrupted run's ``out`` (caches keyed
+    by everything they depend on); the study runner then keeps ``out`` when it re-runs the step
+    with an unchanged key instead of starting from an empty folder."""
 
     @abc.abstractmethod
     def run(self, stores: Sequence[Any], cfg: Any, out: Path, progress: bool = True) -> AnalysisResult:
@@ -77,6 +82,8 @@ class Analysis(abc.ABC):
     def __call__(self, stores: Sequence[Any], cfg: Any, out: str | Path, progress: bool = True) -> AnalysisResult:
         """Run and save ``config.json``, ``provenance.json`` and ``result.json`` under ``out``."""
         out = Path(out)
+        if out.exists() and not out.is_dir():
+            raise CodeclensError(f"output directory {out} is a file; give another --out")
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", {"analysis": self.name, "stores": [str(getattr(s, "path", s)) for s in stores], **to_dict(cfg)})
         write_json(out / "provenance.json", provenance())

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 
 from ..config import add_dataclass_args, from_args
+from ..errors import CodeclensError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +92,8 @@ def run_save_random(args) -> int:
     from ..codecs.testing import save_random_checkpoint
 
     cfg = from_args(SaveRandomConfig, args)
+    if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
+        raise CodeclensError(f"--out {cfg.out} is a file; give a directory")
     spec = save_random_checkpoint(cfg.codec, cfg.out, seed=cfg.seed, device=cfg.device)
     print(f"random-weight checkpoint saved to {cfg.out}")
     print(f"use it as: --codec '{spec}'")

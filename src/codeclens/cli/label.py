@@ -61,7 +61,11 @@ def label_store(store_dir: str, labels: str, corpus_spec: str | None = None, pro
     if not specs:
         raise CodeclensError("label: no labellers given")
     labellers = [load_labeller(s) for s in specs]
-    corpus = load_corpus(corpus_spec or st.manifest["config"]["corpus"])
+    corpus_spec = corpus_spec or (st.manifest.get("config") or {}).get("corpus")
+    if not corpus_spec:
+        # e.g. a store written from arrays: nothing says where its audio is
+        raise CodeclensError(f"{store_dir}: the store does not record its corpus; give --corpus SPEC")
+    corpus = load_corpus(corpus_spec)
     by_id = {u.id: u for u in corpus}
     utts_df = st.utterances
     frames = st.frames.copy()

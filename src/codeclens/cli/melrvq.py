@@ -27,8 +27,8 @@ class MelRVQFitConfig:
     """Torch device."""
 
     def __post_init__(self):
-        if self.layers < 1 or self.codebook_size < 2:
-            raise ValueError("need layers >= 1 and codebook_size >= 2")
+        if self.layers < 1 or self.codebook_size < 2 or self.iters < 1 or self.max_frames < 1:
+            raise ValueError("need layers >= 1, codebook_size >= 2, iters >= 1, max_frames >= 1")
 
 
 def add_parser(sub) -> None:
@@ -49,7 +49,7 @@ def run_fit(args) -> int:
     model = fit_melrvq(
         corpus, cfg.out, MelRVQConfig(n_layers=cfg.layers, codebook_size=cfg.codebook_size),
         max_frames=cfg.max_frames, iters=cfg.iters, seed=cfg.seed,
-        device=resolve_device(None if cfg.device == "auto" else cfg.device),
+        device=resolve_device(cfg.device),
     )
     print(f"melrvq: {model.n_layers} layers x {model.codebook_sizes[0]} codes saved to {cfg.out}")
     print(f"use it as: --codec 'melrvq?checkpoint={cfg.out}'")

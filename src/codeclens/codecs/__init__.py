@@ -27,6 +27,8 @@ def load_codec(spec: str | Spec, device: str | torch.device | None = None) -> Co
     else:
         cls = CODECS.get(spec.kind)
     spec.check_keys(set(cls.common_options) | set(cls.options))
+    if spec.get("seed", 0, int) < 0:  # numpy and torch seeding reject it with a traceback
+        raise SpecError(f"{spec.kind}: seed must be >= 0 (got {spec.get('seed')})")
     dev = resolve_device(spec.get("device", device))
     try:
         adapter = cls.from_spec(spec, dev)

@@ -262,13 +262,7 @@ def encode_items(
     """
     outs, n_frames = [], []
     for w, n in zip(waves, lengths.tolist()):
-        n = int(n)
-        if n <= 0:
-            raise CodeclensError("cannot encode an empty utterance")
-        c = encode_one(w[:n][None])
-        want = math.ceil(n / hop)
-        if c.shape[-1] < want:
-            raise RuntimeError(f"codec returned {c.shape[-1]} frames for {n} samples, expected {want}")
+        c, want = _one_item(encode_one, w, int(n), hop, -1)
         outs.append(c[:, :want])
         n_frames.append(want)
     t = max(n_frames)
@@ -276,6 +270,18 @@ def encode_items(
     for i, c in enumerate(outs):
         codes[i, :, : c.shape[-1]] = c.to(codes.device)
     return codes, torch.tensor(n_frames, dtype=torch.long, device=waves.device)
+
+
+def _one_item(fn: Callable[[torch.Tensor], torch.Tensor], w: torch.Tensor, n: int, hop: int, time_axis: int):
+    """``(fn(w[:n][None]), ceil(n / hop))``, checking the model gave at least that many frames
+    (latents and codes of one utterance must have the same valid frames)."""
+    if n <= 0:
+        raise CodeclensError("cannot encode an empty utterance")
+    out = fn(w[:n][None])
+    want = math.ceil(n / hop)
+    if out.shape[time_axis] < want:
+        raise RuntimeError(f"codec returned {out.shape[time_axis]} frames for {n} samples, expected {want}")
+    return out, want
 
 
 def pad_to_hop(x: torch.Tensor, hop: int) -> torch.Tensor:
@@ -290,8 +296,7 @@ def latent_items(
     """Like :func:`encode_items` for a float latent: ``latent_one(x) -> [T, D]``."""
     outs, n_frames = [], []
     for w, n in zip(waves, lengths.tolist()):
-        z = latent_one(w[: int(n)][None])
-        want = math.ceil(int(n) / hop)
+        z, want = _one_item(latent_one, w, int(n), hop, 0)
         outs.append(z[:want])
         n_frames.append(want)
     t = max(n_frames)

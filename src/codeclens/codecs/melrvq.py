@@ -4,7 +4,8 @@ Log-mel frames (16 kHz, 80 bins, 50 Hz) are residual-quantized by k-means
 codebooks fitted on a corpus in seconds, and decoded by inverse mel +
 Griffin-Lim. Offline default codec, and a purely spectral baseline in studies:
 whatever a probe finds in melrvq's layers is what a spectrogram quantizer
-gets for free.
+gets for free. Frame ``t`` is the window centred on ``(t + 0.5) * hop``, the
+time the store gives frame ``t``, so labels line up with the codes.
 """
 
 from __future__ import annotations
@@ -50,14 +51,26 @@ class MelRVQConfig:
         for f in ("sample_rate", "n_mels", "hop_length", "n_fft", "n_layers", "codebook_size"):
             if getattr(self, f) < 1:
                 raise ValueError(f"{f} must be >= 1")
+        if self.n_fft < self.hop_length:
+            raise ValueError("n_fft must be >= hop_length (windows must cover the signal)")
 
 
 def log_mel(audio: np.ndarray, cfg: MelRVQConfig) -> np.ndarray:
-    """``[T, n_mels]`` log-mel frames, T = ceil(N / hop)."""
-    n_frames = -(-len(audio) // cfg.hop_length)
+    """``[T, n_mels]`` log-mel frames, T = ceil(N / hop).
+
+    Frame ``t`` is centred on sample ``t*hop + hop/2``, the centre of its span
+    ``[t*hop, (t+1)*hop)``, which is where the store places frame ``t``
+    (:func:`codeclens.labels.frame_times`). A centred STFT would centre it on
+    ``t*hop``, half a frame (10 ms) early against every label.
+    """
+    hop, n_fft = cfg.hop_length, cfg.n_fft
+    n_frames = -(-len(audio) // hop)
+    left = n_fft // 2 - hop // 2
+    # Enough zeros on the right that the last frame's window fits.
+    right = n_fft + hop
+    y = np.pad(audio.astype(np.float32), (left, right))
     mel = librosa.feature.melspectrogram(
-        y=audio.astype(np.float32), sr=cfg.sample_rate, n_fft=cfg.n_fft, hop_length=cfg.hop_length,
-        n_mels=cfg.n_mels, power=2.0, center=True,
+        y=y, sr=cfg.sample_rate, n_fft=n_fft, hop_length=hop, n_mels=cfg.n_mels, power=2.0, center=False,
     )
     return np.log(mel[:, :n_frames].T + 1e-5).astype(np.float32)
 
@@ -121,9 +134,12 @@ class MelRVQ(CodecAdapter):
             raise CodeclensError(
                 "melrvq needs checkpoint=DIR (fit one with 'codeclens melrvq fit') or random_init=1"
             )
-        cfg = MelRVQConfig(
-            n_layers=spec.get("layers", 8, int), codebook_size=spec.get("codebook_size", 256, int)
-        )
+        try:
+            cfg = MelRVQConfig(
+                n_layers=spec.get("layers", 8, int), codebook_size=spec.get("codebook_size", 256, int)
+            )
+        except ValueError as e:
+            raise CodeclensError(f"melrvq: {e}") from None
         frames = torch.from_numpy(log_mel(calibration_audio(cfg.sample_rate, 8.0, spec.get("seed", 0, int)), cfg))
         # Random control: every layer's codebook is a sample of residual frames, no k-means.
         books, resid = [], frames
@@ -140,9 +156,15 @@ class MelRVQ(CodecAdapter):
         path = Path(path)
         if not (path / CONFIG).is_file() or not (path / WEIGHTS).is_file():
             raise CodeclensError(f"melrvq checkpoint not found in '{path}' (expected {CONFIG} and {WEIGHTS})")
-        raw = json.loads((path / CONFIG).read_text())
-        cfg = MelRVQConfig(**{k: v for k, v in raw.items() if k in {f.name for f in dataclasses.fields(MelRVQConfig)}})
-        books = load_file(str(path / WEIGHTS))["codebooks"]
+        try:
+            raw = json.loads((path / CONFIG).read_text())
+            cfg = MelRVQConfig(**{k: v for k, v in raw.items() if k in {f.name for f in dataclasses.fields(MelRVQConfig)}})
+            books = load_file(str(path / WEIGHTS))["codebooks"]
+        except Exception as e:  # noqa: BLE001 - bad JSON, bad values, a damaged weights file
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise CodeclensError(f"melrvq checkpoint in '{path}' is damaged: {msg}") from None
+        if books.ndim != 3 or books.shape[2] != cfg.n_mels:
+            raise CodeclensError(f"melrvq checkpoint in '{path}': codebooks {tuple(books.shape)} do not match n_mels={cfg.n_mels}")
         return cls(cfg, books, torch.device(device))
 
     def save(self, path: str | Path, extra: dict | None = None) -> None:
@@ -191,18 +213,20 @@ class MelRVQ(CodecAdapter):
         waves = []
         for m in logmel:
             mel = np.maximum(np.exp(m.T) - 1e-5, 0.0)
-            # T frames of a centred STFT span T*hop samples plus one edge frame: repeat the
-            # last frame so the inverse has exactly T*hop samples.
-            mel = np.concatenate([mel, mel[:, -1:]], axis=1)
+            # Griffin-Lim (centred) puts frame j at sample j*hop; frame t belongs at
+            # t*hop + hop/2 (see log_mel). Repeat the edge frames, invert T+2 frames
+            # ((T+1)*hop samples, frame t at (t+1)*hop) and cut from hop/2 on.
+            mel = np.concatenate([mel[:, :1], mel, mel[:, -1:]], axis=1)
             stft_mag = librosa.feature.inverse.mel_to_stft(
                 mel, sr=self.cfg.sample_rate, n_fft=self.cfg.n_fft, power=2.0
             )
             # Fixed phase seed: the same codes always decode to the same waveform.
+            hop, t = self.cfg.hop_length, m.shape[0]
             y = librosa.griffinlim(
-                stft_mag, n_iter=self.cfg.griffin_lim_iters, hop_length=self.cfg.hop_length,
-                win_length=self.cfg.n_fft, center=True, length=m.shape[0] * self.cfg.hop_length,
-                random_state=0,
+                stft_mag, n_iter=self.cfg.griffin_lim_iters, hop_length=hop,
+                win_length=self.cfg.n_fft, center=True, length=(t + 1) * hop, random_state=0,
             )
+            y = y[hop // 2 : hop // 2 + t * hop]
             waves.append(torch.from_numpy(y.astype(np.float32)))
         return torch.stack(waves).to(codes.device)
 

@@ -108,6 +108,8 @@ class LibriSpeechCorpus(ListedCorpus):
         )
         self.tier = spec.get("tier", "phones")
         self.tolerance = spec.get("tolerance", 0.1, float)
+        if self.tolerance < 0:
+            raise CodeclensError("librispeech: tolerance must be >= 0")
 
     def _index_alignments(self) -> tuple[dict[str, Path], dict[str, tuple[Interval, ...]]]:
         grids: dict[str, Path] = {}

@@ -38,34 +38,11 @@ HUBERT_SR = 16000
 
 
 def _transformers_class(name: str):
-    """``transformers.<name>``, even where an installed torchaudio cannot be imported.
+    """``transformers.<name>``, importable even where an installed torchaudio is broken
+    (the codecs' loader handles that; imported here lazily, as it imports torch)."""
+    from ..codecs._hf import hf_class
 
-    transformers imports torchaudio when its audio modules load, whenever it is installed;
-    HuBERT never uses it. If the real one fails to import, a placeholder stands in while
-    transformers loads and is removed afterwards.
-    """
-    import importlib
-    import importlib.util
-    import sys
-    import types
-
-    import transformers
-
-    if "torchaudio" in sys.modules or importlib.util.find_spec("torchaudio") is None:
-        return getattr(transformers, name)
-    try:
-        importlib.import_module("torchaudio")
-        return getattr(transformers, name)
-    except Exception:  # noqa: BLE001 - a torchaudio built for another torch raises OSError
-        for mod in [m for m in sys.modules if m == "torchaudio" or m.startswith("torchaudio.")]:
-            del sys.modules[mod]
-    stub = types.ModuleType("torchaudio")
-    sys.modules["torchaudio"] = stub
-    try:
-        return getattr(transformers, name)
-    finally:
-        if sys.modules.get("torchaudio") is stub:
-            del sys.modules["torchaudio"]
+    return hf_class(name)
 
 
 @LABELLERS.register("units")

@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 import pandas as pd
 
-from ..util.atomic import write_text
+from ..util.atomic import atomic_path, write_text
 
 REPORT = "report.html"
 MAX_ROWS = 400
@@ -171,6 +171,10 @@ def _result_html(step: dict[str, Any], root: Path) -> str:
         meta.append(f'<a href="{href(str(cfg_file.relative_to(root)))}">config</a>')
     meta.append(f'<a href="{href(str(rfile.relative_to(root)))}">result.json</a>')
     out.append(f'<p class="meta">{" · ".join(meta)}</p>')
+    if step.get("this_run") in ("blocked", "failed"):
+        # e.g. an upstream extraction failed: these files are an earlier run's, not this one's
+        out.append(f'<p class="missing">Not updated by this run ({esc(step["this_run"])}): '
+                   "the results below are from an earlier run.</p>")
     if res.get("summary"):
         out.extend(f"<p class=\"summary\">{esc(p)}</p>" for p in str(res["summary"]).split("\n\n") if p.strip())
     arts = res.get("artifacts", [])
@@ -287,9 +291,9 @@ def _published_section(run: dict[str, Any], root: Path) -> str:
         if not src.is_file():
             out.append(f'<p class="missing">Missing published table: {esc(src)}</p>')
             continue
-        dest.mkdir(exist_ok=True)
         copy = dest / f"{i:02d}-{src.name}"
-        shutil.copyfile(src, copy)
+        with atomic_path(copy, copy.suffix) as tmp:
+            shutil.copyfile(src, tmp)
         out.append(published_html(copy, str(copy.relative_to(root)), p.get("caption", ""), p.get("source", "")))
     return "".join(out)
 

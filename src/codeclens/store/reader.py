@@ -28,7 +28,10 @@ class Store:
         mf = self.path / layout.MANIFEST
         if not mf.is_file():
             raise CodeclensError(f"{self.path}: not a feature store (no {layout.MANIFEST})")
-        self.manifest: dict[str, Any] = json.loads(mf.read_text())
+        try:
+            self.manifest: dict[str, Any] = json.loads(mf.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CodeclensError(f"{mf}: unreadable store manifest ({type(e).__name__}: {e})") from None
         if not self.manifest.get("complete"):
             raise CodeclensError(f"{self.path}: extraction has not finished; re-run extract to resume")
 
@@ -181,7 +184,7 @@ class Store:
         sums = np.zeros((self.n_utterances, self._dim_of(base)), dtype=np.float64)
         utt = self.frame_utt
         for r, x in self.iter_batches(base, batch_frames):
-            np.add.at(sums, utt[r], x) if len(r) < 64 else _add_by_group(sums, utt[r], x)
+            _add_by_group(sums, utt[r], x)
         n = np.maximum(self.utterances["n_frames"].to_numpy(), 1)[:, None]
         return (sums / n).astype(np.float32)
 

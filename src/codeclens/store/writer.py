@@ -94,6 +94,8 @@ def extract(cfg: ExtractConfig, progress: bool = True, log=print) -> Path:
     ident = cfg.identity()
     h = config_hash(ident)
     mf_path = out / layout.MANIFEST
+    if out.exists() and not out.is_dir():
+        raise CodeclensError(f"{out} is a file, not a store directory; choose another --out")
     if mf_path.is_file():
         old = json.loads(mf_path.read_text())
         if old.get("config_hash") == h and old.get("complete"):
@@ -113,6 +115,8 @@ def extract(cfg: ExtractConfig, progress: bool = True, log=print) -> Path:
 
     corpus = load_corpus(cfg.corpus)
     codec = load_codec(cfg.codec, None if cfg.device == "auto" else cfg.device)
+    if cfg.latent and type(codec).latent is CodecAdapter.latent:
+        raise CodeclensError(f"codec '{cfg.codec}' has no pre-quantization latent; extract without --latent")
     labellers = [load_labeller(s) for s in parse_label_list(resolve_labels(cfg.labels))]
     utts = list(corpus)
     if cfg.limit is not None:
@@ -143,13 +147,15 @@ def extract(cfg: ExtractConfig, progress: bool = True, log=print) -> Path:
     todo = [i for i in range(len(shards)) if not (shard_dir / _shard_name(i)).is_dir()]
     bar = _progress(len(utts), sum(len(shards[i]) for i in set(range(len(shards))) - set(todo)), progress)
     t0, audio_s = time.perf_counter(), 0.0
-    for i in todo:
-        audio_s += _write_shard(shards[i], codec, labellers, cfg, shard_dir / _shard_name(i), bar)
+    try:
+        for i in todo:
+            audio_s += _write_shard(shards[i], codec, labellers, cfg, shard_dir / _shard_name(i), bar)
+            if bar is not None:
+                dt = max(time.perf_counter() - t0, 1e-9)
+                bar.set_postfix_str(f"{audio_s / dt:.1f}x real time")
+    finally:  # an interrupted run must not leave a half-drawn bar over the error line
         if bar is not None:
-            dt = max(time.perf_counter() - t0, 1e-9)
-            bar.set_postfix_str(f"{audio_s / dt:.1f}x real time")
-    if bar is not None:
-        bar.close()
+            bar.close()
 
     problems = [dataclasses.asdict(p) for p in corpus.problems]
     _finalize(out, len(shards), manifest, cfg, problems)

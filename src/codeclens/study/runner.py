@@ -6,8 +6,9 @@ that produced it). A step whose recorded key matches is skipped; a changed
 option changes the key of that step and of everything downstream of it, and
 nothing else. Records live in ``RUN/.steps/``; a step is recorded as
 ``running`` before it starts, so an interrupted run starts it again (extraction
-resumes from its finished shards). Every line of progress also goes to
-``RUN/run.log``.
+resumes from its finished shards, a synthetic corpus from its finished
+utterances, a resumable analysis from its own cache). Every line of progress
+also goes to ``RUN/run.log``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from ..errors import CodeclensError
 from ..util.atomic import write_json, write_text
 from ..util.provenance import config_hash, provenance
 from .config import Study, StudyError, describe
-from .steps import Context, Step, json_safe, plan
+from .steps import Step, json_safe, plan
 
 LOG = "run.log"
 RUN_JSON = "run.json"
@@ -122,6 +123,8 @@ class Runner:
     # -- running --------------------------------------------------------------
 
     def run(self, report: bool = True) -> RunResult:
+        if self.root.exists() and not self.root.is_dir():
+            raise CodeclensError(f"run directory {self.root} is a file; give another --out")
         self.root.mkdir(parents=True, exist_ok=True)
         with _lock(self.root):
             return self._run(report)

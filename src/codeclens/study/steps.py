@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,7 +35,8 @@ class Step:
     work: Callable[["Step", "Context"], dict[str, Any]] = dataclasses.field(repr=False, default=None)
     """Does the work; returns facts recorded with the step (JSON-able)."""
     resumable: bool = False
-    """True when the work itself resumes from a partial output (extraction shards)."""
+    """True when the work itself resumes from a partial output (extraction shards, an analysis'
+    own cache): the runner keeps the output of an unfinished run with the same key."""
     group: str = ""
     """The study entry it comes from (analysis name, codec name...), for --force."""
 
@@ -142,7 +142,7 @@ def run_fit(step: Step, ctx: Context) -> dict[str, Any]:
     if limit:
         utts = utts[:limit]
     cfg = MelRVQConfig(n_layers=fit["layers"], codebook_size=fit["codebook_size"])
-    dev = resolve_device(None if ctx.device == "auto" else ctx.device)
+    dev = resolve_device(ctx.device)
     with atomic_dir(step.out) as tmp:
         model = fit_melrvq(
             utts, tmp, cfg, max_frames=fit["max_frames"], iters=fit["iters"], seed=fit["seed"],
@@ -157,7 +157,7 @@ def run_random(step: Step, ctx: Context) -> dict[str, Any]:
     from ..util.device import resolve_device
 
     with atomic_dir(step.out) as tmp:
-        save_random_checkpoint(step.config["spec"], tmp, device=resolve_device(None if ctx.device == "auto" else ctx.device))
+        save_random_checkpoint(step.config["spec"], tmp, device=resolve_device(ctx.device))
     return {"reload": ctx.codec_specs[step.group]}
 
 
@@ -184,8 +184,7 @@ def run_analysis(step: Step, ctx: Context, entry: AnalysisEntry) -> dict[str, An
 
     cls = ANALYSES.get(entry.kind)
     stores = [Store(p) for p in step.config["stores"]]
-    if step.out.exists():
-        shutil.rmtree(step.out)
+    # The runner has already emptied step.out unless the analysis resumes an interrupted run of this key.
     res = cls()(stores, entry.config, step.out, progress=ctx.progress)
     return {"artifacts": len(res.artifacts), "published": len(res.published), "analysis_seconds": res.seconds}
 
@@ -201,7 +200,8 @@ def plan(study: Study, root: Path) -> tuple[list[Step], Context]:
         ctx.corpus_specs[c.name] = resolved_corpus_spec(c, root)
         steps.append(Step(
             f"corpus:{c.name}", "corpus", {"name": c.name, "spec": ctx.corpus_specs[c.name], "limit": c.limit},
-            (), corpus_dir(root, c.name), run_corpus, group=c.name,
+            # resumable: a synthetic corpus written into the run keeps its finished utterances
+            (), corpus_dir(root, c.name), run_corpus, resumable=True, group=c.name,
         ))
     for k in study.codecs:
         ctx.codec_specs[k.name] = resolved_codec_spec(k, root)
@@ -227,7 +227,10 @@ def plan(study: Study, root: Path) -> tuple[list[Step], Context]:
                  "label": k.display},
                 deps, store_dir(root, c.name, k.name), run_extract, resumable=True, group=f"{c.name}/{k.name}",
             ))
+    from ..analyses import ANALYSES
+
     for a in study.analyses:
+        resumable = bool(getattr(ANALYSES.get(a.kind), "resumable", False))
         for c in a.corpora:
             units = [(f"{c}", list(a.codecs))] if a.per == "corpus" else [(f"{c}/{k}", [k]) for k in a.codecs]
             for where, codecs in units:
@@ -236,7 +239,7 @@ def plan(study: Study, root: Path) -> tuple[list[Step], Context]:
                     f"{a.name}:{where}", "analysis",
                     {"analysis": a.kind, "config": to_dict(a.config), "stores": stores},
                     tuple(f"extract:{c}/{k}" for k in codecs), root / "analyses" / a.name / where,
-                    (lambda s, x, a=a: run_analysis(s, x, a)), group=a.name,
+                    (lambda s, x, a=a: run_analysis(s, x, a)), resumable=resumable, group=a.name,
                 ))
     return steps, ctx
 

@@ -458,8 +458,6 @@ def voice_conversion_table(effects: pd.DataFrame) -> pd.DataFrame:
 def sadok_vc_cos() -> list[tuple[str, float]]:
     """Sadok, Hauret, Bavu 2025, Table 1, voice-conversion COS (Resemblyzer), LibriSpeech test,
     from the copy shipped in ``codeclens/data/reference``."""
-    from pathlib import Path
-
     t = pd.read_csv(Path(__file__).resolve().parents[2] / "data" / "reference" / "sadok2025_table1.csv")
     names = {"ancogen_melspectrogram": "AnCoGen - Melspectrogram", "ancogen_bigcodec": "AnCoGen - BigCodec",
              "ancogen_speechtokenizer": "AnCoGen - SpeechTokenizer"}
@@ -485,8 +483,14 @@ def _cache_key(store, cfg: AblateConfig, names: list[str], probe_key: str) -> st
     d = to_dict(cfg)
     for k in ("device", "examples", "n_boot", "n_utts"):
         d.pop(k)
+    # The tables' checksum: a store re-extracted in place with a refitted codec keeps its path,
+    # spec string and frame count, and must not be served the old codec's cached results.
+    tables = 0
+    for t in store.tables:
+        tables = zlib.crc32(np.ascontiguousarray(t).tobytes(), tables)
     return config_hash({"store": str(store.path), "codec": store.codec.get("spec"), "cfg": d, "interventions": names,
-                        "probe": probe_key, "frames": store.n_frames})
+                        "probe": probe_key, "frames": store.n_frames, "tables": tables,
+                        "extract": store.manifest.get("config_hash")})
 
 
 def ablate_store(store, cfg: AblateConfig, out: Path, progress: bool = True, notes: list[str] | None = None) -> dict[str, pd.DataFrame]:
@@ -494,7 +498,7 @@ def ablate_store(store, cfg: AblateConfig, out: Path, progress: bool = True, not
     from ...codecs import load_codec
 
     notes = notes if notes is not None else []
-    device = resolve_device(None if cfg.device == "auto" else cfg.device)
+    device = resolve_device(cfg.device)
     codec = load_codec(store.codec["spec"], device)
     if codec.n_layers != store.n_layers:
         raise CodeclensError(f"{store.path}: codec '{store.codec['spec']}' has {codec.n_layers} layers, the store {store.n_layers}")
@@ -523,6 +527,7 @@ def ablate_store(store, cfg: AblateConfig, out: Path, progress: bool = True, not
     key = _cache_key(store, cfg, [iv.name for iv in interventions], probe.key if probe is not None else "")
     cache = out / "cache"
     all_rows: list[dict[str, Any]] = []
+    example_dirs: list[Path] = []
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -539,8 +544,10 @@ def ablate_store(store, cfg: AblateConfig, out: Path, progress: bool = True, not
             except (OSError, ValueError, KeyError):
                 rows = None
         audio_dir = out / "audio" / _slug(uid) if n_done < cfg.examples else None
-        if audio_dir is not None and not (audio_dir / "decode.wav").is_file():
-            rows = None  # asked for its audio examples since it was cached
+        if audio_dir is not None:
+            example_dirs.append(audio_dir)
+            if not (audio_dir / "decode.wav").is_file():
+                rows = None  # asked for its audio examples since it was cached
         if rows is None:
             rows = ablate_utterance(store, codec, row, interventions, measurer, distributions, cfg, audio_dir, bar)
             write_json(f, {"key": key, "rows": rows})
@@ -553,6 +560,10 @@ def ablate_store(store, cfg: AblateConfig, out: Path, progress: bool = True, not
         bar.close()
     per_utt = _ordered(pd.DataFrame(all_rows))
     effects = effect_table(per_utt, cfg.n_boot, cfg.seed)
+    # This run's examples only: an earlier run into the same folder may have left other utterances'
+    # or other interventions' audio behind.
+    stems = ["original", "decode", "donor"] + [iv.slug for iv in interventions]
+    audio = [p for a in example_dirs for p in (a / f"{st}.wav" for st in dict.fromkeys(stems)) if p.is_file()]
     return {
         "per_utterance": per_utt,
         "effects": effects,
@@ -560,6 +571,7 @@ def ablate_store(store, cfg: AblateConfig, out: Path, progress: bool = True, not
         "vc": voice_conversion_table(effects),
         "interventions": pd.DataFrame([{"name": iv.name, "kind": iv.kind, "layers": iv.layer_text, "slug": iv.slug} for iv in interventions]),
         "codec": pd.DataFrame([{"spec": store.codec["spec"], "n_layers": codec.n_layers, "sample_rate": codec.sample_rate}]),
+        "audio": pd.DataFrame({"file": [str(p.relative_to(out)) for p in audio]}),
     }
 
 
@@ -596,6 +608,7 @@ class AblateAnalysis(Analysis):
     name = "ablate"
     title = "Layer interventions: drop, truncate, swap, noise"
     Config = AblateConfig
+    resumable = True  # per-utterance rows are cached under <store>/cache, keyed by config and store
 
     def run(self, stores, cfg: AblateConfig, out: Path, progress: bool = True) -> AnalysisResult:
         from . import figures
@@ -638,7 +651,7 @@ class AblateAnalysis(Analysis):
                     artifacts.append(Artifact(f"{sub}/{fig}", cap, "figure", g))
             _write_csv(t["effects"].assign(store=g, codec=s.codec["spec"]), d / "effects_tidy.csv")
             artifacts.append(Artifact(f"{sub}/per_utterance.csv", f"{g}: every utterance x intervention", "table", g))
-            for wav in sorted((d / "audio").glob("*/*.wav")):
+            for wav in (d / f for f in t["audio"]["file"]):
                 artifacts.append(Artifact(str(wav.relative_to(out)), f"{g}: utterance {wav.parent.name}, {wav.stem.replace('_', ' ')}", "audio", f"{g} / {wav.stem.replace('_', ' ')}"))
             summary += _summary_sentences(g, t["roles"], t["vc"])
         published: list[Artifact] = []
