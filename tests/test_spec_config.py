@@ -69,3 +69,11 @@ def test_config_docs_and_validation():
         build(_Cfg, {"m": 1})
     with pytest.raises(CodeclensError, match="n must be"):
         build(_Cfg, {"n": -1})
+
+
+def test_device_errors_are_one_line():
+    from codeclens.util.device import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    with pytest.raises(CodeclensError, match="unknown device 'bogus'"):
+        resolve_device("bogus")

@@ -38,6 +38,7 @@ from ..util.atomic import atomic_path, write_json, write_text
 from . import CORPORA
 from .base import Corpus, Interval, Problem, Utterance
 from .espeak import (PITCH_RANGE, RATE_RANGE, IsolatedSynthesizer, Job, Synthesis, add_padding, assign_closures,
+from ..util.process import pid_alive
                      engine, load_raw)
 
 FORMAT_VERSION = 1
@@ -358,7 +359,7 @@ def _synthesize(root: Path, todo: list[PlannedUtterance], pad: float, jobs: int,
 
     for stale in root.glob(".work-*"):  # left by a run that was killed
         pid = stale.name.removeprefix(".work-")
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
     work = root / f".work-{os.getpid()}"
     work.mkdir(parents=True, exist_ok=True)
@@ -378,16 +379,6 @@ def _synthesize(root: Path, todo: list[PlannedUtterance], pad: float, jobs: int,
         bar.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _write_utterance(root: Path, utt: PlannedUtterance, syn: Synthesis) -> None:

@@ -30,6 +30,7 @@ from ..util.atomic import write_json, write_text
 from ..util.provenance import config_hash, provenance
 from .config import Study, StudyError, describe
 from .steps import Step, json_safe, plan
+from ..util.process import pid_alive
 
 LOG = "run.log"
 RUN_JSON = "run.json"
@@ -253,7 +254,7 @@ def _lock(root: Path):
                 pid = int(path.read_text().strip() or 0)
             except (OSError, ValueError):
                 pid = 0
-            if pid and _alive(pid):
+            if pid and pid_alive(pid):
                 raise CodeclensError(f"{root} is in use by another run (process {pid}); wait for it or use another --out")
             path.unlink(missing_ok=True)
     else:
@@ -264,18 +265,6 @@ def _lock(root: Path):
         yield
     finally:
         path.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def run_study(study: Study, root: str | Path, force: Sequence[str] = (), progress: bool = True,
