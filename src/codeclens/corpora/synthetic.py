@@ -35,10 +35,10 @@ from ..config import build
 from ..errors import CodeclensError
 from ..spec import Spec
 from ..util.atomic import atomic_path, write_json, write_text
+from ..util.process import pid_alive
 from . import CORPORA
 from .base import Corpus, Interval, Problem, Utterance
 from .espeak import (PITCH_RANGE, RATE_RANGE, IsolatedSynthesizer, Job, Synthesis, add_padding, assign_closures,
-from ..util.process import pid_alive
                      engine, load_raw)
 
 FORMAT_VERSION = 1

@@ -27,10 +27,10 @@ from typing import Any, Callable, Sequence
 
 from ..errors import CodeclensError
 from ..util.atomic import write_json, write_text
+from ..util.process import pid_alive
 from ..util.provenance import config_hash, provenance
 from .config import Study, StudyError, describe
 from .steps import Step, json_safe, plan
-from ..util.process import pid_alive
 
 LOG = "run.log"
 RUN_JSON = "run.json"
