@@ -17,22 +17,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from codeclens.util.provenance import cpu_model
 
 
 def timed(fn, repeat: int = 1):
