@@ -252,6 +252,18 @@ def init_residual_codebooks(
         residual = residual - quantize(residual)
 
 
+def ema_codebook_setter(cb) -> Callable[[torch.Tensor], None]:
+    """Setter for an EMA Euclidean codebook (``embed``, ``embed_avg``, ``inited``): the rows
+    become the codebook and it is marked initialised, so no k-means runs on first forward."""
+
+    def set_rows(rows: torch.Tensor) -> None:
+        cb.embed.copy_(rows)
+        cb.embed_avg.copy_(rows)
+        cb.inited.fill_(1.0)
+
+    return set_rows
+
+
 def encode_items(
     encode_one: Callable[[torch.Tensor], torch.Tensor], waves: torch.Tensor, lengths: torch.Tensor, hop: int
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,6 +21,7 @@ from ..errors import CodeclensError
 from ..spec import Spec
 from . import CODECS
 from ._hf import (
+    ema_codebook_setter,
     TorchCodec, calibration_batch, hf_class, check_size, init_residual_codebooks, load_hf_config, load_hf_model, seeded,
     want_random,
 )
@@ -134,12 +135,7 @@ class EnCodec(TorchCodec, CodecAdapter):
         k = self.model.config.codebook_size
 
         def layer_fns(layer):
-            def set_cb(rows):
-                layer.codebook.embed.copy_(rows)
-                layer.codebook.embed_avg.copy_(rows)
-                layer.codebook.inited.fill_(1.0)
-
-            return set_cb, (lambda r: r), (lambda r: layer.decode(layer.encode(r.T[None]))[0].T)
+            return ema_codebook_setter(layer.codebook), (lambda r: r), (lambda r: layer.decode(layer.encode(r.T[None]))[0].T)
 
         init_residual_codebooks(resid, [layer_fns(l) for l in self.model.quantizer.layers], k, seed)
         self._table_cache = None

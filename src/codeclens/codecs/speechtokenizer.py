@@ -35,6 +35,7 @@ from ..spec import Spec
 from ..util.atomic import atomic_dir
 from . import CODECS
 from ._hf import (
+    ema_codebook_setter,
     TorchCodec, calibration_batch, check_size, init_residual_codebooks, load_state_file, load_strict, seeded,
     want_random,
 )
@@ -236,14 +237,7 @@ class SpeechTokenizerCodec(TorchCodec, CodecAdapter):
         resid = self._embed(x)[0].T
 
         def layer_fns(layer):
-            cb = layer._codebook
-
-            def set_cb(rows):
-                cb.embed.copy_(rows)
-                cb.embed_avg.copy_(rows)
-                cb.inited.fill_(1.0)
-
-            return set_cb, (lambda r: layer.project_in(r)), (lambda r: layer.decode(layer.encode(r.T[None]))[0].T)
+            return ema_codebook_setter(layer._codebook), (lambda r: layer.project_in(r)), (lambda r: layer.decode(layer.encode(r.T[None]))[0].T)
 
         init_residual_codebooks(resid, [layer_fns(l) for l in self._vq_layers], self.codebook_sizes[0], seed)
         self._table_cache = None

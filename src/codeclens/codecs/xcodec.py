@@ -24,6 +24,7 @@ from ..errors import CodeclensError
 from ..spec import Spec
 from . import CODECS
 from ._hf import (
+    ema_codebook_setter,
     TorchCodec, calibration_batch, check_size, hf_class, init_residual_codebooks, load_hf_config, load_hf_model,
     pad_to_hop, seeded, want_random,
 )
@@ -128,14 +129,7 @@ class XCodec(TorchCodec, CodecAdapter):
         resid = self._embed(x)[0].T
 
         def layer_fns(vq):
-            cb = vq.codebook
-
-            def set_cb(rows):
-                cb.embed.copy_(rows)
-                cb.embed_avg.copy_(rows)
-                cb.inited.fill_(1.0)
-
-            return set_cb, (lambda r: r), (lambda r: vq.decode(vq.encode(r.T[None]))[0].T)
+            return ema_codebook_setter(vq.codebook), (lambda r: r), (lambda r: vq.decode(vq.encode(r.T[None]))[0].T)
 
         init_residual_codebooks(resid, [layer_fns(q) for q in self.model.quantizer.quantizers],
                                 self.model.config.codebook_size, seed)
