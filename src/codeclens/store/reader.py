@@ -36,6 +36,13 @@ class Store:
             raise CodeclensError(f"{self.path}: extraction has not finished; re-run extract to resume")
 
     # -- basic facts ---------------------------------------------------------
+    @cached_property
+    def fingerprint(self) -> str:
+        """Content hash of codes, tables, labels and manifest: key caches on this."""
+        from .fingerprint import store_fingerprint
+
+        return store_fingerprint(self.path)
+
     @property
     def name(self) -> str:
         return self.manifest.get("name") or self.path.name

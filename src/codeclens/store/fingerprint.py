@@ -1,0 +1,84 @@
+"""A store's content fingerprint: the key every analysis cache is built on.
+
+Caches keyed on a store's path or config survive ``codeclens label`` (which
+rewrites labels) and re-extraction, and then serve stale results. The
+fingerprint hashes the bytes of every content file instead. Hashing a large
+``codes.npy`` on every open would be slow, so each file's digest is memoised
+in ``fingerprint.json`` beside it, keyed on (size, mtime_ns): a file that is
+rewritten gets a new mtime and is hashed again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from . import layout
+
+CONTENT_FILES = (layout.CODES, layout.TABLES, layout.UTTERANCES, layout.FRAMES, layout.LATENT)
+"""Files whose bytes determine what an analysis reads (the manifest is hashed separately)."""
+MEMO = "fingerprint.json"
+_MANIFEST_VOLATILE = ("versions", "git", "hardware", "timing", "elapsed_s")
+"""Manifest keys that record when/where a store was made, not what it holds."""
+
+
+def file_digest(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def _load_memo(root: Path) -> dict:
+    try:
+        memo = json.loads((root / MEMO).read_text())
+        return memo if isinstance(memo, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_memo(root: Path, memo: dict) -> None:
+    # A read-only store still fingerprints; it just hashes again next time.
+    tmp = root / f".{MEMO}.tmp"
+    try:
+        tmp.write_text(json.dumps(memo, sort_keys=True))
+        tmp.replace(root / MEMO)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+
+def store_fingerprint(root: str | Path) -> str:
+    """Hex digest of a store's content: codes, tables, labels, latent and manifest
+    (less its timing fields). Equal fingerprints mean an analysis reads the same data."""
+    root = Path(root)
+    memo = _load_memo(root)
+    changed = False
+    parts: list[str] = []
+    for name in CONTENT_FILES:
+        p = root / name
+        if not p.is_file():
+            parts.append(f"{name}:-")
+            continue
+        st = p.stat()
+        stamp = [st.st_size, st.st_mtime_ns]
+        entry = memo.get(name)
+        if not (isinstance(entry, dict) and entry.get("stamp") == stamp and isinstance(entry.get("digest"), str)):
+            entry = {"stamp": stamp, "digest": file_digest(p)}
+            memo[name] = entry
+            changed = True
+        parts.append(f"{name}:{entry['digest']}")
+    try:
+        manifest = json.loads((root / layout.MANIFEST).read_text())
+    except (OSError, ValueError):
+        manifest = None
+    if isinstance(manifest, dict):
+        manifest = {k: v for k, v in manifest.items() if k not in _MANIFEST_VOLATILE}
+    parts.append("manifest:" + hashlib.blake2b(json.dumps(manifest, sort_keys=True, default=str).encode(), digest_size=16).hexdigest())
+    if changed:
+        _save_memo(root, memo)
+    return hashlib.blake2b("\n".join(parts).encode(), digest_size=16).hexdigest()
