@@ -65,7 +65,7 @@ def test_extract_and_info(audio_folder, melrvq_dir, tmp_path, capsys):
     assert s.n_utterances == 6 and s.n_layers == 4 and s.codes.dtype == np.int16
     # The corrupt file is reported with its path and skipped, not fatal.
     (skip,) = s.manifest["skipped"]
-    assert skip["path"].endswith("broken.wav") and "unreadable" in skip["error"]
+    assert skip["where"].endswith("broken.wav") and "unreadable" in skip["message"] and skip["stage"] == "audio"
     # Frames per utterance follow the codec frame rate: ceil(samples / 320).
     assert (s.utterances["n_frames"] == np.ceil(s.utterances["duration"] * 16000 / 320)).all()
     assert s.latent.shape == (s.n_frames, 80)

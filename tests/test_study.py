@@ -343,7 +343,7 @@ def test_interrupted_extraction_resumes(tmp_path, audio_folder):
 
     study_file = write_study(tmp_path, audio_folder, analyses="")
     out = tmp_path / "run"
-    real = writer._write_shard
+    real = writer.write_shard
     calls = {"n": 0}
 
     def crashing(*a, **k):
@@ -352,12 +352,12 @@ def test_interrupted_extraction_resumes(tmp_path, audio_folder):
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    writer._write_shard = crashing
+    writer.write_shard = crashing
     try:
         with pytest.raises(KeyboardInterrupt):
             run_study(load_study(study_file), out, progress=False, echo=quiet)
     finally:
-        writer._write_shard = real
+        writer.write_shard = real
     assert len(list((out / "stores" / "audio" / "mel" / "shards").iterdir())) == 1
     res = run_study(load_study(study_file), out, progress=False, echo=quiet)
     assert "extract:audio/mel" in res.ran and "fit:mel" in res.skipped

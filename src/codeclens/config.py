@@ -13,6 +13,7 @@ import ast
 import dataclasses
 import functools
 import inspect
+import math
 import textwrap
 import types
 import typing
@@ -141,10 +142,22 @@ def build(cls: type[C], values: dict[str, Any], where: str = "") -> C:
                     raise CodeclensError(f"{where or cls.__name__}: {k}: {e}") from None
             v = tuple(v)
         coerced[k] = v
+        _refuse_nan(k, v, tp, where or cls.__name__)
     try:
         return cls(**coerced)
     except (TypeError, ValueError) as e:
         raise CodeclensError(f"{where or cls.__name__}: {e}") from None
+
+
+def _refuse_nan(name: str, value: Any, tp: Any, where: str) -> None:
+    """NaN passes every ``x > 0`` style check by comparing false both ways: no float option
+    means anything with it, so refuse it here for every config at once."""
+    if typing.get_origin(tp) in (tuple, list):
+        values = value if isinstance(value, (tuple, list)) else [value]
+    else:
+        values = [value]
+    if any(isinstance(x, float) and math.isnan(x) for x in values):
+        raise CodeclensError(f"{where}: {name} must be a number, not nan")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -61,7 +61,10 @@ class Spec:
                 if low in _FALSE:
                     return False
                 raise ValueError(raw)
-            return type(raw)
+            value = type(raw)
+            if value != value:  # nan: passes every range check by comparing false
+                raise ValueError(raw)
+            return value
         except ValueError:
             raise SpecError(
                 f"{self.kind}: option {key}={raw!r} is not a valid {type.__name__}"

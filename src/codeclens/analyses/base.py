@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Sequence
 
 from ..config import to_dict
 from ..errors import CodeclensError
-from ..util.atomic import write_json
+from ..util.atomic import atomic_path, write_json
 from ..util.provenance import provenance
 
 
@@ -75,6 +75,27 @@ class Analysis(abc.ABC):
     by everything they depend on); the study runner then keeps ``out`` when it re-runs the step
     with an unchanged key instead of starting from an empty folder."""
 
+    def validate(self, stores: Sequence[Any], cfg: Any) -> None:
+        """Refuse a run that cannot succeed before anything is written (raise CodeclensError).
+
+        The default checks what every analysis shares: a ``repr`` option that names
+        representations must fit every store's codec. Analyses add their own checks."""
+        text = getattr(cfg, "repr", None)
+        if not isinstance(text, str) or not text.strip():
+            return
+        from ..store.reprs import parse_reprs
+
+        try:
+            parse_reprs(text)
+        except CodeclensError:
+            return  # not a representation list (an analysis' own mode word)
+        for s in stores:
+            if hasattr(s, "n_layers"):
+                try:
+                    parse_reprs(text, s.n_layers)
+                except CodeclensError as e:
+                    raise CodeclensError(f"{getattr(s, 'path', s)}: {e}") from None
+
     @abc.abstractmethod
     def run(self, stores: Sequence[Any], cfg: Any, out: Path, progress: bool = True) -> AnalysisResult:
         """Compute, write files under ``out`` and return the result (not yet saved)."""
@@ -84,11 +105,30 @@ class Analysis(abc.ABC):
         out = Path(out)
         if out.exists() and not out.is_dir():
             raise CodeclensError(f"output directory {out} is a file; give another --out")
+        self.validate(stores, cfg)
         out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "config.json", {"analysis": self.name, "stores": [str(getattr(s, "path", s)) for s in stores], **to_dict(cfg)})
-        write_json(out / "provenance.json", provenance())
-        t0 = time.perf_counter()
-        res = self.run(stores, cfg, out, progress)
+        # A run refused part-way must leave the folder describing the results it still holds.
+        kept = {n: _read_bytes(out / n) for n in ("config.json", "provenance.json")}
+        try:
+            write_json(out / "config.json", {"analysis": self.name, "stores": [str(getattr(s, "path", s)) for s in stores], **to_dict(cfg)})
+            write_json(out / "provenance.json", provenance())
+            t0 = time.perf_counter()
+            res = self.run(stores, cfg, out, progress)
+        except Exception:
+            for n, old in kept.items():
+                if old is None:
+                    (out / n).unlink(missing_ok=True)
+                else:
+                    with atomic_path(out / n) as tmp:
+                        tmp.write_bytes(old)
+            raise
         res = dataclasses.replace(res, seconds=time.perf_counter() - t0)
         res.save(out)
         return res
+
+
+def _read_bytes(p: Path) -> bytes | None:
+    try:
+        return p.read_bytes()
+    except FileNotFoundError:
+        return None

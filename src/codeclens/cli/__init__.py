@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import pkgutil
@@ -39,11 +40,30 @@ def main(argv: list[str] | None = None) -> int:
         rc = args.func(args)
         return int(rc or 0)
     except CodeclensError as e:
-        print(f"codeclens: error: {e}", file=sys.stderr)
+        print(f"codeclens: error: {_one_line(str(e))}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a read-only folder, a full disk, --out under a file: the user's to fix
+        print(f"codeclens: error: {os_error_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("codeclens: interrupted; finished work is kept, re-run the same command to resume", file=sys.stderr)
         return 130
+
+
+def os_error_message(e: OSError) -> str:
+    """One line for a failed file operation: the file, the cause, and what to do about it."""
+    where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+    what = e.strerror or str(e) or type(e).__name__
+    hint = ""
+    if e.errno == errno.ENOSPC or e.errno == errno.EDQUOT:
+        hint = "; free some space and re-run the same command: finished work is kept"
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        hint = "; choose a writable --out"
+    return _one_line(f"{where}: {what}{hint}" if where else f"{what}{hint}")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()) if "\n" in text else text
 
 
 def entry() -> None:

@@ -62,10 +62,17 @@ class Utterance:
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
-    """An input that was skipped, with the reason (recorded in store manifests)."""
+    """An input that was skipped, with the reason: the one record shape of a store
+    manifest's ``skipped`` list, whether the corpus or the extraction skipped it."""
 
     where: str
+    """The file (or ``FILE:row N``) that was skipped."""
     message: str
+    """Why, naming the real cause (empty file, unreadable folder, truncated TextGrid...)."""
+    id: str | None = None
+    """Utterance id, when the input had become an utterance."""
+    stage: str = "corpus"
+    """corpus (listing the inputs) | audio (reading the samples) | labels (a labeller refused it)"""
 
 
 class Corpus(abc.ABC):
@@ -80,6 +87,9 @@ class Corpus(abc.ABC):
     def __init__(self, spec: Spec):
         self.spec = spec
         self.problems: list[Problem] = []
+        # Inputs passed over as not being utterances (a text file in an audio folder): not
+        # skipped data, so not in the manifest, but named when a corpus turns out empty.
+        self.ignored: list[Problem] = []
 
     @classmethod
     def from_spec(cls, spec: Spec) -> "Corpus":
@@ -95,6 +105,16 @@ class Corpus(abc.ABC):
 
     def describe(self) -> dict[str, Any]:
         return {"spec": str(self.spec), "kind": self.spec.kind}
+
+
+def why_empty(problems: list[Problem], ignored: list[Problem] = (), limit: int = 5) -> str:
+    """What an empty corpus saw instead of utterances, for its one-line error."""
+    seen = list(problems) + list(ignored)
+    if not seen:
+        return "no audio files found"
+    shown = "; ".join(p.message for p in seen[:limit])
+    more = f"; and {len(seen) - limit} more" if len(seen) > limit else ""
+    return f"{len(seen)} input(s) rejected: {shown}{more}"
 
 
 class ListedCorpus(Corpus):

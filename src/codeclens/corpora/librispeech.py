@@ -131,7 +131,9 @@ class LibriSpeechCorpus(ListedCorpus):
         speakers = read_speakers(self.speakers_file) if self.speakers_file else {}
         grids, plain = self._index_alignments()
         utts = []
-        for f in sorted(self.root.rglob("*.flac")):
+        from .folder import walk_files
+
+        for f in walk_files(self.root, self.problems, (".flac",))[0]:
             m = _UTT.match(f.stem)
             if not m:
                 self.problems.append(Problem(str(f), f"{f}: not named SPEAKER-CHAPTER-NNNN.flac"))

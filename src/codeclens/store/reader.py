@@ -25,15 +25,7 @@ class Store:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        mf = self.path / layout.MANIFEST
-        if not mf.is_file():
-            raise CodeclensError(f"{self.path}: not a feature store (no {layout.MANIFEST})")
-        try:
-            self.manifest: dict[str, Any] = json.loads(mf.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CodeclensError(f"{mf}: unreadable store manifest ({type(e).__name__}: {e})") from None
-        if not self.manifest.get("complete"):
-            raise CodeclensError(f"{self.path}: extraction has not finished; re-run extract to resume")
+        self.manifest: dict[str, Any] = check_store(self.path)
 
     # -- basic facts ---------------------------------------------------------
     @cached_property
@@ -241,6 +233,135 @@ class Store:
             "labels": self.label_columns(),
             "disk_mb": self.disk_bytes() / 1e6,
         }
+
+
+_CHECKED: dict[tuple, dict[str, Any]] = {}
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest of a finished store, or a one-line error naming what is wrong with it."""
+    mf = path / layout.MANIFEST
+    if not mf.is_file():
+        raise CodeclensError(f"{path}: not a feature store (no {layout.MANIFEST})")
+    try:
+        m = json.loads(mf.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CodeclensError(f"{mf}: unreadable store manifest ({type(e).__name__}: {e})") from None
+    if not isinstance(m, dict):
+        raise CodeclensError(f"{mf}: unreadable store manifest (a JSON {type(m).__name__}, not an object)")
+    if "format" not in m:
+        raise CodeclensError(f"{mf}: store manifest has no 'format'")
+    if m["format"] != layout.FORMAT_VERSION:
+        raise CodeclensError(
+            f"{mf}: store format {m['format']!r} is not the one this codeclens reads ({layout.FORMAT_VERSION}); "
+            "re-extract the store"
+        )
+    if not m.get("complete"):
+        raise CodeclensError(f"{path}: extraction has not finished; re-run extract to resume")
+    codec = m.get("codec")
+    try:
+        n_layers = int(codec["n_layers"])
+        sizes = [int(k) for k in codec["codebook_sizes"]]
+        float(codec["frame_rate"])
+    except (TypeError, KeyError, ValueError):
+        raise CodeclensError(f"{mf}: store manifest lacks a codec with n_layers, codebook_sizes and frame_rate") from None
+    if n_layers < 1 or len(sizes) != n_layers or min(sizes) < 1:
+        raise CodeclensError(f"{mf}: codec has {n_layers} layers but codebook sizes {sizes}")
+    return m
+
+
+def check_store(path: str | Path) -> dict[str, Any]:
+    """Check a store before anything reads it: manifest, array shapes and dtypes, the code
+    range and the tables; returns the manifest, or raises a one-line error naming the file.
+
+    The checks are repeated only when a file changed (keyed on sizes and mtimes)."""
+    path = Path(path)
+    m = read_manifest(path)
+    names = (layout.MANIFEST, layout.CODES, layout.TABLES, layout.UTTERANCES, layout.FRAMES, layout.LATENT)
+    key = (str(path.resolve()), *(_stamp(path / n) for n in names))
+    if key not in _CHECKED:
+        _check_files(path, m)
+        _CHECKED[key] = m
+    return m
+
+
+def _stamp(p: Path) -> tuple[int, int] | None:
+    try:
+        st = p.stat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def _check_files(path: Path, m: dict[str, Any]) -> None:
+    import pyarrow.parquet as pq
+
+    codec = m["codec"]
+    n_layers = int(codec["n_layers"])
+    sizes = np.array([int(k) for k in codec["codebook_sizes"]])
+    f = path / layout.CODES
+    try:
+        codes = np.load(f, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as e:
+        raise CodeclensError(f"{f}: unreadable codes ({_msg(e)})") from None
+    if codes.ndim != 2 or codes.shape[1] != n_layers or not np.issubdtype(codes.dtype, np.integer):
+        raise CodeclensError(
+            f"{f}: expected integer codes [frames, {n_layers}], found {codes.dtype} {list(codes.shape)}"
+        )
+    n = int(codes.shape[0])
+    if "n_frames" in m and int(m["n_frames"]) != n:
+        raise CodeclensError(f"{f}: holds {n} frames, the manifest says {m['n_frames']}")
+    for a in range(0, n, 1 << 20):  # streamed: a large store is never read whole
+        block = np.asarray(codes[a : a + (1 << 20)])
+        if block.size and (block.min() < 0 or (block.max(axis=0) >= sizes).any()):
+            raise CodeclensError(f"{f}: codes outside the codebooks (sizes {sizes.tolist()})")
+    rows = {}
+    for name in (layout.FRAMES, layout.UTTERANCES):
+        pf = path / name
+        try:
+            rows[name] = pq.ParquetFile(pf).metadata.num_rows
+        except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a junk file
+            raise CodeclensError(f"{pf}: unreadable table ({_msg(e)})") from None
+    if rows[layout.FRAMES] != n:
+        raise CodeclensError(f"{path / layout.FRAMES}: {rows[layout.FRAMES]} rows for {n} frames in {f.name}")
+    try:
+        n_frames = pq.read_table(path / layout.UTTERANCES, columns=["n_frames"]).column(0).to_numpy()
+    except Exception as e:  # noqa: BLE001
+        raise CodeclensError(f"{path / layout.UTTERANCES}: no readable n_frames column ({_msg(e)})") from None
+    if int(n_frames.sum()) != n:
+        raise CodeclensError(f"{path / layout.UTTERANCES}: n_frames sum to {int(n_frames.sum())}, {f.name} holds {n}")
+    _check_tables(path / layout.TABLES, sizes)
+    lat = path / layout.LATENT
+    if lat.exists():
+        try:
+            z = np.load(lat, mmap_mode="r")
+        except (OSError, ValueError, EOFError) as e:
+            raise CodeclensError(f"{lat}: unreadable latent ({_msg(e)})") from None
+        if z.ndim != 2 or z.shape[0] != n:
+            raise CodeclensError(f"{lat}: expected latent [{n}, D], found {list(z.shape)}")
+
+
+def _check_tables(f: Path, sizes: np.ndarray) -> None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(f), framework="numpy") as t:
+            shapes = {k: t.get_slice(k).get_shape() for k in t.keys()}
+    except Exception as e:  # noqa: BLE001 - SafetensorError, OSError, a header that is not JSON
+        raise CodeclensError(f"{f}: unreadable tables ({_msg(e)})") from None
+    dims = set()
+    for l, k in enumerate(sizes):
+        shape = shapes.get(f"layer_{l}")
+        if shape is None or len(shape) != 2 or shape[0] != k:
+            raise CodeclensError(f"{f}: layer_{l} should be a [{k}, D] table, found {shape}")
+        dims.add(shape[1])
+    if len(dims) != 1:
+        raise CodeclensError(f"{f}: layer tables differ in width ({sorted(dims)})")
+
+
+def _msg(e: Exception) -> str:
+    text = str(e).splitlines()[0] if str(e) else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def _add_by_group(sums: np.ndarray, groups: np.ndarray, x: np.ndarray) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -24,11 +25,13 @@ import torch
 from ..audio import AudioError
 from ..codecs import CodecAdapter, load_codec
 from ..config import to_dict
-from ..corpora import Corpus, Utterance, load_corpus
+from ..corpora import Corpus, Problem, Utterance, load_corpus
+from ..corpora.base import why_empty
 from ..errors import CodeclensError
 from ..labels import LABELLERS, Labeller, frame_times, load_labeller, parse_label_list
 from ..labels.splits import add_splits
 from ..util.atomic import atomic_dir, atomic_path, write_json
+from ..util.lock import pid_lock
 from ..util.provenance import config_hash, provenance
 from . import layout
 
@@ -65,7 +68,7 @@ class ExtractConfig:
     def __post_init__(self):
         if self.limit is not None and self.limit < 1:
             raise ValueError("limit must be >= 1")
-        if self.batch_seconds <= 0:
+        if not self.batch_seconds > 0:  # also refuses nan
             raise ValueError("batch_seconds must be > 0")
         if self.shard_size < 1:
             raise ValueError("shard_size must be >= 1")
@@ -89,30 +92,30 @@ def resolve_labels(names: Iterable[str]) -> list[str]:
 
 
 def extract(cfg: ExtractConfig, progress: bool = True, log=print) -> Path:
-    """Run (or resume) an extraction; returns the store directory."""
+    """Run (or resume) an extraction; returns the store directory.
+
+    Nothing the user had is touched until the new store is complete: a fresh or
+    interrupted store of this configuration is built in place, while a store that
+    ``--overwrite`` replaces is built beside it (``.NAME.build-HASH``) and swapped
+    in only when finished. Only a codeclens store is ever replaced, never the
+    corpus, and one extraction at a time holds ``--out``.
+    """
     out = Path(cfg.out)
-    ident = cfg.identity()
-    h = config_hash(ident)
-    mf_path = out / layout.MANIFEST
     if out.exists() and not out.is_dir():
         raise CodeclensError(f"{out} is a file, not a store directory; choose another --out")
-    if mf_path.is_file():
-        old = json.loads(mf_path.read_text())
-        if old.get("config_hash") == h and old.get("complete"):
-            log(f"{out}: up to date (config {h})")
-            return out
-        if old.get("config_hash") != h:
-            if not cfg.overwrite:
-                raise CodeclensError(
-                    f"{out} holds a store made with a different configuration; "
-                    "choose another --out or pass --overwrite"
-                )
-            shutil.rmtree(out)
-    elif out.exists() and any(out.iterdir()):
-        if not cfg.overwrite:
-            raise CodeclensError(f"{out} exists and is not a feature store; choose another --out")
-        shutil.rmtree(out)
+    with pid_lock(layout.lock_path(out), str(out)):
+        return _extract_locked(cfg, out, progress, log)
 
+
+def _extract_locked(cfg: ExtractConfig, out: Path, progress: bool, log) -> Path:
+    ident = cfg.identity()
+    h = config_hash(ident)
+    _recover_swap(out)
+    build = _build_dir(cfg, out, h, log)
+    if build is None:
+        return out
+
+    # Everything that can be refused is checked before anything is written.
     corpus = load_corpus(cfg.corpus)
     codec = load_codec(cfg.codec, None if cfg.device == "auto" else cfg.device)
     if cfg.latent and type(codec).latent is CodecAdapter.latent:
@@ -121,13 +124,107 @@ def extract(cfg: ExtractConfig, progress: bool = True, log=print) -> Path:
     utts = list(corpus)
     if cfg.limit is not None:
         utts = utts[: cfg.limit]
+    _refuse_inputs_inside(out, cfg, utts)
     if not utts:
-        raise CodeclensError(f"corpus '{cfg.corpus}' has no utterances")
-    out.mkdir(parents=True, exist_ok=True)
+        raise CodeclensError(
+            f"corpus '{cfg.corpus}' has no utterances: {why_empty(corpus.problems, getattr(corpus, 'ignored', []))}"
+        )
+    build.mkdir(parents=True, exist_ok=True)
 
+    manifest = _start_manifest(build, cfg, h, codec, corpus, labellers, out.name)
+    for lb in labellers:
+        lb.fit(utts)
+
+    shards = [utts[i : i + cfg.shard_size] for i in range(0, len(utts), cfg.shard_size)]
+    todo = [i for i in range(len(shards)) if not committed_shard(build, i)]
+    bar = _progress(len(utts), sum(len(shards[i]) for i in set(range(len(shards))) - set(todo)), progress)
+    t0, audio_s = time.perf_counter(), 0.0
+    try:
+        for i in todo:
+            audio_s += write_shard(shards[i], codec, labellers, cfg, shard_path(build, i), bar)
+            if bar is not None:
+                dt = max(time.perf_counter() - t0, 1e-9)
+                bar.set_postfix_str(f"{audio_s / dt:.1f}x real time")
+    finally:  # an interrupted run must not leave a half-drawn bar over the error line
+        if bar is not None:
+            bar.close()
+
+    finalize_store(build, len(shards), manifest, cfg, list(corpus.problems))
+    if build != out:
+        _swap_in(build, out)
+    log(f"{out}: done")
+    return out
+
+
+def _read_manifest(path: Path) -> dict[str, Any] | None:
+    """The manifest of a store folder, or None when it is not one (no or unreadable manifest)."""
+    try:
+        m = json.loads((path / layout.MANIFEST).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return m if isinstance(m, dict) and ("config_hash" in m or "format" in m) else None
+
+
+def _build_dir(cfg: ExtractConfig, out: Path, h: str, log) -> Path | None:
+    """Where to build the store (``out`` itself, or a staging folder beside it), or None when
+    ``out`` already holds this store intact."""
+    if not out.exists() or not any(out.iterdir()):
+        return out
+    old = _read_manifest(out)
+    if old is None:
+        # --overwrite replaces a store, never a folder of someone's files.
+        what = "an unreadable store manifest" if (out / layout.MANIFEST).exists() else f"no {layout.MANIFEST}"
+        raise CodeclensError(
+            f"{out} is not a codeclens store ({what}); --overwrite only replaces a store: choose another --out"
+        )
+    if old.get("config_hash") == h and not old.get("complete"):
+        return out  # an interrupted extraction of this very configuration: resume it
+    if old.get("config_hash") == h:
+        from .reader import check_store
+
+        try:
+            check_store(out)
+        except CodeclensError as e:
+            if not cfg.overwrite:
+                raise CodeclensError(f"{e}; pass --overwrite to rebuild the store") from None
+            log(f"{out}: damaged ({e}); rebuilding")
+        else:
+            log(f"{out}: up to date (config {h})")
+            return None
+    elif not cfg.overwrite:
+        raise CodeclensError(
+            f"{out} holds a store made with a different configuration; choose another --out or pass --overwrite"
+        )
+    staging = layout.staging_path(out, h)
+    staged = _read_manifest(staging) if staging.is_dir() else None
+    if staging.exists() and (staged is None or staged.get("config_hash") != h):
+        shutil.rmtree(staging)  # ours by name, and not a resumable build of this configuration
+    return staging
+
+
+def _refuse_inputs_inside(out: Path, cfg: ExtractConfig, utts: list[Utterance]) -> None:
+    """--out must not be, or contain, anything the extraction reads (it may be replaced)."""
+    from ..spec import parse_spec
+
+    target = out.resolve()
+    paths = [u.path for u in utts]
+    for text in (cfg.corpus, cfg.codec):
+        spec = parse_spec(text)
+        paths += [v for v in (spec.target, *dict(spec.options).values()) if v]
+    for p in paths:
+        try:
+            rp = Path(p).resolve()
+        except (OSError, RuntimeError, ValueError):
+            continue
+        if rp.exists() and (rp == target or target in rp.parents):
+            raise CodeclensError(f"--out {out} holds an input of the extraction ({p}); choose another --out")
+
+
+def _start_manifest(build: Path, cfg: ExtractConfig, h: str, codec: CodecAdapter, corpus: Corpus,
+                    labellers: list[Labeller], name: str) -> dict[str, Any]:
     manifest: dict[str, Any] = {
         "format": layout.FORMAT_VERSION,
-        "name": cfg.name or out.name,
+        "name": cfg.name or name,
         "config": to_dict(cfg),
         "config_hash": h,
         "codec": codec.describe(),
@@ -136,31 +233,29 @@ def extract(cfg: ExtractConfig, progress: bool = True, log=print) -> Path:
         "complete": False,
         **provenance(),
     }
-    write_json(mf_path, manifest)
-    _save_tables(codec, out / layout.TABLES)
+    write_json(build / layout.MANIFEST, manifest)
+    _save_tables(codec, build / layout.TABLES)
+    return manifest
 
-    for lb in labellers:
-        lb.fit(utts)
 
-    shards = [utts[i : i + cfg.shard_size] for i in range(0, len(utts), cfg.shard_size)]
-    shard_dir = out / layout.SHARDS
-    todo = [i for i in range(len(shards)) if not (shard_dir / _shard_name(i)).is_dir()]
-    bar = _progress(len(utts), sum(len(shards[i]) for i in set(range(len(shards))) - set(todo)), progress)
-    t0, audio_s = time.perf_counter(), 0.0
-    try:
-        for i in todo:
-            audio_s += _write_shard(shards[i], codec, labellers, cfg, shard_dir / _shard_name(i), bar)
-            if bar is not None:
-                dt = max(time.perf_counter() - t0, 1e-9)
-                bar.set_postfix_str(f"{audio_s / dt:.1f}x real time")
-    finally:  # an interrupted run must not leave a half-drawn bar over the error line
-        if bar is not None:
-            bar.close()
+def _swap_in(build: Path, out: Path) -> None:
+    """Replace the store at ``out`` by the finished one at ``build`` (two renames)."""
+    old = layout.retired_path(out)
+    if old.exists():
+        shutil.rmtree(old)
+    os.replace(out, old)
+    os.replace(build, out)  # a crash between the renames is repaired by _recover_swap
+    shutil.rmtree(old, ignore_errors=True)
 
-    problems = [dataclasses.asdict(p) for p in corpus.problems]
-    _finalize(out, len(shards), manifest, cfg, problems)
-    log(f"{out}: done")
-    return out
+
+def _recover_swap(out: Path) -> None:
+    """Undo half a swap (the old store renamed away, the new one not yet in): put the old back,
+    so the run starts from a state that existed; a finished staging build is then reused."""
+    old = layout.retired_path(out)
+    if old.is_dir() and not out.exists():
+        os.replace(old, out)
+    elif old.is_dir() and out.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _progress(total: int, done: int, enabled: bool):
@@ -175,6 +270,16 @@ def _shard_name(i: int) -> str:
     return f"shard-{i:05d}"
 
 
+def shard_path(store_dir: str | Path, i: int) -> Path:
+    """Directory of shard ``i`` of a store being built (deterministic: engines commit by rename)."""
+    return Path(store_dir) / layout.SHARDS / _shard_name(i)
+
+
+def committed_shard(store_dir: str | Path, i: int) -> bool:
+    """Whether shard ``i`` has been committed (renamed into place complete)."""
+    return shard_path(store_dir, i).is_dir()
+
+
 def _save_tables(codec: CodecAdapter, path: Path) -> None:
     from safetensors.numpy import save_file
 
@@ -187,18 +292,23 @@ def _codes_dtype(codebook_sizes: list[int]) -> type:
     return np.int16 if max(codebook_sizes) <= 32768 else np.int32
 
 
-def _write_shard(
-    utts: list[Utterance], codec: CodecAdapter, labellers: list[Labeller], cfg: ExtractConfig, dest: Path, bar
+def write_shard(
+    utts: list[Utterance], codec: CodecAdapter, labellers: list[Labeller], cfg: ExtractConfig, dest: Path,
+    bar=None,
 ) -> float:
-    """Encode and label one shard; returns the seconds of audio it held."""
+    """Encode and label one shard of utterances into the shard directory ``dest``
+    (see :func:`shard_path`), committed by one rename; returns the seconds of audio it held.
+
+    Any engine (in-process, a Ray worker) may call this; writing the same shard twice
+    gives the same directory, so a shard redone after a lost worker is harmless."""
     loaded: list[tuple[Utterance, np.ndarray]] = []
-    skipped: list[dict[str, str]] = []
+    skipped: list[dict[str, Any]] = []
     for u in utts:
         try:
             audio, _ = u.load(codec.sample_rate)
             loaded.append((u, audio))
         except AudioError as e:
-            skipped.append({"id": u.id, "path": u.path, "error": str(e)})
+            skipped.append(_skip(u, e, "audio"))
             if bar is not None:
                 bar.update(1)
 
@@ -225,7 +335,7 @@ def _write_shard(
                 row.update(lb.utterance_labels(u, audio, codec.sample_rate))
             except CodeclensError as e:
                 # One bad alignment or label must not stop the run: skip and record.
-                skipped.append({"id": u.id, "path": u.path, "error": str(e)})
+                skipped.append(_skip(u, e, "labels"))
                 break
         else:
             utt_rows.append(row)
@@ -250,6 +360,17 @@ def _write_shard(
         frames.to_parquet(tmp / layout.FRAMES, index=False)
         (tmp / "skipped.json").write_text(json.dumps(skipped))
     return seconds
+
+
+def _skip(u: Utterance, e: Exception, stage: str) -> dict[str, Any]:
+    return dataclasses.asdict(Problem(where=u.path, message=str(e), id=u.id, stage=stage))
+
+
+def _record(r: dict[str, Any]) -> dict[str, Any]:
+    """A shard's skip record in the one shape (shards of older versions said path/error)."""
+    if "where" in r:
+        return r
+    return dataclasses.asdict(Problem(where=r.get("path", ""), message=r.get("error", ""), id=r.get("id"), stage="audio"))
 
 
 def _batches(items: list[tuple[Utterance, np.ndarray]], max_samples: float):
@@ -285,12 +406,17 @@ def _encode_batch(codec: CodecAdapter, audios: list[np.ndarray], want_latent: bo
     return out_codes, [lat[i, : n_frames[i]] for i in range(len(audios))]
 
 
-def _finalize(out: Path, n_shards: int, manifest: dict[str, Any], cfg: ExtractConfig, problems: list) -> None:
+def finalize_store(
+    out: Path, n_shards: int, manifest: dict[str, Any], cfg: ExtractConfig, problems: list[Problem]
+) -> None:
+    """Concatenate committed shards ``0..n_shards-1`` of ``out`` into the store's arrays and
+    mark its manifest complete. ``problems`` are the corpus's skipped inputs; the shards'
+    own skipped utterances are added to them, in one record shape."""
     shard_dir = out / layout.SHARDS
-    codes, lats, utts, frames, skipped = [], [], [], [], list(problems)
-    offset = 0
+    codes, lats, utts, frames = [], [], [], []
+    skipped = [dataclasses.asdict(p) for p in problems]
     for i in range(n_shards):
-        d = shard_dir / _shard_name(i)
+        d = shard_path(out, i)
         c = np.load(d / layout.CODES)
         u = pd.read_parquet(d / layout.UTTERANCES)
         f = pd.read_parquet(d / layout.FRAMES)
@@ -300,10 +426,12 @@ def _finalize(out: Path, n_shards: int, manifest: dict[str, Any], cfg: ExtractCo
             lats.append(np.load(d / layout.LATENT))
         utts.append(u)
         frames.append(f)
-        skipped.extend(json.loads((d / "skipped.json").read_text()))
+        skipped.extend(_record(r) for r in json.loads((d / "skipped.json").read_text()))
     u = pd.concat(utts, ignore_index=True)
     if len(u) == 0:
-        raise CodeclensError(f"{out}: no utterance could be read ({len(skipped)} skipped); see {out / layout.MANIFEST}")
+        raise CodeclensError(
+            f"{out}: no utterance could be read: {why_empty([Problem(**r) for r in skipped])}"
+        )
     n = u["n_frames"].to_numpy()
     u["frame_offset"] = np.concatenate([[0], np.cumsum(n)[:-1]]).astype(np.int64)
     u = add_splits(u, cfg.seed)

@@ -13,11 +13,9 @@ also goes to ``RUN/run.log``.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as _dt
 import json
-import os
 import shutil
 import sys
 import time
@@ -27,7 +25,7 @@ from typing import Any, Callable, Sequence
 
 from ..errors import CodeclensError
 from ..util.atomic import write_json, write_text
-from ..util.process import pid_alive
+from ..util.lock import pid_lock
 from ..util.provenance import config_hash, provenance
 from .config import Study, StudyError, describe
 from .steps import Step, json_safe, plan
@@ -241,30 +239,9 @@ class Runner:
         }))
 
 
-@contextlib.contextmanager
 def _lock(root: Path):
     """One run per directory at a time (a stale lock of a dead process is taken over)."""
-    path = root / ".lock"
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            break
-        except FileExistsError:
-            try:
-                pid = int(path.read_text().strip() or 0)
-            except (OSError, ValueError):
-                pid = 0
-            if pid and pid_alive(pid):
-                raise CodeclensError(f"{root} is in use by another run (process {pid}); wait for it or use another --out")
-            path.unlink(missing_ok=True)
-    else:
-        raise CodeclensError(f"cannot lock {root}")
-    try:
-        os.write(fd, str(os.getpid()).encode())
-        os.close(fd)
-        yield
-    finally:
-        path.unlink(missing_ok=True)
+    return pid_lock(root / ".lock", str(root))
 
 
 def run_study(study: Study, root: str | Path, force: Sequence[str] = (), progress: bool = True,

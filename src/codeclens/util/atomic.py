@@ -1,7 +1,9 @@
 """Atomic writes: write to a temporary path beside the target, then rename.
 
 A crash leaves either the old file or the new one, never half a file; a re-run
-sees only complete artifacts.
+sees only complete artifacts. The temporary files are created private (0600 /
+0700) and given the mode the process umask asks for just before the rename, so a
+shared report is as readable as any file the user writes with ``open``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,18 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+def _umask() -> int:
+    # os.umask can only be read by setting it; set it straight back.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def umask_mode(directory: bool = False) -> int:
+    """The mode a plain ``open``/``mkdir`` would give a new file (or directory) now."""
+    return (0o777 if directory else 0o666) & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path; on success it replaces ``path`` atomically."""
@@ -25,6 +39,8 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():
+            os.chmod(tmp_path, umask_mode())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -39,6 +55,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        os.chmod(tmp, umask_mode(True))  # files inside were made by open() and follow the umask already
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
