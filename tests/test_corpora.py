@@ -286,7 +286,7 @@ def test_textgrid_short_format_point_tiers_and_quotes(tmp_path):
     assert read_textgrid(back) == {"phones": [Interval(0.0, 0.2, ""), Interval(0.2, 1.5, "a"),
                                               Interval(1.5, 2.3, 'say "hi"'), Interval(2.3, 2.5, "")]}
     p.write_text(SHORT_TEXTGRID[: SHORT_TEXTGRID.index('"say')], encoding="utf-8")
-    with pytest.raises(TextGridError, match="malformed TextGrid"):
+    with pytest.raises(TextGridError, match="truncated TextGrid"):
         read_textgrid(p)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import soundfile as sf
 import soxr
@@ -31,6 +33,8 @@ def load_audio(
     resampled to ``sample_rate`` when given. Raises :class:`AudioError` on unreadable or
     empty input."""
     try:
+        if os.path.getsize(path) == 0:
+            raise AudioError(f"{path}: empty file")
         info = sf.info(path)
         sr = info.samplerate
         first = int(round((start or 0.0) * sr))

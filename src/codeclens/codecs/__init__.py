@@ -34,15 +34,25 @@ def load_codec(spec: str | Spec, device: str | torch.device | None = None) -> Co
         adapter = cls.from_spec(spec, dev)
     except FileNotFoundError as e:
         raise CodeclensError(f"{spec}: checkpoint not found: {e.filename or e}") from None
+    except Exception as e:  # noqa: BLE001 - a damaged or malicious weights file (never executed)
+        if not _is_weights_error(e):
+            raise
+        raise CodeclensError(f"{spec}: damaged checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     _check_contract(adapter, spec)
     return adapter
+
+
+def _is_weights_error(e: Exception) -> bool:
+    import pickle
+
+    return isinstance(e, (pickle.UnpicklingError, EOFError)) or type(e).__name__ == "SafetensorError"
 
 
 def load_plugin_class(target: str) -> type[CodecAdapter]:
     """``package.module:Class`` -> the class, with one-line errors."""
     module_name, sep, cls_name = target.partition(":")
-    if not sep or not module_name or not cls_name:
-        raise SpecError(f"plug-in spec needs python:package.module:Class, got 'python:{target}'")
+    if not sep or not module_name or not cls_name or module_name.startswith("."):
+        raise SpecError(f"plug-in spec needs python:package.module:Class (an absolute module name), got 'python:{target}'")
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:

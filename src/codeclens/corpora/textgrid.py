@@ -78,8 +78,12 @@ def read_textgrid(path: str | Path) -> dict[str, list[Interval]]:
                 tiers[name] = items
             else:
                 i += 2 * n  # point tier: time, mark
-    except (ValueError, IndexError, TypeError) as e:
-        raise TextGridError(f"{path}: malformed TextGrid ({e or 'unexpected end of file'})") from None
+    except IndexError:
+        raise TextGridError(f"{path}: truncated TextGrid (it ends before its last interval)") from None
+    except (ValueError, TypeError) as e:
+        # float()/int() of a label or of text where a time or a count belongs
+        why = str(e) if "header" in str(e) else f"non-numeric time or count where a number belongs ({e})"
+        raise TextGridError(f"{path}: malformed TextGrid ({why})") from None
     return tiers
 
 

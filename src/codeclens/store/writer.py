@@ -281,11 +281,13 @@ def committed_shard(store_dir: str | Path, i: int) -> bool:
 
 
 def _save_tables(codec: CodecAdapter, path: Path) -> None:
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
     tabs = {f"layer_{l}": t.detach().float().cpu().numpy() for l, t in enumerate(codec.tables())}
+    # Serialised in memory and written by Python, so a full disk is an OSError (one line), not
+    # a SafetensorError.
     with atomic_path(path, ".safetensors") as tmp:
-        save_file(tabs, str(tmp))
+        tmp.write_bytes(save(tabs))
 
 
 def _codes_dtype(codebook_sizes: list[int]) -> type:

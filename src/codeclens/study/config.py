@@ -55,6 +55,9 @@ class StudyMeta:
     def __post_init__(self):
         if self.threads < 0:
             raise ValueError("threads must be >= 0")
+        # The name becomes runs/<name>: a '/' or '..' would write outside runs/.
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise ValueError(f"name {self.name!r}: use letters, digits, '_', '-', '.' (it names the run folder)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -284,7 +287,10 @@ def _published(i: int, t: Any, where: str, base: Path) -> PublishedEntry:
     _check_keys(t, ("path", "source", "caption"), at, "key")
     p = _require_str(t, "path", at)
     src = _require_str(t, "source", at)
-    full = Path(p) if Path(p).is_absolute() else base / p
+    full = base / p
+    # The table is quoted into a shared report: only files of the study's own folder.
+    if not full.resolve().is_relative_to(base.resolve()):
+        raise StudyError(f"{at}: published table {p} is outside the study's folder {base}; copy it there")
     if not full.is_file():
         raise StudyError(f"{at}: published table not found: {full}")
     cap = t.get("caption", "")
@@ -305,6 +311,7 @@ def _check_corpus_spec(text: str, at: str) -> Spec:
             raise SpecError(f"corpus folder not found: {spec.target}")
         cls = CORPORA.get(spec.kind)
         spec.check_keys(cls.options)
+        _check_paths(spec, _CORPUS_PATHS)
     except SpecError as e:
         raise StudyError(f"{at}: spec: {e}") from None
     return spec
@@ -319,9 +326,33 @@ def _check_codec_spec(text: str, at: str) -> Spec:
         spec.check_keys(set(cls.common_options) | set(cls.options))
         for flag in ("random_init",):
             spec.get(flag, False, bool)
+        _check_paths(spec, {})
     except SpecError as e:
         raise StudyError(f"{at}: spec: {e}") from None
     return spec
+
+
+# What each corpus kind reads from disk: its target and these options (a synthetic corpus's
+# target is written, not read).
+_CORPUS_PATHS = {"librispeech": ("", "alignments", "speakers"), "manifest": ("", "root")}
+# Codec options naming files; a hub id (org/name) is not a path, so only explicit paths are checked.
+_CODEC_PATH_KEYS = ("checkpoint", "config")
+
+
+def _check_paths(spec: Spec, corpus_paths: Mapping[str, tuple[str, ...]]) -> None:
+    """Every file a spec names must exist now, not only when the run reaches it."""
+    if corpus_paths:
+        keys = corpus_paths.get(spec.kind, ())
+        values = [(k or "target", spec.target if not k else spec.opts.get(k)) for k in keys]
+    else:
+        values = [(k, v) for k, v in spec.opts.items() if k in _CODEC_PATH_KEYS and _explicit_path(v)]
+    for key, v in values:
+        if v and not Path(v).expanduser().exists():
+            raise SpecError(f"{spec.kind}: {key} not found: {v}")
+
+
+def _explicit_path(v: str) -> bool:
+    return Path(v).is_absolute() or v.startswith(("./", "../", "~", ".\\"))
 
 
 def _extract_options(t: Mapping[str, Any], at: str) -> tuple[tuple[str, Any], ...]:

@@ -112,7 +112,15 @@ class Runner:
 
     def _output_ok(self, step: Step) -> bool:
         if step.kind == "extract":
-            return (step.out / "manifest.json").is_file()
+            # A damaged store is not up to date: the step re-runs and rebuilds it.
+            from ..store.reader import check_store
+
+            try:
+                check_store(step.out)
+            except CodeclensError as e:
+                self.log(f"{step.id}: store needs rebuilding: {e}")
+                return False
+            return True
         if step.kind == "analysis":
             return (step.out / "result.json").is_file()
         if step.kind in ("fit", "random"):
