@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Sequence
 
 from ..config import to_dict
 from ..errors import CodeclensError
-from ..util.atomic import atomic_path, write_json
+from ..util.atomic import atomic_path, naming_failures, write_json
 from ..util.provenance import provenance
 
 
@@ -110,10 +110,11 @@ class Analysis(abc.ABC):
         # A run refused part-way must leave the folder describing the results it still holds.
         kept = {n: _read_bytes(out / n) for n in ("config.json", "provenance.json")}
         try:
-            write_json(out / "config.json", {"analysis": self.name, "stores": [str(getattr(s, "path", s)) for s in stores], **to_dict(cfg)})
-            write_json(out / "provenance.json", provenance())
-            t0 = time.perf_counter()
-            res = self.run(stores, cfg, out, progress)
+            with naming_failures(out):
+                write_json(out / "config.json", {"analysis": self.name, "stores": [str(getattr(s, "path", s)) for s in stores], **to_dict(cfg)})
+                write_json(out / "provenance.json", provenance())
+                t0 = time.perf_counter()
+                res = self.run(stores, cfg, out, progress)
         except Exception:
             for n, old in kept.items():
                 if old is None:
@@ -123,7 +124,8 @@ class Analysis(abc.ABC):
                         tmp.write_bytes(old)
             raise
         res = dataclasses.replace(res, seconds=time.perf_counter() - t0)
-        res.save(out)
+        with naming_failures(out):
+            res.save(out)
         return res
 
 

@@ -30,7 +30,7 @@ from ..corpora.base import why_empty
 from ..errors import CodeclensError
 from ..labels import LABELLERS, Labeller, frame_times, load_labeller, parse_label_list
 from ..labels.splits import add_splits
-from ..util.atomic import atomic_dir, atomic_path, write_json
+from ..util.atomic import atomic_dir, atomic_path, naming_failures, write_json
 from ..util.lock import pid_lock
 from ..util.provenance import config_hash, provenance
 from . import layout
@@ -129,8 +129,15 @@ def _extract_locked(cfg: ExtractConfig, out: Path, progress: bool, log) -> Path:
         raise CodeclensError(
             f"corpus '{cfg.corpus}' has no utterances: {why_empty(corpus.problems, getattr(corpus, 'ignored', []))}"
         )
-    build.mkdir(parents=True, exist_ok=True)
+    with naming_failures(build):
+        _build(cfg, out, build, h, codec, corpus, labellers, utts, progress)
+    log(f"{out}: done")
+    return out
 
+
+def _build(cfg: ExtractConfig, out: Path, build: Path, h: str, codec: CodecAdapter, corpus: Corpus,
+           labellers: list[Labeller], utts: list[Utterance], progress: bool) -> None:
+    build.mkdir(parents=True, exist_ok=True)
     manifest = _start_manifest(build, cfg, h, codec, corpus, labellers, out.name)
     for lb in labellers:
         lb.fit(utts)
@@ -152,8 +159,6 @@ def _extract_locked(cfg: ExtractConfig, out: Path, progress: bool, log) -> Path:
     finalize_store(build, len(shards), manifest, cfg, list(corpus.problems))
     if build != out:
         _swap_in(build, out)
-    log(f"{out}: done")
-    return out
 
 
 def _read_manifest(path: Path) -> dict[str, Any] | None:
