@@ -535,6 +535,13 @@ def test_nan_is_refused(tmp_path, audio_folder, codec, capsys):
     assert not (tmp_path / "s").exists()
 
 
+def test_negative_counts_are_refused(tmp_path, good_store, capsys):
+    before = snapshot(tmp_path)
+    rc = main(["ablate", "--store", str(good_store), "--out", str(tmp_path / "a"), "--n-boot", "-1", "--quiet"])
+    one_error(rc, capsys, "n_boot", ">= 0")
+    assert snapshot(tmp_path) == before
+
+
 # -- 12: modes ----------------------------------------------------------------
 
 

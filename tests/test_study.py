@@ -215,6 +215,15 @@ def test_run_skip_rerun_and_force(tmp_path, audio_folder):
     assert res2.ran == [] and res2.skipped == ids
     assert (out / "run.log").read_text().count("up to date, skipped") == len(ids)
 
+    # a damaged store is not up to date: its extraction and what reads it run again
+    codes_file = out / "stores" / "audio" / "rand" / "codes.npy"
+    good = codes_file.read_bytes()
+    codes_file.write_bytes(good[: len(good) // 2])
+    res_d = run_study(load_study(study_file), out, progress=False, echo=quiet)
+    assert res_d.ran == ["extract:audio/rand", "studytest:audio"]
+    assert "store needs rebuilding" in (out / "run.log").read_text()
+    assert codes_file.read_bytes() == good
+
     # changing one analysis option re-runs only that analysis
     write_study(tmp_path, audio_folder, scale=2.0)
     res3 = run_study(load_study(study_file), out, progress=False, echo=quiet)

@@ -143,6 +143,9 @@ def build(cls: type[C], values: dict[str, Any], where: str = "") -> C:
             v = tuple(v)
         coerced[k] = v
         _refuse_nan(k, v, tp, where or cls.__name__)
+        # Options named n_* are counts (resamples, shuffles, utterances): none means anything below 0.
+        if k.startswith("n_") and tp is int and isinstance(v, int) and v < 0:
+            raise CodeclensError(f"{where or cls.__name__}: {k} must be >= 0 (got {v})")
     try:
         return cls(**coerced)
     except (TypeError, ValueError) as e:
