@@ -100,7 +100,7 @@ def extract(cfg: ExtractConfig, progress: bool = True, log=print) -> Path:
     in only when finished. Only a codeclens store is ever replaced, never the
     corpus, and one extraction at a time holds ``--out``.
     """
-    out = Path(cfg.out)
+    out = Path(os.path.abspath(cfg.out))  # '.' or 'x/..' have no name to put siblings beside
     if out.exists() and not out.is_dir():
         raise CodeclensError(f"{out} is a file, not a store directory; choose another --out")
     with pid_lock(layout.lock_path(out), str(out)):
