@@ -243,6 +243,18 @@ def test_librispeech_without_alignments_and_bad_paths(libri, tmp_path):
         load_corpus(f"librispeech:{sub}?tolerance=-1")
 
 
+def test_librispeech_follows_a_symlinked_subset(libri, tmp_path):
+    """A subset linked into the tree (a common way to share LibriSpeech) is read, not skipped."""
+    sub, _, _ = libri
+    tree = tmp_path / "linked" / "LibriSpeech"
+    tree.mkdir(parents=True)
+    (tree / "dev-clean").symlink_to(sub, target_is_directory=True)
+    (tree / "dev-clean-loop").symlink_to(tree, target_is_directory=True)
+    corpus = load_corpus(f"librispeech:{tree}")
+    assert sorted(u.id for u in corpus) == ["19-198-0000", "19-198-0001", "84-121123-0000", "84-121123-0001"]
+    assert any("symlink loop" in p.message for p in corpus.problems)
+
+
 SHORT_TEXTGRID = '''File type = "ooTextFile"
 Object class = "TextGrid"
 

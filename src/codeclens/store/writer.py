@@ -129,6 +129,8 @@ def _extract_locked(cfg: ExtractConfig, out: Path, progress: bool, log) -> Path:
         raise CodeclensError(
             f"corpus '{cfg.corpus}' has no utterances: {why_empty(corpus.problems, getattr(corpus, 'ignored', []))}"
         )
+    for lb in labellers:
+        lb.fit(utts)
     with naming_failures(build):
         _build(cfg, out, build, h, codec, corpus, labellers, utts, progress)
     log(f"{out}: done")
@@ -139,8 +141,6 @@ def _build(cfg: ExtractConfig, out: Path, build: Path, h: str, codec: CodecAdapt
            labellers: list[Labeller], utts: list[Utterance], progress: bool) -> None:
     build.mkdir(parents=True, exist_ok=True)
     manifest = _start_manifest(build, cfg, h, codec, corpus, labellers, out.name)
-    for lb in labellers:
-        lb.fit(utts)
 
     shards = [utts[i : i + cfg.shard_size] for i in range(0, len(utts), cfg.shard_size)]
     todo = [i for i in range(len(shards)) if not committed_shard(build, i)]
