@@ -91,23 +91,24 @@ def resolve_labels(names: Iterable[str]) -> list[str]:
     return names
 
 
-def extract(cfg: ExtractConfig, progress: bool = True, log=print) -> Path:
+def extract(cfg: ExtractConfig, progress: bool = True, log=print, engine=None) -> Path:
     """Run (or resume) an extraction; returns the store directory.
 
     Nothing the user had is touched until the new store is complete: a fresh or
     interrupted store of this configuration is built in place, while a store that
     ``--overwrite`` replaces is built beside it (``.NAME.build-HASH``) and swapped
     in only when finished. Only a codeclens store is ever replaced, never the
-    corpus, and one extraction at a time holds ``--out``.
+    corpus, and one extraction at a time holds ``--out``. ``engine`` writes the
+    shards still to do (default :func:`run_shards_in_process`, same signature).
     """
     out = Path(os.path.abspath(cfg.out))  # '.' or 'x/..' have no name to put siblings beside
     if out.exists() and not out.is_dir():
         raise CodeclensError(f"{out} is a file, not a store directory; choose another --out")
     with pid_lock(layout.lock_path(out), str(out)):
-        return _extract_locked(cfg, out, progress, log)
+        return _extract_locked(cfg, out, progress, log, engine)
 
 
-def _extract_locked(cfg: ExtractConfig, out: Path, progress: bool, log) -> Path:
+def _extract_locked(cfg: ExtractConfig, out: Path, progress: bool, log, engine) -> Path:
     ident = cfg.identity()
     h = config_hash(ident)
     _recover_swap(out)
@@ -132,26 +133,21 @@ def _extract_locked(cfg: ExtractConfig, out: Path, progress: bool, log) -> Path:
     for lb in labellers:
         lb.fit(utts)
     with naming_failures(build):
-        _build(cfg, out, build, h, codec, corpus, labellers, utts, progress)
+        _build(cfg, out, build, codec, corpus, labellers, utts, progress, engine)
     log(f"{out}: done")
     return out
 
 
-def _build(cfg: ExtractConfig, out: Path, build: Path, h: str, codec: CodecAdapter, corpus: Corpus,
-           labellers: list[Labeller], utts: list[Utterance], progress: bool) -> None:
+def _build(cfg: ExtractConfig, out: Path, build: Path, codec: CodecAdapter, corpus: Corpus,
+           labellers: list[Labeller], utts: list[Utterance], progress: bool, engine) -> None:
     build.mkdir(parents=True, exist_ok=True)
-    manifest = _start_manifest(build, cfg, h, codec, corpus, labellers, out.name)
+    manifest = _start_manifest(build, cfg, codec, corpus, labellers, out.name)
 
     shards = [utts[i : i + cfg.shard_size] for i in range(0, len(utts), cfg.shard_size)]
     todo = [i for i in range(len(shards)) if not committed_shard(build, i)]
     bar = _progress(len(utts), sum(len(shards[i]) for i in set(range(len(shards))) - set(todo)), progress)
-    t0, audio_s = time.perf_counter(), 0.0
     try:
-        for i in todo:
-            audio_s += write_shard(shards[i], codec, labellers, cfg, shard_path(build, i), bar)
-            if bar is not None:
-                dt = max(time.perf_counter() - t0, 1e-9)
-                bar.set_postfix_str(f"{audio_s / dt:.1f}x real time")
+        (engine or run_shards_in_process)([(i, shards[i]) for i in todo], codec, labellers, cfg, build, bar)
     finally:  # an interrupted run must not leave a half-drawn bar over the error line
         if bar is not None:
             bar.close()
@@ -159,6 +155,21 @@ def _build(cfg: ExtractConfig, out: Path, build: Path, h: str, codec: CodecAdapt
     finalize_store(build, len(shards), manifest, cfg, list(corpus.problems))
     if build != out:
         _swap_in(build, out)
+
+
+def run_shards_in_process(
+    jobs: list[tuple[int, list[Utterance]]], codec: CodecAdapter, labellers: list[Labeller], cfg: ExtractConfig,
+    store_dir: Path, bar=None,
+) -> None:
+    """The default engine: write each ``(shard index, utterances)`` job with :func:`write_shard`
+    into ``shard_path(store_dir, index)``, one after another. Another engine (a Ray pool) takes
+    the same arguments and must leave the same committed shards."""
+    t0, audio_s = time.perf_counter(), 0.0
+    for i, utts in jobs:
+        audio_s += write_shard(utts, codec, labellers, cfg, shard_path(store_dir, i), bar)
+        if bar is not None:
+            dt = max(time.perf_counter() - t0, 1e-9)
+            bar.set_postfix_str(f"{audio_s / dt:.1f}x real time")
 
 
 def _read_manifest(path: Path) -> dict[str, Any] | None:
@@ -225,13 +236,13 @@ def _refuse_inputs_inside(out: Path, cfg: ExtractConfig, utts: list[Utterance]) 
             raise CodeclensError(f"--out {out} holds an input of the extraction ({p}); choose another --out")
 
 
-def _start_manifest(build: Path, cfg: ExtractConfig, h: str, codec: CodecAdapter, corpus: Corpus,
+def _start_manifest(build: Path, cfg: ExtractConfig, codec: CodecAdapter, corpus: Corpus,
                     labellers: list[Labeller], name: str) -> dict[str, Any]:
     manifest: dict[str, Any] = {
         "format": layout.FORMAT_VERSION,
         "name": cfg.name or name,
         "config": to_dict(cfg),
-        "config_hash": h,
+        "config_hash": config_hash(cfg.identity()),
         "codec": codec.describe(),
         "corpus": corpus.describe(),
         "labels": [lb.describe() for lb in labellers],
