@@ -362,6 +362,20 @@ def test_full_disk_is_one_line_and_resumes(tmp_path, audio_folder, codec, good_s
         assert np.array_equal(s.codes, Store(good_store).codes)
 
 
+def test_full_disk_during_an_analysis_is_one_line(tmp_path, capsys):
+    store = _labelled_store(tmp_path / "store")
+    disk = tmp_path / "disk"
+    with small_disk(disk, 24) as free:
+        (disk / "probes").mkdir()
+        (disk / "probes" / "config.json").write_text('{"earlier": true}')
+        before = snapshot(tmp_path)
+        rc = main(["probe", "--store", str(store), "--out", str(disk / "probes"), "--quiet"])
+        one_error(rc, capsys, str(disk / "probes"))
+        assert (disk / "probes" / "config.json").read_bytes() == before[str(disk / "probes" / "config.json")]
+        free()
+        assert main(["probe", "--store", str(store), "--out", str(disk / "probes"), "--quiet"]) == 0
+
+
 # -- 7: checkpoints -----------------------------------------------------------
 
 

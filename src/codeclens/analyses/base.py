@@ -11,13 +11,14 @@ from __future__ import annotations
 import abc
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 from ..config import to_dict
 from ..errors import CodeclensError
-from ..util.atomic import atomic_path, naming_failures, write_json
+from ..util.atomic import naming_failures, write_json
 from ..util.provenance import provenance
 
 
@@ -107,8 +108,9 @@ class Analysis(abc.ABC):
             raise CodeclensError(f"output directory {out} is a file; give another --out")
         self.validate(stores, cfg)
         out.mkdir(parents=True, exist_ok=True)
-        # A run refused part-way must leave the folder describing the results it still holds.
-        kept = {n: _read_bytes(out / n) for n in ("config.json", "provenance.json")}
+        # A run refused part-way must leave the folder describing the results it still holds:
+        # the old descriptions are set aside by rename (no space needed to put them back).
+        kept = _set_aside(out, ("config.json", "provenance.json"))
         try:
             with naming_failures(out):
                 write_json(out / "config.json", {"analysis": self.name, "stores": [str(getattr(s, "path", s)) for s in stores], **to_dict(cfg)})
@@ -116,21 +118,28 @@ class Analysis(abc.ABC):
                 t0 = time.perf_counter()
                 res = self.run(stores, cfg, out, progress)
         except Exception:
-            for n, old in kept.items():
-                if old is None:
-                    (out / n).unlink(missing_ok=True)
+            for name, aside in kept.items():
+                if aside is None:
+                    (out / name).unlink(missing_ok=True)
                 else:
-                    with atomic_path(out / n) as tmp:
-                        tmp.write_bytes(old)
+                    os.replace(aside, out / name)
             raise
+        for aside in kept.values():
+            if aside is not None:
+                aside.unlink(missing_ok=True)
         res = dataclasses.replace(res, seconds=time.perf_counter() - t0)
         with naming_failures(out):
             res.save(out)
         return res
 
 
-def _read_bytes(p: Path) -> bytes | None:
-    try:
-        return p.read_bytes()
-    except FileNotFoundError:
-        return None
+def _set_aside(out: Path, names: Sequence[str]) -> dict[str, Path | None]:
+    kept: dict[str, Path | None] = {}
+    for name in names:
+        aside = out / f".{name}.kept"
+        try:
+            os.replace(out / name, aside)
+            kept[name] = aside
+        except FileNotFoundError:
+            kept[name] = None
+    return kept
