@@ -159,6 +159,13 @@ def test_overwrite_only_ever_replaces_a_store(tmp_path, audio_folder, codec, cap
     for extra in ((), ("--overwrite",)):
         one_error(extract(audio_folder, codec, mine, *extra), capsys, "not a codeclens store")
         assert snapshot(tmp_path) == before
+    # A store the user has put their own files into is not replaced either.
+    store = tmp_path / "store"
+    assert extract(audio_folder, codec, store) == 0
+    (store / "my_notes.txt").write_text("keep")
+    before = snapshot(tmp_path)
+    one_error(extract(audio_folder, codec, store, "--overwrite", "--limit", "3"), capsys, "not part of a store", "my_notes.txt")
+    assert snapshot(tmp_path) == before
 
 
 def test_out_must_not_be_or_contain_the_corpus(tmp_path, audio_folder, codec, capsys):

@@ -125,7 +125,7 @@ def _extract_locked(cfg: ExtractConfig, out: Path, progress: bool, log, engine) 
     utts = list(corpus)
     if cfg.limit is not None:
         utts = utts[: cfg.limit]
-    _refuse_inputs_inside(out, cfg, utts)
+    _refuse_inputs_inside(out, (u.path for u in utts))
     if not utts:
         raise CodeclensError(
             f"corpus '{cfg.corpus}' has no utterances: {why_empty(corpus.problems, getattr(corpus, 'ignored', []))}"
@@ -184,6 +184,7 @@ def _read_manifest(path: Path) -> dict[str, Any] | None:
 def _build_dir(cfg: ExtractConfig, out: Path, h: str, log) -> Path | None:
     """Where to build the store (``out`` itself, or a staging folder beside it), or None when
     ``out`` already holds this store intact."""
+    _refuse_inputs_inside(out, _spec_paths(cfg))
     if not out.exists() or not any(out.iterdir()):
         return out
     old = _read_manifest(out)
@@ -211,6 +212,7 @@ def _build_dir(cfg: ExtractConfig, out: Path, h: str, log) -> Path | None:
         raise CodeclensError(
             f"{out} holds a store made with a different configuration; choose another --out or pass --overwrite"
         )
+    _refuse_foreign_files(out)
     staging = layout.staging_path(out, h)
     staged = _read_manifest(staging) if staging.is_dir() else None
     if staging.exists() and (staged is None or staged.get("config_hash") != h):
@@ -218,15 +220,20 @@ def _build_dir(cfg: ExtractConfig, out: Path, h: str, log) -> Path | None:
     return staging
 
 
-def _refuse_inputs_inside(out: Path, cfg: ExtractConfig, utts: list[Utterance]) -> None:
-    """--out must not be, or contain, anything the extraction reads (it may be replaced)."""
+def _spec_paths(cfg: ExtractConfig) -> list[str]:
+    """Paths the corpus and codec specs name (targets and option values)."""
     from ..spec import parse_spec
 
-    target = out.resolve()
-    paths = [u.path for u in utts]
+    paths: list[str] = []
     for text in (cfg.corpus, cfg.codec):
         spec = parse_spec(text)
         paths += [v for v in (spec.target, *dict(spec.options).values()) if v]
+    return paths
+
+
+def _refuse_inputs_inside(out: Path, paths: Iterable[str]) -> None:
+    """--out must not be, or contain, anything the extraction reads (it may be replaced)."""
+    target = out.resolve()
     for p in paths:
         try:
             rp = Path(p).resolve()
@@ -234,6 +241,20 @@ def _refuse_inputs_inside(out: Path, cfg: ExtractConfig, utts: list[Utterance]) 
             continue
         if rp.exists() and (rp == target or target in rp.parents):
             raise CodeclensError(f"--out {out} holds an input of the extraction ({p}); choose another --out")
+
+
+def _refuse_foreign_files(out: Path) -> None:
+    """A store folder holds store files only; anything else is the user's, and replacing the
+    store would delete it."""
+    own = {layout.MANIFEST, layout.TABLES, layout.CODES, layout.LATENT, layout.UTTERANCES, layout.FRAMES,
+           layout.SHARDS}
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in own and not p.name.startswith("."))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise CodeclensError(
+            f"{out} holds files that are not part of a store ({shown}); --overwrite would delete them: "
+            "move them or choose another --out"
+        )
 
 
 def _start_manifest(build: Path, cfg: ExtractConfig, codec: CodecAdapter, corpus: Corpus,
