@@ -139,7 +139,7 @@ class LatentRunner:
             sc = SAEConfig(cfg.q, cfg.s, cfg.epochs)
             for rep in reps:
                 d = out / "stores" / sname / "saes" / rep.name.replace(":", "")
-                fp = config_hash({"store": str(Path(store.path).resolve()), "n": store.n_frames, "repr": rep.name,
+                fp = config_hash({"store": store.fingerprint, "repr": rep.name,
                                   "train": to_dict(train), "sae": dataclasses.asdict(sc), "seed": cfg.seed,
                                   "rows": hashlib.sha256(train_rows.astype(np.int64).tobytes()).hexdigest()[:16]})
                 try:
