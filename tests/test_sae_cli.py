@@ -235,3 +235,20 @@ def test_label_map():
     assert list(map_labels(y, ("Irish=UK",))) == ["US", "UK", "UK", "Indian", "", "Scottish"]
     with pytest.raises(CodeclensError, match="FROM=TO"):
         map_labels(y, ("US",))
+
+
+def test_duplicate_analyses_are_flagged(tmp_path):
+    """Labels already US / UK: the paper grouping and a US,UK class filter change nothing, and a
+    second analysis beside the first with the same task is reported as a duplicate."""
+    st = accent_store(tmp_path / "st", "mimi", seed=5, n_spk=5, utts=2, accents=("US", "UK"))
+    fast = SMALL + ["--sae-seeds", "1", "--q", "2", "--s", "0.5", "--no-browser"]
+    assert main(["sae", str(st), "--out", str(tmp_path / "runs" / "sae"), *fast]) == 0
+    first = AnalysisResult.load(tmp_path / "runs" / "sae").summary
+    assert "change no label" in first and "same task as in" not in first
+    assert main(["sae", str(st), "--out", str(tmp_path / "runs" / "sae_all"), *fast, "--classes", "US,UK"]) == 0
+    second = AnalysisResult.load(tmp_path / "runs" / "sae_all").summary
+    assert "same task as in" in second and str(tmp_path / "runs" / "sae") in second
+    # a genuinely different task (another class set) is no duplicate
+    assert main(["sae", str(st), "--out", str(tmp_path / "runs" / "other"), *fast, "--grouping", "none",
+                 "--label-map", "US=A,UK=B"]) == 0
+    assert "same task" not in AnalysisResult.load(tmp_path / "runs" / "other").summary
