@@ -211,6 +211,8 @@ class LatentProbeConfig:
     """|Spearman rho| at which a latent counts as monosemantic for a continuous attribute."""
     min_active: int = 20
     """Latents active on fewer probe frames are not scored."""
+    null_shuffles: int = 20
+    """Shuffled labellings of the null: a latent must score above its best shuffled score (0 = no null)."""
     device: str = "auto"
     """Torch device."""
     threads: int = 0
@@ -221,6 +223,8 @@ class LatentProbeConfig:
             raise ValueError("threads must be >= 0")
         if self.q <= 0 or not 0 < self.s <= 1 or self.epochs < 1:
             raise ValueError("need q > 0, s in (0, 1] and epochs >= 1")
+        if self.null_shuffles < 0:
+            raise ValueError("null_shuffles must be >= 0")
         if not 0 < self.purity <= 1 or not 0 < self.rho <= 1:
             raise ValueError("purity and rho must be in (0, 1]")
         if self.train_split == self.probe_split:
