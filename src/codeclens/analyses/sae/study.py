@@ -386,10 +386,12 @@ class SAERunner:
         chance = {o.label: o.reference["majority_f1"] - o.reference["f1_ref"] for o in outs}
         p = figures.delta_f1_vs_s(res, chance, out / "delta_f1_vs_s.png")
         arts.append(Artifact(p.name, "ΔF1 (%) of z against sparsity s, one panel per latent ratio q, one line per "
-                             "store (cf. Wang et al. Fig. 2/3); dotted: majority-class predictor.", "figure"))
+                             "store (cf. Wang et al. Fig. 2/3), mean over SAE and classifier seeds; bands: paired 95% intervals "
+                             "over test speakers and SAE seeds; dotted: majority-class predictor.", "figure"))
         p = figures.position_magnitude(res, ts, out / "position_magnitude.png")
         arts.append(Artifact(p.name, f"ΔF1 (%) of z, position-only and magnitude-only features at s = {ts:g} "
-                             "(cf. Wang et al. Table 2).", "figure"))
+                             "(cf. Wang et al. Table 2), with 95% intervals (position - magnitude paired: "
+                             "contrasts.csv).", "figure"))
         if len(dens):
             p = figures.density(dens, out / "density.png")
             arts.append(Artifact(p.name, f"Activation density over {cfg.density_groups} ordered latent groups on "
