@@ -18,12 +18,7 @@ from codeclens.store.arrays import write_store
 UK = "UK <i>&</i>"  # a label with HTML in it: the browser must escape it
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def accent_store(path: Path, spec: str, seed: int = 0, n_spk: int = 10, utts: int = 4, d: int = 16,

@@ -5,19 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from codeclens.analyses.sae.latents import probe_latents
 from codeclens.cli import main
 from codeclens.store.arrays import write_store
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def planted_store(path, seed=0, n_spk=10, utts=3, d=8, K=16):

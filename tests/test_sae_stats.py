@@ -13,12 +13,7 @@ from codeclens.analyses.sae.published import paper_codec, paper_group, published
 from codeclens.analyses.sae.study import select_configuration
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_paper_grouping():

@@ -50,8 +50,8 @@ class SAEStudyConfig:
     long_s: tuple[float, ...] = (0.10, 0.05)
     """s values of the slow configurations."""
     lr: float = 0.0
-    """Adam learning rate; 0 = scaled to the number of steps (the paper's 1e-5 at 10^4 steps, larger for fewer,
-    on normalised inputs). The paper's setting: --lr 1e-5 --batch-size 1024 --epochs 200 --long-epochs 500."""
+    """Adam learning rate; 0 = 1 / (optimiser steps), between 1e-5 and 1e-3, on normalised inputs. The paper's
+    schedule: --lr 1e-5 --batch-size 1024 --epochs 200 --long-epochs 500."""
     eps: float = 6.25e-10
     """Adam epsilon."""
     batch_size: int = 0

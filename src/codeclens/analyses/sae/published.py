@@ -63,18 +63,6 @@ def codec_family(spec: str) -> str:
     return f"{sp.kind}:{target}" if target else sp.kind
 
 
-def published_key(spec: str) -> str | None:
-    """Row name in Wang et al.'s tables for a store's codec, when it is one they report."""
-    try:
-        kind = parse_spec(spec).kind
-    except Exception:
-        return None
-    if kind == "encodec":
-        b = bitrate_kbps(spec)
-        return f"encodec_{b:g}kbps" if b in (1.5, 6.0, 12.0) else None
-    return kind if kind in ("dac", "mimi", "speechtokenizer") else None
-
-
 # -- the paper's tasks -------------------------------------------------------------------------
 # Wang et al. §3.1: "samples labeled as North America are grouped as US accent ... samples
 # labeled as British Isles in [Vox-Profile], excluding Irish, are grouped as UK accent ...
