@@ -116,3 +116,14 @@ def test_monosemanticity_is_calibrated_against_base_rate_and_null(rng):
     c = probe_latents(z, {"f0_hz": f0}, min_active=10, null_shuffles=10).set_index("latent")
     assert c.loc[1, "rho"] == pytest.approx(1.0) and c.loc[1, "null_score"] < 0.1
     assert c.loc[0, "score"] < 3 * c.loc[0, "null_score"] + 0.02
+
+
+def test_sae_latents_refuses_shared_speakers(tmp_path, capsys):
+    st = planted_store(tmp_path / "st", n_spk=4, utts=2)
+    u = pd.read_parquet(st / "utterances.parquet")
+    u["split_mix"] = np.where(np.arange(len(u)) % 2 == 0, "train", "test")  # every speaker in both
+    u.to_parquet(st / "utterances.parquet")
+    assert main(["sae-latents", str(st), "--out", str(tmp_path / "out"), "--split-column", "split_mix",
+                 "--epochs", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("codeclens: error:") and "speaker-disjoint" in err and "\n" not in err

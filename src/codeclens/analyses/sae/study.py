@@ -408,7 +408,7 @@ class SAERunner:
                   "and SAE seeds) of z / position / magnitude and of the baselines (random_topk: TopK on a random "
                   "dictionary; pca_k: top-k principal components of u; shuffled: labels permuted between speakers), "
                   "validation F1, FVU, L0, dead-latent fraction (test set, mean and max over seeds; and in training).")
-        table_art(pd.DataFrame([c for o in outs for c in o.contrasts]), "contrasts.csv",
+        table_art(pd.DataFrame([c for o in outs for c in o.contrasts]).reset_index(drop=True), "contrasts.csv",
                   "Paired differences of macro-F1 on the same test speakers and SAE seeds, with 95% intervals: "
                   "position - magnitude, and z against each baseline.")
         sel = []
@@ -446,7 +446,8 @@ class SAERunner:
                     arts.append(Artifact(f"stores/{o.label}/browser/{c.tag}.html",
                                          f"Feature browser, {o.label}, q={c.q:g}, s={c.s:g}", "page", o.label))
         _write_task(out, outs, cfg)
-        summary = " ".join([_summary(res, ref, ts, selected, allres)] + notes)
+        con = pd.DataFrame([c for o in outs for c in o.contrasts])
+        summary = " ".join([_summary(res, ref, ts, selected, allres, con)] + notes)
         return AnalysisResult(self.name, self.title, tuple(arts), summary, tuple(published))
 
     def _published(self, res, ref, outs, cfg, ts, out: Path) -> list[Artifact]:
@@ -609,7 +610,19 @@ def _pct(x: float) -> str:
     return f"{100 * x:+.1f}"
 
 
-def _summary(res: pd.DataFrame, ref: pd.DataFrame, s: float, selected: pd.DataFrame, allres: pd.DataFrame) -> str:
+def _posmag_words(con: pd.DataFrame, store: str, s: float) -> str:
+    """How many configurations at sparsity s have position - magnitude clearly > 0, < 0, or neither."""
+    c = con[(con["store"] == store) & np.isclose(con["s"], s) & (con["contrast"] == "position - magnitude")] \
+        if len(con) else con
+    if not len(c):
+        return ""
+    pos, neg = int((c["difference_low"] > 0).sum()), int((c["difference_high"] < 0).sum())
+    return (f"position − magnitude (paired 95% interval) excludes 0 upwards in {pos}, downwards in {neg}, "
+            f"neither in {len(c) - pos - neg} of {len(c)} configurations")
+
+
+def _summary(res: pd.DataFrame, ref: pd.DataFrame, s: float, selected: pd.DataFrame, allres: pd.DataFrame,
+             con: pd.DataFrame) -> str:
     parts = []
     for _, r in ref.iterrows():
         st = r["store"]
@@ -620,7 +633,7 @@ def _summary(res: pd.DataFrame, ref: pd.DataFrame, s: float, selected: pd.DataFr
                 f"[{100 * r['f1_ref_low']:.1f}, {100 * r['f1_ref_high']:.1f}] (majority class "
                 f"{100 * r['majority_f1']:.1f}%); at s={s:g} mean ΔF1 z {_pct(mean.get('z', np.nan))}, "
                 f"position {_pct(mean.get('position', np.nan))}, magnitude {_pct(mean.get('magnitude', np.nan))} "
-                f"points ({which} higher; see contrasts.csv for the paired interval)")
+                f"points ({which} higher on average; {_posmag_words(con, st, s) or 'no paired contrast'})")
         sel = selected[selected["store"] == st].iloc[0]
         if sel["selected_on"] == "validation":
             b = allres[(allres["store"] == st) & np.isclose(allres["q"], sel["q"]) & np.isclose(allres["s"], sel["s"])]
