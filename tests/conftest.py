@@ -43,3 +43,14 @@ def melrvq_dir(tmp_path_factory, audio_folder) -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch intra-op thread while a test trains (the shared CI machine is small and busy)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

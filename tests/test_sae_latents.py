@@ -5,19 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from codeclens.analyses.sae.latents import probe_latents
 from codeclens.cli import main
 from codeclens.store.arrays import write_store
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def planted_store(path, seed=0, n_spk=10, utts=3, d=8, K=16):
@@ -83,6 +77,8 @@ def test_sae_latents_cli_finds_planted_layers(tmp_path):
     assert summ.loc[("layer:2", "f0_hz"), "best_score"] > 0.9
     assert summ.loc[("layer:1", "f0_hz"), "best_score"] < 0.5
     assert summ.loc[("layer:2", "phone"), "monosemantic"] == 0
+    assert (summ["null_over_threshold"] <= summ["over_threshold_raw"]).all()
+    assert summ.loc[("layer:1", "phone"), "null_over_threshold"] == 0
     assert (out / "monosemantic.png").is_file() and (out / "result.json").is_file()
     # a re-run reloads the saved SAEs instead of training them again
     w = out / "stores" / "st" / "saes" / "layer1" / "sae.safetensors"
@@ -91,3 +87,43 @@ def test_sae_latents_cli_finds_planted_layers(tmp_path):
                  "--lr", "3e-3", "--batch-size", "64", "--min-active", "10", "--quiet"]) == 0
     assert w.stat().st_mtime_ns == before
     assert pd.read_csv(out / "monosemantic.csv").set_index(["repr", "attribute"]).equals(summ)
+
+
+def test_monosemanticity_is_calibrated_against_base_rate_and_null(rng):
+    """A dominant class (90% of frames) makes a random latent 0.9-pure: over the raw threshold,
+    but not above its shuffled-label null and with calibrated purity ~0. A latent that truly
+    fires on the rare class beats the null with calibrated purity 1."""
+    n = 2000
+    lab = np.where(rng.random(n) < 0.9, "sil", "aa")
+    z = np.zeros((n, 2))
+    z[rng.random(n) < 0.3, 0] = 1.0  # random with respect to the label
+    z[lab == "aa", 1] = 1.0  # exactly the rare class
+    df = probe_latents(z, {"phone": lab}, min_active=10, null_shuffles=20, seed=0).set_index("latent")
+    assert df.loc[0, "purity"] > 0.85 and df.loc[0, "purity"] <= df.loc[0, "null_score"] + 0.02
+    assert abs(df.loc[0, "calibrated"]) < 0.15
+    assert df.loc[1, "purity"] == 1.0 and df.loc[1, "calibrated"] == 1.0 and df.loc[1, "null_score"] < 0.97
+    # utterance-constant labels (speaker) are shuffled between utterances: a latent bound to one
+    # utterance is pure under the null too, so it is not counted as speaker-selective
+    utt = np.repeat(np.arange(40), 50)
+    spk = np.array([f"s{u % 8}" for u in utt])
+    z = np.zeros((len(utt), 1))
+    z[utt == 3, 0] = 1.0
+    d = probe_latents(z, {"speaker": spk}, min_active=10, groups=utt, null_shuffles=10).iloc[0]
+    assert d["purity"] == 1.0 and d["null_score"] == 1.0
+    # continuous: a latent unrelated to F0 has a null |rho| as large as its own
+    f0 = rng.normal(200, 30, n)
+    z = np.c_[rng.random(n), f0 - f0.min()]
+    c = probe_latents(z, {"f0_hz": f0}, min_active=10, null_shuffles=10).set_index("latent")
+    assert c.loc[1, "rho"] == pytest.approx(1.0) and c.loc[1, "null_score"] < 0.1
+    assert c.loc[0, "score"] < 3 * c.loc[0, "null_score"] + 0.02
+
+
+def test_sae_latents_refuses_shared_speakers(tmp_path, capsys):
+    st = planted_store(tmp_path / "st", n_spk=4, utts=2)
+    u = pd.read_parquet(st / "utterances.parquet")
+    u["split_mix"] = np.where(np.arange(len(u)) % 2 == 0, "train", "test")  # every speaker in both
+    u.to_parquet(st / "utterances.parquet")
+    assert main(["sae-latents", str(st), "--out", str(tmp_path / "out"), "--split-column", "split_mix",
+                 "--epochs", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("codeclens: error:") and "speaker-disjoint" in err and "\n" not in err

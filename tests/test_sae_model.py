@@ -11,13 +11,7 @@ from codeclens.analyses.sae.model import SAEShape, TopKSAE, geometric_median, k_
 from codeclens.analyses.sae.sweep import ArraySource, Member, SAEConfig, TrainConfig, train_sweep
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The test machine is shared: one intra-op thread avoids spin-wait contention.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the test machine is shared: avoid spin-wait contention
 
 
 def sparse_dictionary_data(seed=0, n=4000, d=32, m=64, k=3):

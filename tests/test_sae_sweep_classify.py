@@ -15,12 +15,7 @@ from codeclens.analyses.sae.classify import (
 from codeclens.analyses.sae.sweep import ArraySource, SAEConfig, TrainConfig, paper_grid, train_sweep
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_paper_grid():

@@ -9,9 +9,12 @@ standardized features; macro-F1; ΔF1 = F1(features) − F1(reference on u).
 from __future__ import annotations
 
 import dataclasses
+import re
 import warnings
 
 import numpy as np
+
+from ...errors import CodeclensError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +48,48 @@ def magnitude_features(z: np.ndarray, k: int) -> np.ndarray:
     return -np.sort(-part, axis=1)
 
 
+SKLEARN_RANGE = ((1, 4), (1, 10))
+"""scikit-learn versions [low, high) whose LogisticRegression API :func:`l1_logistic` knows (pyproject pins it)."""
+
+
+def _sklearn_version() -> tuple[int, int]:
+    import sklearn
+
+    major, minor = (int(re.match(r"\d+", p).group()) for p in sklearn.__version__.split(".")[:2])
+    return major, minor
+
+
+def l1_logistic(C: float, max_iter: int, tol: float, seed: int, version: tuple[int, int] | None = None):
+    """An L1-penalised logistic regression (saga), whatever the scikit-learn version.
+
+    ``l1_ratio=1`` alone means L1 only from scikit-learn 1.8 (before, ``penalty`` defaults to
+    'l2' and ``l1_ratio`` is ignored: silently L2); ``penalty='l1'`` is deprecated from 1.8
+    and removed in 1.10. So the penalty is named the way the running version reads it, and
+    versions outside :data:`SKLEARN_RANGE` are refused rather than guessed."""
+    from sklearn.linear_model import LogisticRegression
+
+    version = version or _sklearn_version()
+    lo, hi = SKLEARN_RANGE
+    if not lo <= version < hi:
+        raise CodeclensError(
+            f"scikit-learn {version[0]}.{version[1]} is outside the tested range "
+            f"{lo[0]}.{lo[1]} <= v < {hi[0]}.{hi[1]}; the L1 penalty could be misread (see pyproject.toml)"
+        )
+    common = dict(solver="saga", C=C, max_iter=max_iter, tol=tol, random_state=seed)
+    if version >= (1, 8):
+        return LogisticRegression(l1_ratio=1.0, **common)
+    return LogisticRegression(penalty="l1", **common)
+
+
+def effective_penalty(clf) -> str:
+    """The penalty a LogisticRegression actually fits: 'l1', 'l2' or 'elasticnet'."""
+    pen = getattr(clf, "penalty", "deprecated")
+    if pen == "deprecated":  # scikit-learn >= 1.8: l1_ratio decides
+        r = clf.l1_ratio
+        return "l2" if not r else ("l1" if r == 1 else "elasticnet")
+    return pen
+
+
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, labels: np.ndarray) -> float:
     from sklearn.metrics import f1_score
 
@@ -67,24 +112,30 @@ def fit_classifier(
 
     Weights are on standardized features, so they compare across features; L1 makes
     most of them exactly zero."""
+    labels = np.unique(np.concatenate([np.asarray(y_train), np.asarray(y_test)]))
+    [pred], w = fit_predict(x_train, y_train, [x_test], cfg)
+    return macro_f1(y_test, pred, labels), w
+
+
+def fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_eval: list, cfg: ClassifierConfig = ClassifierConfig()):
+    """(predictions for each array of ``x_eval``, per-feature weight) of the L1 logistic regression
+    fit on standardized train rows."""
     from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    labels = np.unique(np.concatenate([np.asarray(y_train), np.asarray(y_test)]))
+    y_train = np.asarray(y_train)
     if len(np.unique(y_train)) < 2:
         # One class seen in training: the classifier can only predict it.
-        pred = np.full(len(y_test), np.asarray(y_train)[0])
-        return macro_f1(y_test, pred, labels), np.zeros(np.asarray(x_train).shape[1])
+        return [np.full(len(x), y_train[0], dtype=object) for x in x_eval], np.zeros(np.asarray(x_train).shape[1])
     scaler = StandardScaler().fit(x_train)
-    clf = LogisticRegression(
-        l1_ratio=1.0, solver="saga", C=cfg.C, max_iter=cfg.max_iter, tol=cfg.tol, random_state=cfg.seed
-    )
+    clf = l1_logistic(cfg.C, cfg.max_iter, cfg.tol, cfg.seed)
+    if effective_penalty(clf) != "l1":  # never silently fit another penalty
+        raise CodeclensError(f"logistic regression would fit a '{effective_penalty(clf)}' penalty, not L1")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         clf.fit(scaler.transform(x_train), y_train)
-    f1 = macro_f1(y_test, clf.predict(scaler.transform(x_test)), labels)
-    return f1, np.abs(clf.coef_).max(0)
+    preds = [clf.predict(scaler.transform(x)) if len(x) else np.zeros(0, dtype=object) for x in x_eval]
+    return preds, np.abs(clf.coef_).max(0)
 
 
 @dataclasses.dataclass(frozen=True)

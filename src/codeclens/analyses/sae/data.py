@@ -43,6 +43,8 @@ class TaskData:
     """role -> sorted row indices"""
     x_all: np.ndarray | None = None
     """Utterance-level values of all utterances (None for frame-level)."""
+    relabelled: bool = False
+    """Whether label map, grouping or class filter changed any kept row's label or dropped a labelled row."""
 
     @property
     def frame_level(self) -> bool:
@@ -64,7 +66,9 @@ def build_task(
     monitor_fraction: float = 0.5, max_rows: int = 200_000, seed: int = 0,
     speaker_fractions: tuple[float, ...] = (),
     label_map: tuple[str, ...] = (),
+    group=None,
 ) -> TaskData:
+    """``group``: a function label -> group ('' drops), applied after ``label_map``."""
     if len({sae_split, clf_split, test_split}) < 3:
         raise CodeclensError(f"SAE, classifier and test splits must differ (got {sae_split}, {clf_split}, {test_split})")
     utts = store.utterances
@@ -81,8 +85,11 @@ def build_task(
         y = _clean_labels(store.utterance_column(label))
         split = utts[split_column].astype(str).to_numpy()
         speaker = utts["speaker"].astype(str).to_numpy()
+    y_raw = y
     if label_map:
         y = map_labels(y, label_map)
+    if group is not None:
+        y = np.array([group(v) if v != "" else "" for v in y], dtype=object)
     keep = y != ""
     if speaker_fractions:
         # Re-partition the speakers (per label) instead of reading the split column.
@@ -114,7 +121,9 @@ def build_task(
             f"need at least two classes (use more speakers or other splits)"
         )
     x_all = None if frame_level else store.pooled(rep)
-    return TaskData(store, rep, label, y, speaker, roles, x_all)
+    labelled = y_raw != ""
+    relabelled = bool((labelled & ~keep).any() or (y[keep] != y_raw[keep]).any())
+    return TaskData(store, rep, label, y, speaker, roles, x_all, relabelled)
 
 
 def map_labels(y: np.ndarray, mapping: Sequence[str]) -> np.ndarray:

@@ -41,6 +41,8 @@ def delta_f1_vs_s(results: pd.DataFrame, chance: dict[str, float], path: Path, f
             c = colors[i % len(colors)]
             xs = np.arange(len(d))
             ax.plot(xs, 100 * d["delta_f1"], "o-", color=c, label=st)
+            if "delta_f1_low" in d.columns:  # 95% interval over test speakers and SAE seeds
+                ax.fill_between(xs, 100 * d["delta_f1_low"], 100 * d["delta_f1_high"], color=c, alpha=0.15, lw=0)
             if st in chance:
                 ax.axhline(100 * chance[st], color=c, ls=":", lw=1)
             ax.set_xticks(xs, [f"{s:g}" for s in d["s"]])
@@ -50,7 +52,8 @@ def delta_f1_vs_s(results: pd.DataFrame, chance: dict[str, float], path: Path, f
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"ΔF1 (%) of {FEATURE_NAMES[feature]}")
     axes[0][-1].legend(fontsize=8, title="store (dotted: majority class)", title_fontsize=7)
-    fig.suptitle("ΔF1 = macro-F1(SAE codes) − macro-F1(u); 0 = no loss (dashed)", fontsize=10, y=1.04)
+    fig.suptitle("ΔF1 = macro-F1(SAE codes) − macro-F1(u); 0 = no loss (dashed); bands: 95% intervals over "
+                 "test speakers and SAE seeds", fontsize=10, y=1.04)
     return _save(fig, path)[0]
 
 
@@ -63,7 +66,12 @@ def position_magnitude(results: pd.DataFrame, s: float, path: Path) -> Path:
         d = df[df["store"] == st]
         for feat, marker in (("z", "o"), ("position", "s"), ("magnitude", "^")):
             e = d[d["feature"] == feat].sort_values("q")
-            ax.plot(np.arange(len(e)), 100 * e["delta_f1"], marker + "-", label=FEATURE_NAMES[feat])
+            if "delta_f1_low" in e.columns:
+                err = 100 * np.vstack([e["delta_f1"] - e["delta_f1_low"], e["delta_f1_high"] - e["delta_f1"]])
+                ax.errorbar(np.arange(len(e)), 100 * e["delta_f1"], yerr=np.clip(err, 0, None), fmt=marker + "-",
+                            capsize=2, label=FEATURE_NAMES[feat])
+            else:
+                ax.plot(np.arange(len(e)), 100 * e["delta_f1"], marker + "-", label=FEATURE_NAMES[feat])
             ax.set_xticks(np.arange(len(e)), [f"{q:g}" for q in e["q"]])
         ax.axhline(0, color="k", lw=0.8, ls="--")
         ax.set_title(st, fontsize=9)

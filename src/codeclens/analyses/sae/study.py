@@ -26,19 +26,30 @@ from ...util.atomic import atomic_path, write_json
 from ...util.provenance import config_hash
 from ..base import AnalysisResult, Artifact
 from ..club import torch_threads
-from . import figures, metrics
+from . import figures, metrics, stats
+from .baselines import BASELINES, PCA, random_dictionary, shuffle_by_speaker
 from .browser import write_browser
-from .classify import FEATURES, delta_f1, fit_score, macro_f1
+from .classify import FEATURES, code_features, fit_predict, macro_f1
 from .config import SAEStudyConfig
 from .data import TaskData, build_task
 from .io import load_sae, read_meta, save_sae
 from .model import TopKSAE
-from .published import SOURCE, bitrate_kbps, codec_family, published_key, table
-from .sweep import ArraySource, SAEConfig, StoreSource, train_sweep
+from .published import SOURCE, bitrate_kbps, codec_family, paper_group, published_match, table
+from .sweep import ArraySource, SAEConfig, StoreSource, sample_rows, train_sweep
 
 
 def _nearest(values: Sequence[float], v: float) -> float:
     return float(min(values, key=lambda x: abs(np.log(x) - np.log(v))))
+
+
+def _nanmean(v) -> float:
+    v = np.asarray(v, float)
+    return float(v[np.isfinite(v)].mean()) if np.isfinite(v).any() else float("nan")
+
+
+def _ci(name: str, samples: np.ndarray) -> dict:
+    lo, hi = stats.interval(samples)
+    return {f"{name}_low": lo, f"{name}_high": hi}
 
 
 def _rows_hash(rows: np.ndarray) -> str:
@@ -62,12 +73,55 @@ def encode_np(sae: TopKSAE, x: np.ndarray, device: torch.device, chunk: int = 81
 class _StoreOut:
     label: str
     task: TaskData
-    saes: dict
     results: list
+    contrasts: list
     history: list
     reference: dict
     density: pd.DataFrame
     label_latents: pd.DataFrame
+    notes: list
+
+
+def select_configuration(res: pd.DataFrame) -> pd.Series | None:
+    """The configuration whose z has the highest *validation* macro-F1 (mean over seeds), first in
+    grid order on ties; None without validation scores. Test scores are never looked at."""
+    z = res[(res["feature"] == "z") & res["f1_val"].notna()]
+    if not len(z):
+        return None
+    return z.loc[z["f1_val"].idxmax()]
+
+
+class _Scorer:
+    """Point F1 and speaker-bootstrap replicates of predictions on one store's test rows."""
+
+    def __init__(self, task: TaskData, classes: list[str], n_boot: int, seed: int):
+        self.classes = classes
+        test = task.roles["test"]
+        self.y_test, self.spk = task.y[test], task.speaker[test]
+        self.speakers = sorted(set(self.spk))
+        self.w = stats.speaker_weights(len(self.speakers), n_boot, seed)
+        self.y_val = task.y[task.roles["monitor"]]
+        self.seed = seed
+
+    def test(self, pred: np.ndarray) -> tuple[float, np.ndarray]:
+        c = stats.speaker_counts(self.y_test, pred, self.spk, self.classes, self.speakers)
+        return float(stats.macro_f1_from_counts(c.sum(0))), stats.replicate_f1(c, self.w)
+
+    def val(self, pred: np.ndarray) -> float:
+        return macro_f1(self.y_val, pred, np.array(self.classes)) if len(self.y_val) else float("nan")
+
+    def series(self, preds: list[list[tuple[np.ndarray, np.ndarray]]]) -> dict:
+        """``preds[sae_seed][clf_seed] = (val_pred, test_pred)`` -> F1 (mean over seeds), validation F1,
+        SD over SAE seeds and the ``[n_boot]`` replicates (speakers and SAE seeds resampled)."""
+        f1s, vals, reps = [], [], []
+        for per_clf in preds:
+            sc = [self.test(t) for _, t in per_clf]
+            f1s.append(np.mean([f for f, _ in sc]))
+            reps.append(np.mean([r for _, r in sc], axis=0))
+            vals.append(np.mean([self.val(v) for v, _ in per_clf]))
+        return {"f1": float(np.mean(f1s)), "f1_val": float(np.mean(vals)),
+                "f1_seed_sd": float(np.std(f1s, ddof=1)) if len(f1s) > 1 else 0.0,
+                "reps": stats.seed_mean_replicates(np.array(reps), self.seed)}
 
 
 class SAERunner:
@@ -92,108 +146,190 @@ class SAERunner:
         return self._collect(stores, outs, cfg, out)
 
     # -- one store -------------------------------------------------------------
-    def _run_store(self, store, name: str, cfg: SAEStudyConfig, sdir: Path, device, progress: bool) -> _StoreOut:
-        rep = store._one(cfg.repr or f"mean(cumulative:{store.n_layers})")
-        task = build_task(
-            store, rep, cfg.label, cfg.classes, cfg.split_column, cfg.sae_split, cfg.clf_split, cfg.test_split,
-            cfg.monitor_fraction, cfg.max_rows, cfg.seed, cfg.speaker_fractions, cfg.label_map,
-        )
-        roles = task.roles
-        train = cfg.train_config()
-        base_fp = {
-            "store": str(Path(store.path).resolve()), "n_frames": store.n_frames, "repr": rep.name,
-            "rows": _rows_hash(roles["sae"]), "train": to_dict(train), "seed": cfg.seed,
-        }
-        saes: dict[str, tuple[TopKSAE, dict]] = {}
-        pending = []
-        for c in cfg.grid():
-            fp = config_hash({**base_fp, "q": c.q, "s": c.s, "epochs": c.epochs})
-            d = sdir / "saes" / c.tag
-            try:
-                meta = read_meta(d)
-                if meta.get("fingerprint") == fp:
-                    saes[c.tag] = load_sae(d, device)
-                    continue
-            except CodeclensError:
-                pass
-            pending.append((c, fp))
-        if pending:
-            source = (ArraySource(task.values(roles["sae"])) if not task.frame_level
-                      else StoreSource(store, rep, roles["sae"]))
-            mon_rows = roles["monitor"]
-            if len(mon_rows) > 20000:
-                mon_rows = np.sort(np.random.default_rng(cfg.seed).choice(mon_rows, 20000, replace=False))
-            monitor = task.values(mon_rows) if len(mon_rows) else None
-            members = train_sweep([c for c, _ in pending], source, train, cfg.seed, device, monitor, progress)
+    def _train(self, task: TaskData, cfg: SAEStudyConfig, grid, train, sdir: Path, device, progress: bool) -> dict:
+        """(tag, seed) -> (SAE, meta), loading every SAE whose fingerprint matches and training the rest."""
+        store, roles, rep = task.store, task.roles, task.rep
+        base_fp = {"store": store.fingerprint, "repr": rep.name, "rows": _rows_hash(roles["sae"]),
+                   "train": to_dict(train)}
+        saes: dict = {}
+        source = monitor = None
+        for seed in range(cfg.seed, cfg.seed + cfg.sae_seeds):
+            pending = []
+            for c in grid:
+                fp = config_hash({**base_fp, "q": c.q, "s": c.s, "epochs": c.epochs, "seed": seed})
+                d = sdir / "saes" / c.tag / f"seed{seed}"
+                try:
+                    if read_meta(d).get("fingerprint") == fp:
+                        saes[c.tag, seed] = load_sae(d, device)
+                        continue
+                except CodeclensError:
+                    pass
+                pending.append((c, fp))
+            if not pending:
+                continue
+            if source is None:
+                source = (ArraySource(task.values(roles["sae"])) if not task.frame_level
+                          else StoreSource(store, rep, roles["sae"]))
+                mon_rows = roles["monitor"]
+                if len(mon_rows) > 20000:
+                    mon_rows = np.sort(np.random.default_rng(cfg.seed).choice(mon_rows, 20000, replace=False))
+                monitor = task.values(mon_rows) if len(mon_rows) else None
+            members = train_sweep([c for c, _ in pending], source, train, seed, device, monitor, progress)
             for (c, fp), m in zip(pending, members):
                 meta = {
                     "fingerprint": fp, "q": c.q, "s": c.s, "epochs": c.epochs, "store": store.name,
-                    "store_path": str(store.path), "codec": store.codec.get("spec"), "repr": rep.name,
-                    "label": cfg.label, "train": to_dict(train), "seed": cfg.seed, "init_seed": c.seed(cfg.seed),
-                    "n_train": int(source.n), "history": m.history,
+                    "store_path": str(store.path), "store_fingerprint": store.fingerprint,
+                    "codec": store.codec.get("spec"), "repr": rep.name, "label": cfg.label, "train": to_dict(train),
+                    "aux_k": m.aux_k, "seed": seed, "init_seed": c.seed(seed), "n_train": int(source.n),
+                    "dead_fraction_train": m.dead_fraction, "history": m.history,
                 }
-                save_sae(sdir / "saes" / c.tag, m.sae, meta)
-                saes[c.tag] = (m.sae, read_meta(sdir / "saes" / c.tag))
+                d = sdir / "saes" / c.tag / f"seed{seed}"
+                save_sae(d, m.sae, meta)
+                saes[c.tag, seed] = (m.sae, read_meta(d))
+        return saes
+
+    def _run_store(self, store, name: str, cfg: SAEStudyConfig, sdir: Path, device, progress: bool) -> _StoreOut:
+        paper_repr = f"mean(cumulative:{store.n_layers})"
+        rep = store._one(cfg.repr or paper_repr)
+        grouped = cfg.grouping == "paper" and cfg.label == "accent" and not cfg.label_map
+        task = build_task(
+            store, rep, cfg.label, cfg.classes, cfg.split_column, cfg.sae_split, cfg.clf_split, cfg.test_split,
+            cfg.monitor_fraction, cfg.max_rows, cfg.seed, cfg.speaker_fractions, cfg.label_map,
+            group=paper_group if grouped else None,
+        )
+        roles = task.roles
+        train, epochs, long_epochs = cfg.schedule(len(roles["sae"]))
+        grid = cfg.grid(epochs, long_epochs)
+        saes = self._train(task, cfg, grid, train, sdir, device, progress)
+        sae_seeds = list(range(cfg.seed, cfg.seed + cfg.sae_seeds))
+        clf_seeds = list(range(cfg.seed, cfg.seed + cfg.clf_seeds))
 
         y = task.y
-        x_clf, x_test = task.values(roles["clf"]), task.values(roles["test"])
-        y_clf, y_test = y[roles["clf"]], y[roles["test"]]
-        clf_cfg = cfg.classifier()
-        labels = np.array(task.classes)
-        f1_ref = fit_score(x_clf, y_clf, x_test, y_test, clf_cfg)
+        x_clf, x_val, x_test = (task.values(roles[r]) for r in ("clf", "monitor", "test"))
+        y_clf = y[roles["clf"]]
+        classes = sorted(set(y_clf) | set(y[roles["test"]]) | set(y[roles["monitor"]]))
+        scorer = _Scorer(task, classes, cfg.n_boot, cfg.seed)
+
+        def fit(xtr, ytr, xv, xt, seed):
+            (pv, pt), w = fit_predict(xtr, ytr, [xv, xt], cfg.classifier(seed))
+            return (pv, pt), w
+
+        ref = scorer.series([[fit(x_clf, y_clf, x_val, x_test, cs)[0] for cs in clf_seeds]])
         vals, counts = np.unique(y_clf, return_counts=True)
-        majority = macro_f1(y_test, np.full(len(y_test), vals[np.argmax(counts)]), labels)
+        maj = np.full(len(x_test), vals[np.argmax(counts)], dtype=object)
+        majority = scorer.test(maj)
         reference = {
             "store": name, "codec": store.codec.get("spec"), "repr": rep.name, "label": cfg.label,
-            "classes": ",".join(labels), "d": int(x_test.shape[1]), "f1_ref": f1_ref, "majority_f1": majority,
-            **{f"n_{r}": int(len(roles[r])) for r in roles},
+            "classes": ",".join(classes), "grouping": "paper" if grouped else ("label_map" if cfg.label_map else "none"),
+            "d": int(x_test.shape[1]), "f1_ref": ref["f1"], **_ci("f1_ref", ref["reps"]), "f1_ref_val": ref["f1_val"],
+            "majority_f1": majority[0], **{f"n_{r}": int(len(roles[r])) for r in roles},
             **{f"speakers_{r}": int(len(set(task.speaker[roles[r]]))) for r in roles},
+            "batch_size": train.batch_size, "lr": train.lr, "epochs": epochs, "long_epochs": long_epochs,
+            "normalize": train.normalize, "sae_seeds": cfg.sae_seeds, "clf_seeds": cfg.clf_seeds,
+            "store_fingerprint": store.fingerprint, "relabelled": task.relabelled,
         }
-        eval_fp = config_hash({"label": cfg.label, "classes": list(cfg.classes), "map": list(cfg.label_map),
-                               "clf": to_dict(clf_cfg), "top_latents": cfg.top_latents,
+        key, setting, why = published_match(store.codec.get("spec") or "", classes, cfg.label, rep.name, paper_repr,
+                                            cfg.published_setting)
+        reference.update(paper_codec=key or "", paper_setting=setting or "", published_reason=why)
+        notes = []
+        if (cfg.label_map or cfg.classes or grouped) and not task.relabelled:
+            notes.append(f"{name}: the label map / grouping / classes change no label here (the task equals the "
+                         f"labels as stored: {', '.join(classes)}); an analysis without them duplicates this one.")
+        eval_fp = config_hash({"store": store.fingerprint, "label": cfg.label, "classes": list(cfg.classes),
+                               "map": list(cfg.label_map), "grouped": grouped, "clf": to_dict(cfg.classifier()),
+                               "clf_seeds": clf_seeds, "top_latents": cfg.top_latents,
                                "roles": {r: _rows_hash(v) for r, v in roles.items()}})
-        results, history, dens_rows, label_latents = [], [], [], []
+        pca = PCA(sample_rows(ArraySource(task.values(roles["sae"])) if not task.frame_level
+                              else StoreSource(store, rep, roles["sae"]), 20000, cfg.seed))
+        pca_preds: dict[int, list] = {}
+        results, contrasts, history, dens_rows, label_latents = [], [], [], [], []
         dq = _nearest(cfg.q, cfg.density_q)
         ds = _nearest(cfg.s, cfg.density_s)
-        for c in cfg.grid():
-            sae, meta = saes[c.tag]
-            for h in meta.get("history", []):
-                history.append({"store": name, "config": c.tag, **h})
-            z_test, u_hat = encode_np(sae, x_test, device)
-            cache = sdir / "saes" / c.tag / f"eval_{eval_fp}.json"
-            if cache.is_file():
-                ev = json.loads(cache.read_text())
-            else:
-                z_clf, _ = encode_np(sae, x_clf, device)
-                r = delta_f1(z_clf, y_clf, z_test, y_test, sae.k, f1_ref, clf_cfg)
-                w = r.weights.get("z", np.zeros(0))
-                top = [int(j) for j in np.argsort(-w, kind="stable")[: cfg.top_latents] if w[j] > 0]
-                ev = {"f1": r.f1, "f1_ref": f1_ref, "top_latents": [[j, float(w[j])] for j in top]}
-                write_json(cache, ev)
-            dens_test = metrics.latent_density(z_test)
-            for rank, (j, wj) in enumerate(ev.get("top_latents", [])):
-                label_latents.append({"store": name, "q": c.q, "s": c.s, "rank": rank + 1, "latent": j,
-                                      "weight": wj, "density_test": float(dens_test[j])})
+        ci = {c: i for i, c in enumerate(classes)}
+        cls = np.array(classes, dtype=object)
+        for c in grid:
+            per_seed = {f: [] for f in FEATURES + BASELINES}
+            mets = []
+            for seed in sae_seeds:
+                sae, meta = saes[c.tag, seed]
+                for h in meta.get("history", []):
+                    history.append({"store": name, "config": c.tag, "seed": seed, **h})
+                z_test, u_hat = encode_np(sae, x_test, device)
+                cache = sdir / "saes" / c.tag / f"seed{seed}" / f"eval_{eval_fp}.json"
+                if cache.is_file():
+                    ev = json.loads(cache.read_text())
+                else:
+                    ev = self._evaluate(sae, c, seed, task, x_clf, x_val, x_test, y_clf, clf_seeds, cfg, device, fit, ci)
+                    write_json(cache, ev)
+                for f, runs in ev["preds"].items():
+                    per_seed[f].append([(cls[np.asarray(v, int)], cls[np.asarray(t, int)]) for v, t in runs])
+                mets.append({"fvu": metrics.fvu(x_test, u_hat), "l0": metrics.l0(z_test),
+                             "dead_fraction": metrics.dead_fraction(z_test),
+                             "dead_fraction_train": meta.get("dead_fraction_train", np.nan),
+                             "density_gini": metrics.density_gini(z_test),
+                             "monitor_mse": (meta.get("history") or [{}])[-1].get("monitor_mse", np.nan)})
+                if seed != cfg.seed:
+                    continue
+                dens_test = metrics.latent_density(z_test)
+                for rank, (j, wj) in enumerate(ev.get("top_latents", [])):
+                    label_latents.append({"store": name, "q": c.q, "s": c.s, "seed": seed, "rank": rank + 1,
+                                          "latent": j, "weight": wj, "density_test": float(dens_test[j])})
+                if np.isclose(c.q, dq) and np.isclose(c.s, ds):
+                    for i, v in enumerate(metrics.grouped_density(z_test, cfg.density_groups)):
+                        dens_rows.append({"store": name, "q": c.q, "s": c.s, "group": i, "density": v,
+                                          "uniform": sae.k / sae.shape.d_z})
+                if cfg.browser:
+                    self._browser(task, sae, meta, c, name, sdir, device, cfg, [j for j, _ in ev.get("top_latents", [])])
+            k = saes[c.tag, cfg.seed][0].k
+            if k not in pca_preds:
+                pca_preds[k] = [fit(pca.transform(x_clf, k), y_clf, pca.transform(x_val, k), pca.transform(x_test, k),
+                                    clf_seeds[0])[0]]
+            per_seed["pca_k"] = [pca_preds[k]]
+            sae0 = saes[c.tag, cfg.seed][0]
             common = {
                 "store": name, "codec": store.codec.get("spec"), "repr": rep.name, "label": cfg.label,
-                "q": c.q, "s": c.s, "d": sae.shape.d, "d_z": sae.shape.d_z, "k": sae.k, "epochs": c.epochs,
-                "fvu": metrics.fvu(x_test, u_hat), "l0": metrics.l0(z_test),
-                "dead_fraction": metrics.dead_fraction(z_test), "density_gini": metrics.density_gini(z_test),
-                "monitor_mse": (meta.get("history") or [{}])[-1].get("monitor_mse", np.nan),
-                "f1_ref": ev["f1_ref"],
+                "q": c.q, "s": c.s, "d": sae0.shape.d, "d_z": sae0.shape.d_z, "k": k, "epochs": c.epochs,
+                **{m: _nanmean([r[m] for r in mets]) for m in mets[0]},
+                "dead_fraction_max": float(max(r["dead_fraction"] for r in mets)),
+                "f1_ref": ref["f1"], "f1_ref_val": ref["f1_val"],
             }
-            for feat in FEATURES:
-                results.append({**common, "feature": feat, "f1": ev["f1"][feat], "delta_f1": ev["f1"][feat] - ev["f1_ref"]})
-            if np.isclose(c.q, dq) and np.isclose(c.s, ds):
-                g = metrics.grouped_density(z_test, cfg.density_groups)
-                for i, v in enumerate(g):
-                    dens_rows.append({"store": name, "q": c.q, "s": c.s, "group": i, "density": v,
-                                      "uniform": sae.k / sae.shape.d_z})
-            if cfg.browser:
-                first = [j for j, _ in ev.get("top_latents", [])]
-                self._browser(task, sae, meta, c, name, sdir, device, cfg, first)
-        return _StoreOut(name, task, saes, results, history, reference, pd.DataFrame(dens_rows),
-                         pd.DataFrame(label_latents))
+            series = {f: scorer.series(p) for f, p in per_seed.items() if p}
+            for f, sr in series.items():
+                d = sr["reps"] - ref["reps"]
+                results.append({**common, "kind": "feature" if f in FEATURES else "baseline", "feature": f,
+                                "n_seeds": len(per_seed[f]), "f1": sr["f1"], "f1_val": sr["f1_val"],
+                                "f1_seed_sd": sr["f1_seed_sd"], "delta_f1": sr["f1"] - ref["f1"], **_ci("delta_f1", d)})
+            for a, b in (("position", "magnitude"), ("z", "random_topk"), ("z", "pca_k"), ("z", "shuffled")):
+                if a in series and b in series:
+                    contrasts.append({"store": name, "q": c.q, "s": c.s, "contrast": f"{a} - {b}",
+                                      "difference": series[a]["f1"] - series[b]["f1"],
+                                      **_ci("difference", series[a]["reps"] - series[b]["reps"])})
+        return _StoreOut(name, task, results, contrasts, history, reference, pd.DataFrame(dens_rows),
+                         pd.DataFrame(label_latents), notes)
+
+    def _evaluate(self, sae, c: SAEConfig, seed: int, task: TaskData, x_clf, x_val, x_test, y_clf, clf_seeds,
+                  cfg: SAEStudyConfig, device, fit, ci: dict) -> dict:
+        """Predictions (class indices) on the validation and test rows of every classifier of one SAE."""
+        enc = [encode_np(sae, x, device)[0] for x in (x_clf, x_val, x_test)]
+        feats = [code_features(z, sae.k) for z in enc]
+        idx = lambda p: [int(ci[v]) for v in p]  # noqa: E731
+        preds, top = {}, []
+        for f in FEATURES:
+            runs = []
+            for cs in clf_seeds:
+                (pv, pt), w = fit(feats[0][f], y_clf, feats[1][f], feats[2][f], cs)
+                runs.append([idx(pv), idx(pt)])
+                if f == "z" and cs == clf_seeds[0]:
+                    top = [[int(j), float(w[j])] for j in np.argsort(-w, kind="stable")[: cfg.top_latents] if w[j] > 0]
+            preds[f] = runs
+        rnd = random_dictionary(sae, c.seed(seed) + 7919)
+        zr = [encode_np(rnd, x, device)[0] for x in (x_clf, x_val, x_test)]
+        (pv, pt), _ = fit(zr[0], y_clf, zr[1], zr[2], clf_seeds[0])
+        preds["random_topk"] = [[idx(pv), idx(pt)]]
+        y_shuf = shuffle_by_speaker(y_clf, task.speaker[task.roles["clf"]], seed)
+        (pv, pt), _ = fit(enc[0], y_shuf, enc[1], enc[2], clf_seeds[0])
+        preds["shuffled"] = [[idx(pv), idx(pt)]]
+        return {"preds": preds, "top_latents": top}
 
     def _browser(self, task: TaskData, sae, meta, c: SAEConfig, name: str, sdir: Path, device, cfg,
                  first: list[int]) -> None:
@@ -231,9 +367,13 @@ class SAERunner:
 
     # -- all stores ------------------------------------------------------------
     def _collect(self, stores, outs: list[_StoreOut], cfg: SAEStudyConfig, out: Path) -> AnalysisResult:
-        res = pd.DataFrame([r for o in outs for r in o.results])
+        allres = pd.DataFrame([r for o in outs for r in o.results])
+        res = allres[allres["kind"] == "feature"].reset_index(drop=True)
         ref = pd.DataFrame([o.reference for o in outs])
+        notes = [n for o in outs for n in o.notes] + _duplicates(out, outs, cfg)
         hist = pd.DataFrame([h for o in outs for h in o.history])
+        if len(hist):
+            hist = hist[hist["seed"] == cfg.seed]  # one curve per configuration: the first seed
         dens = pd.concat([o.density for o in outs], ignore_index=True)
         arts: list[Artifact] = []
 
@@ -246,10 +386,12 @@ class SAERunner:
         chance = {o.label: o.reference["majority_f1"] - o.reference["f1_ref"] for o in outs}
         p = figures.delta_f1_vs_s(res, chance, out / "delta_f1_vs_s.png")
         arts.append(Artifact(p.name, "ΔF1 (%) of z against sparsity s, one panel per latent ratio q, one line per "
-                             "store (cf. Wang et al. Fig. 2/3); dotted: majority-class predictor.", "figure"))
+                             "store (cf. Wang et al. Fig. 2/3), mean over SAE and classifier seeds; bands: paired 95% intervals "
+                             "over test speakers and SAE seeds; dotted: majority-class predictor.", "figure"))
         p = figures.position_magnitude(res, ts, out / "position_magnitude.png")
         arts.append(Artifact(p.name, f"ΔF1 (%) of z, position-only and magnitude-only features at s = {ts:g} "
-                             "(cf. Wang et al. Table 2).", "figure"))
+                             "(cf. Wang et al. Table 2), with 95% intervals (position - magnitude paired: "
+                             "contrasts.csv).", "figure"))
         if len(dens):
             p = figures.density(dens, out / "density.png")
             arts.append(Artifact(p.name, f"Activation density over {cfg.density_groups} ordered latent groups on "
@@ -262,8 +404,26 @@ class SAERunner:
 
         table_art(ref, "reference_f1.csv", "Reference macro-F1 of logistic regression on u (cf. Wang et al. "
                   "Table 1), majority-class F1, rows and speakers per role.")
-        table_art(res, "results.csv", "All configurations: F1 and ΔF1 of z / position / magnitude, FVU, L0, "
-                  "dead-latent fraction (test set).")
+        table_art(allres, "results.csv", "All configurations: F1 and ΔF1 (with 95% intervals over test speakers "
+                  "and SAE seeds) of z / position / magnitude and of the baselines (random_topk: TopK on a random "
+                  "dictionary; pca_k: top-k principal components of u; shuffled: labels permuted between speakers), "
+                  "validation F1, FVU, L0, dead-latent fraction (test set, mean and max over seeds; and in training).")
+        table_art(pd.DataFrame([c for o in outs for c in o.contrasts]).reset_index(drop=True), "contrasts.csv",
+                  "Paired differences of macro-F1 on the same test speakers and SAE seeds, with 95% intervals: "
+                  "position - magnitude, and z against each baseline.")
+        sel = []
+        for o in outs:
+            best = select_configuration(res[res["store"] == o.label])
+            sel.append({"store": o.label, **({"q": best["q"], "s": best["s"], "f1_val": best["f1_val"],
+                        "delta_f1": best["delta_f1"], "delta_f1_low": best["delta_f1_low"],
+                        "delta_f1_high": best["delta_f1_high"], "selected_on": "validation"} if best is not None
+                        else {"selected_on": "none (no validation speakers: set --monitor-fraction > 0)"})})
+        selected = pd.DataFrame(sel)
+        table_art(selected, "selected.csv", "Best configuration per store by validation macro-F1 of z (the "
+                  "monitor speakers; never the test set), with its test ΔF1 and interval.")
+        table_art(ref[["store", "codec", "label", "classes", "paper_codec", "paper_setting", "published_reason"]],
+                  "published_match.csv", "Whether each store's run matches a setting of Wang et al. 2026 (binary "
+                  "task, codec variant, representation; splits are always speaker-disjoint), and why not.")
         wide = _posmag_table(res, ts)
         table_art(wide, f"position_magnitude_s{ts:g}.csv", f"ΔF1 (%) at s = {ts:g}: z, position, magnitude by q.")
         if len(dens):
@@ -282,19 +442,24 @@ class SAERunner:
         published = self._published(res, ref, outs, cfg, ts, out)
         for o in outs:
             if cfg.browser:
-                for c in cfg.grid():
+                for c in cfg.grid(1, 1):
                     arts.append(Artifact(f"stores/{o.label}/browser/{c.tag}.html",
                                          f"Feature browser, {o.label}, q={c.q:g}, s={c.s:g}", "page", o.label))
-        return AnalysisResult(self.name, self.title, tuple(arts), _summary(res, ref, ts), tuple(published))
+        _write_task(out, outs, cfg)
+        con = pd.DataFrame([c for o in outs for c in o.contrasts])
+        summary = " ".join([_summary(res, ref, ts, selected, allres, con)] + notes)
+        return AnalysisResult(self.name, self.title, tuple(arts), summary, tuple(published))
 
     def _published(self, res, ref, outs, cfg, ts, out: Path) -> list[Artifact]:
-        setting = cfg.published_setting
-        keys = {o.label: published_key(o.reference["codec"] or "") for o in outs}
+        # Only stores whose task, codec variant and representation are the paper's get rows.
+        outs = [o for o in outs if not o.reference["published_reason"]]
+        keys = {o.label: o.reference["paper_codec"] for o in outs}
         codecs = {o.label: o.reference["codec"] for o in outs}
         arts = []
         t1 = table("table1")
         rows = []
         for o in outs:
+            setting = o.reference["paper_setting"]
             k = keys[o.label]
             hit = t1[(t1["codec"] == k) & (t1["setting"] == setting)]
             if k and len(hit):
@@ -308,16 +473,16 @@ class SAERunner:
                                    "Published vs ours: reference macro-F1 on u (Wang et al. Table 1).", codecs))
         t2 = table("table2")
         rows = []
-        if setting == "us_vs_uk":
-            for o in outs:
+        for o in outs:
+            setting = o.reference["paper_setting"]
+            if setting == "us_vs_uk":
                 k = keys[o.label]
                 for _, pr in t2[t2["codec"] == k].iterrows():
                     for q in (2, 5, 10, 20):
                         ours = res[(res["store"] == o.label) & np.isclose(res["q"], q) & np.isclose(res["s"], 0.05)
                                    & (res["feature"] == pr["feature"])]
                         rows.append({"codec": k, "setting": setting, "feature": pr["feature"], "q": q, "s": 0.05,
-                                     "published": float(pr[f"q{q}"]),
-                                     "ours": round(100 * float(ours["delta_f1"].iloc[0]), 2) if len(ours) else np.nan,
+                                     "published": float(pr[f"q{q}"]), **_ours(ours),
                                      "ours_store": o.label, "source": f"{SOURCE}, Table 2 (ΔF1 %, US vs UK)"})
         if rows:
             arts.append(_write_pub(out, "published_table2.csv", rows,
@@ -325,23 +490,67 @@ class SAERunner:
                                    codecs))
         t3 = table("table3")
         rows = []
-        if setting == "us_vs_uk":
-            for o in outs:
-                k = keys[o.label]
-                if not (k and k.startswith("encodec_")):
-                    continue
+        for o in outs:
+            setting = o.reference["paper_setting"]
+            k = keys[o.label]
+            if setting == "us_vs_uk" and k.startswith("encodec_"):
                 for _, pr in t3.iterrows():
                     for s_pct in (5, 10):
                         ours = res[(res["store"] == o.label) & np.isclose(res["q"], pr["q"])
                                    & np.isclose(res["s"], s_pct / 100) & (res["feature"] == "z")]
                         rows.append({"codec": k, "setting": setting, "q": int(pr["q"]), "s": s_pct / 100,
-                                     "published": float(pr[f"{k}_s{s_pct}"]),
-                                     "ours": round(100 * float(ours["delta_f1"].iloc[0]), 2) if len(ours) else np.nan,
+                                     "published": float(pr[f"{k}_s{s_pct}"]), **_ours(ours),
                                      "ours_store": o.label, "source": f"{SOURCE}, Table 3 (ΔF1 %, US vs UK)"})
         if rows:
             arts.append(_write_pub(out, "published_table3.csv", rows,
                                    "Published vs ours: EnCodec ΔF1 (%) by bitrate (Wang et al. Table 3).", codecs))
         return arts
+
+
+def _ours(row: pd.DataFrame) -> dict:
+    if not len(row):
+        return {"ours": np.nan, "ours_low": np.nan, "ours_high": np.nan}
+    r = row.iloc[0]
+    return {"ours": round(100 * float(r["delta_f1"]), 2), "ours_low": round(100 * float(r["delta_f1_low"]), 2),
+            "ours_high": round(100 * float(r["delta_f1_high"]), 2)}
+
+
+TASK_FILE = "task.json"
+
+
+def _task_key(o: "_StoreOut", cfg: SAEStudyConfig) -> str:
+    """What makes two SAE runs the same: store content, rows and labels per role, and the settings
+    that change results (not output options such as the browser)."""
+    t = o.task
+    keep = ("repr", "q", "s", "epochs", "long_epochs", "long_q", "long_s", "lr", "eps", "batch_size", "aux_k",
+            "normalize", "seed", "sae_seeds", "clf_seeds", "C", "max_iter", "n_boot")
+    return config_hash({"store": t.store.fingerprint, "cfg": {k: getattr(cfg, k) for k in keep},
+                        "roles": {r: _rows_hash(v) for r, v in t.roles.items()},
+                        "labels": hashlib.sha256("\x1f".join(t.y[np.concatenate(list(t.roles.values()))]).encode()).hexdigest()})
+
+
+def _write_task(out: Path, outs: list, cfg: SAEStudyConfig) -> None:
+    write_json(out / TASK_FILE, {o.label: _task_key(o, cfg) for o in outs})
+
+
+def _duplicates(out: Path, outs: list, cfg: SAEStudyConfig) -> list[str]:
+    """Warnings for stores whose task equals one an SAE analysis beside this one already ran
+    (e.g. a study's all-accents entry on a corpus with only two accents)."""
+    out = Path(out).resolve()
+    mine = {o.label: _task_key(o, cfg) for o in outs}
+    seen = []
+    for cand in list(out.parent.glob(f"*/{TASK_FILE}")) + list(out.parent.parent.glob(f"*/{out.name}/{TASK_FILE}")):
+        if cand.parent.resolve() == out:
+            continue
+        try:
+            theirs = json.loads(cand.read_text())
+        except (OSError, ValueError):
+            continue
+        for st, key in mine.items():
+            if theirs.get(st) == key:
+                seen.append(f"Warning: {st} here is the same task as in {cand.parent} (same store content, rows, "
+                            f"labels and settings): a duplicate analysis.")
+    return sorted(set(seen))
 
 
 def _write_pub(out: Path, fname: str, rows: list[dict], caption: str, codecs: dict[str, str]) -> Artifact:
@@ -397,26 +606,53 @@ def _bitrate_table(res: pd.DataFrame, specs: list[str], labels: list[str], grid_
     return pd.concat(tables, ignore_index=True)
 
 
-def _summary(res: pd.DataFrame, ref: pd.DataFrame, s: float) -> str:
+def _pct(x: float) -> str:
+    return f"{100 * x:+.1f}"
+
+
+def _posmag_words(con: pd.DataFrame, store: str, s: float) -> str:
+    """How many configurations at sparsity s have position - magnitude clearly > 0, < 0, or neither."""
+    c = con[(con["store"] == store) & np.isclose(con["s"], s) & (con["contrast"] == "position - magnitude")] \
+        if len(con) else con
+    if not len(c):
+        return ""
+    pos, neg = int((c["difference_low"] > 0).sum()), int((c["difference_high"] < 0).sum())
+    return (f"position − magnitude (paired 95% interval) excludes 0 upwards in {pos}, downwards in {neg}, "
+            f"neither in {len(c) - pos - neg} of {len(c)} configurations")
+
+
+def _summary(res: pd.DataFrame, ref: pd.DataFrame, s: float, selected: pd.DataFrame, allres: pd.DataFrame,
+             con: pd.DataFrame) -> str:
     parts = []
     for _, r in ref.iterrows():
-        d = res[(res["store"] == r["store"]) & np.isclose(res["s"], s)]
+        st = r["store"]
+        d = res[(res["store"] == st) & np.isclose(res["s"], s)]
         mean = d.groupby("feature")["delta_f1"].mean()
-        allz = res[(res["store"] == r["store"]) & (res["feature"] == "z")]
-        best = allz.loc[allz["delta_f1"].idxmax()]
         which = "magnitude" if mean.get("magnitude", -9) > mean.get("position", -9) else "position"
-        parts.append(
-            f"{r['store']}: reference macro-F1 on u {100 * r['f1_ref']:.1f}% (majority class "
-            f"{100 * r['majority_f1']:.1f}%); at s={s:g} mean ΔF1 z {100 * mean.get('z', np.nan):+.1f}, "
-            f"position {100 * mean.get('position', np.nan):+.1f}, magnitude {100 * mean.get('magnitude', np.nan):+.1f} "
-            f"points ({which} carries more of the label); best z configuration q={best['q']:g}, s={best['s']:g} "
-            f"(ΔF1 {100 * best['delta_f1']:+.1f}); test FVU {res[res['store'] == r['store']]['fvu'].min():.3f}"
-            f"–{res[res['store'] == r['store']]['fvu'].max():.3f}."
-        )
+        text = (f"{st} ({r['classes']}): reference macro-F1 on u {100 * r['f1_ref']:.1f}% "
+                f"[{100 * r['f1_ref_low']:.1f}, {100 * r['f1_ref_high']:.1f}] (majority class "
+                f"{100 * r['majority_f1']:.1f}%); at s={s:g} mean ΔF1 z {_pct(mean.get('z', np.nan))}, "
+                f"position {_pct(mean.get('position', np.nan))}, magnitude {_pct(mean.get('magnitude', np.nan))} "
+                f"points ({which} higher on average; {_posmag_words(con, st, s) or 'no paired contrast'})")
+        sel = selected[selected["store"] == st].iloc[0]
+        if sel["selected_on"] == "validation":
+            b = allres[(allres["store"] == st) & np.isclose(allres["q"], sel["q"]) & np.isclose(allres["s"], sel["s"])]
+            base = ", ".join(f"{f} {_pct(v)}" for f, v in zip(b["feature"], b["delta_f1"]) if f in BASELINES)
+            text += (f"; configuration chosen on validation q={sel['q']:g}, s={sel['s']:g}: test ΔF1 of z "
+                     f"{_pct(sel['delta_f1'])} [{_pct(sel['delta_f1_low'])}, {_pct(sel['delta_f1_high'])}] over "
+                     f"{r['speakers_test']} test speakers and {r['sae_seeds']} SAE seeds (baselines: {base})")
+        else:
+            text += "; no configuration chosen (no validation speakers)"
+        allz = res[(res["store"] == st) & (res["feature"] == "z")]
+        text += (f"; test FVU {allz['fvu'].min():.3f}–{allz['fvu'].max():.3f}, dead latents "
+                 f"{100 * allz['dead_fraction'].min():.0f}–{100 * allz['dead_fraction'].max():.0f}%.")
+        if r["published_reason"]:
+            text += f" No published comparison: {r['published_reason']}."
+        parts.append(text)
         bad = allz[allz["fvu"] > 1]
         if len(bad):
             parts.append(
-                f"Warning: {len(bad)} of {len(allz)} SAEs on {r['store']} reconstruct worse than the mean (FVU > 1): "
+                f"Warning: {len(bad)} of {len(allz)} SAEs on {st} reconstruct worse than the mean (FVU > 1): "
                 f"they are undertrained; raise --lr or --epochs, lower --batch-size, or use --normalize."
             )
     return " ".join(parts)

@@ -33,8 +33,8 @@ class TrainConfig:
     """Adam epsilon."""
     batch_size: int = 1024
     """Rows per batch."""
-    aux_k: int = 0
-    """AuxK: dead latents used to predict the residual (0 = off)."""
+    aux_k: int = -1
+    """AuxK: dead latents used to predict the residual (-1 = d/2 as Gao et al., 0 = off)."""
     aux_coef: float = 1.0 / 32
     """Weight of the AuxK loss."""
     dead_samples: int = 0
@@ -50,8 +50,60 @@ class TrainConfig:
             raise ValueError("lr and eps must be positive")
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        if self.aux_k < 0 or self.dead_samples < 0 or self.eval_every < 0:
-            raise ValueError("aux_k, dead_samples and eval_every must be >= 0")
+        if self.aux_k < -1 or self.dead_samples < 0 or self.eval_every < 0:
+            raise ValueError("aux_k must be >= -1, dead_samples and eval_every >= 0")
+
+    def aux_for(self, d: int) -> int:
+        """AuxK latents for input dimension d (Gao et al. use about half the input dimension)."""
+        return max(1, d // 2) if self.aux_k < 0 else self.aux_k
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoSchedule:
+    """Batch size, epochs and learning rate that fit the data size.
+
+    The paper's settings (batch 1024, lr 1e-5, 200 / 500 epochs) assume ~10^4 optimiser steps on
+    Vox-Profile; on a few hundred utterances they give a few hundred steps in which the SAEs
+    barely move, and the slow configurations cost an hour. Here the step count is what is fixed:
+    batches shrink until an epoch has at least 8 of them, epochs give about ``steps`` (``long_steps``
+    for the slow configurations) optimiser steps but never more than the paper's epochs, and the
+    learning rate keeps lr × steps at ``lr_steps`` (a total Adam travel of about one RMS spread of
+    the normalised data), between 1e-5 and 1e-3."""
+
+    steps: int = 1000
+    """Target optimiser steps of the ordinary configurations."""
+    long_steps: int = 2500
+    """Target optimiser steps of the slow configurations (the paper's 500 / 200 epochs ratio)."""
+    paper_epochs: int = 200
+    """Never more epochs than the paper's."""
+    paper_long_epochs: int = 500
+    """Never more epochs than the paper's, slow configurations."""
+    paper_batch: int = 1024
+    """The paper's batch size, used when an epoch has at least 8 such batches."""
+    min_batch: int = 16
+    """Smallest batch size chosen."""
+    lr_steps: float = 1.0
+    """lr × steps of the ordinary configurations."""
+    min_lr: float = 1e-5
+    """Smallest rate chosen (the paper's)."""
+    max_lr: float = 1e-3
+    """Largest rate chosen."""
+
+    def batch_for(self, n: int) -> int:
+        b = self.paper_batch
+        while b > self.min_batch and -(-n // b) < 8:
+            b //= 2
+        return b
+
+    def epochs_for(self, batch: int, n: int, long: bool) -> int:
+        per_epoch = max(1, -(-n // batch))
+        steps, cap = (self.long_steps, self.paper_long_epochs) if long else (self.steps, self.paper_epochs)
+        return int(min(cap, max(1, -(-steps // per_epoch))))
+
+    def lr_for(self, batch: int, n: int, epochs: int) -> float:
+        steps = max(1, epochs * -(-n // batch))
+        return float(np.clip(self.lr_steps / steps, self.min_lr, self.max_lr))
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +198,7 @@ class Member:
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=train.lr, eps=train.eps)
         self.train = train
         self.dead_after = train.dead_samples or n_train
+        self.aux_k = train.aux_for(d)
         self.since_fired = torch.zeros(self.sae.shape.d_z, dtype=torch.long, device=device)
         self.history: list[dict] = []
         self.steps = 0
@@ -159,10 +212,10 @@ class Member:
         loss = mse(u_hat, x)
         total = loss / (c * c)  # optimise in scaled units
         fired = (z > 0).any(0)
-        if self.train.aux_k > 0:
+        if self.aux_k > 0:
             dead = self.since_fired >= self.dead_after
             resid = (x - u_hat).detach() / c
-            total = total + self.train.aux_coef * auxk_loss(sae, pre, resid, dead, self.train.aux_k)
+            total = total + self.train.aux_coef * auxk_loss(sae, pre, resid, dead, self.aux_k)
         self.since_fired += x.shape[0]
         self.since_fired[fired] = 0
         self.opt.zero_grad(set_to_none=True)
@@ -172,6 +225,11 @@ class Member:
         sae.normalize_decoder()
         self.steps += 1
         return float(loss.detach())
+
+    @property
+    def dead_fraction(self) -> float:
+        """Fraction of latents that have not fired for ``dead_after`` training samples."""
+        return float((self.since_fired >= self.dead_after).float().mean())
 
 
 @torch.no_grad()
