@@ -28,13 +28,13 @@ def test_nearest_centroid_leaves_whole_utterance_out():
     assert 0.4 < M.equal_error_rate(emb, spk, utt) < 0.6
 
 
-def _utterance_constant_store(path, n_spk=16, n_utt=8, seed=0):
+def _utterance_constant_store(path, n_spk=40, n_utt=5, seed=0):
     """Layer 1: one random code per utterance (utterance identity only); layer 2: the speaker's code group."""
     rng = np.random.default_rng(seed)
     U = n_spk * n_utt
     nf = rng.integers(15, 25, size=U)
     spk = np.arange(U) % n_spk
-    K = 256
+    K = 8 * n_spk
     c1 = np.repeat(rng.integers(0, K, size=U), nf)
     c2 = np.repeat(spk * (K // n_spk), nf) + rng.integers(0, K // n_spk, size=int(nf.sum()))
     tables = [rng.normal(size=(K, 12)).astype(np.float32) for _ in range(2)]

@@ -14,6 +14,9 @@ from ...util.device import resolve_device
 from . import metrics as M
 from .config import ProbeConfig
 from .controls import code_types, control_labels, phone_types, selectivity
+from .cv import Pooled, fold_tasks, pool_tasks, target_range, use_cv
+from .cv import pool_labels as cv_pool_labels
+from .data import SPLITS as SPLITS_
 from .data import TaskData, gather_task
 from .torch_backend import Job, JobFit
 
@@ -24,6 +27,8 @@ COLUMNS = [
     "test_outside_train", "test_covers_train",
 ]
 SPEAKER_DISJOINT = ("split_spk", "cv_spk")
+SEMITONES = "f0_st"
+"""The speaker-normalised F0 task (semitones re the speaker's median F0)."""
 """Split columns whose test speakers are unseen in train (the bootstrap then resamples speakers)."""
 
 
@@ -51,7 +56,23 @@ def _control(store: Store, rep: Repr, td: TaskData, cfg: ProbeConfig, seed: int)
     if cfg.control == "none" or td.level != "frame" or td.open_set:
         return None
     types = code_types(store, rep, td.rows) if cfg.control == "code" else phone_types(store, td.rows)
+    if control_coverage(types) < MIN_CONTROL_COVERAGE:
+        # Mostly unseen types (code tuples of cumulative:k, k >= 2, and latent on a real codebook): their
+        # control labels are random draws no probe can read, so the control sits at chance whatever the
+        # representation holds and selectivity would only restate task - chance. Not reported.
+        return None
     return control_labels(types, td.y["train"], seed)
+
+
+MIN_CONTROL_COVERAGE = 0.9
+"""A code control needs at least this share of test rows whose code (tuple) occurs in train."""
+
+
+def control_coverage(types: dict[str, np.ndarray]) -> float:
+    """Share of test rows whose type occurs in train."""
+    if not len(types["test"]):
+        return float("nan")
+    return float(np.isin(types["test"], np.unique(types["train"])).mean())
 
 
 def make_jobs(stores: list[Store], tds: list[TaskData], cfg: ProbeConfig) -> list[Job]:
@@ -66,6 +87,9 @@ def make_jobs(stores: list[Store], tds: list[TaskData], cfg: ProbeConfig) -> lis
 
 
 def fit(jobs: list[Job], cfg: ProbeConfig, log: Callable[[int], Any] | None = None) -> list[JobFit]:
+    # Ridge has its own, wider grid (on the whitened scale the logistic grid barely shrinks it).
+    if jobs and not jobs[0].td.categorical:
+        cfg = dataclasses.replace(cfg, l2=cfg.ridge_l2)
     if cfg.backend == "sklearn":
         from .sklearn_backend import fit_jobs as sk_fit
 
@@ -75,18 +99,62 @@ def fit(jobs: list[Job], cfg: ProbeConfig, log: Callable[[int], Any] | None = No
     return fit_jobs(jobs, cfg, resolve_device(cfg.device), log)
 
 
+def expand_tasks(cfg: ProbeConfig) -> tuple[str, ...]:
+    """The tasks to run: f0 brings f0_st (speaker-normalised semitones) along unless turned off."""
+    tasks = list(cfg.task)
+    if cfg.f0_semitones and "f0" in tasks and SEMITONES not in tasks:
+        tasks.insert(tasks.index("f0") + 1, SEMITONES)
+    return tuple(tasks)
+
+
 def run_probes(stores: Sequence[Store | str], cfg: ProbeConfig | None = None, progress: bool = False) -> pd.DataFrame:
     """Fit and evaluate every probe; a tidy DataFrame with :data:`COLUMNS`."""
     cfg = cfg or ProbeConfig()
     stores = open_store_list(stores)
-    frames = [run_task(stores, task, cfg, progress) for task in cfg.task]
+    frames = [run_task(stores, task, cfg, progress) for task in expand_tasks(cfg)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
 
 
+def task_data(store: Store, task: str, cfg: ProbeConfig) -> list[TaskData]:
+    """One TaskData, or one per speaker fold when cross-validating (see cv.use_cv)."""
+    base = "f0" if task == SEMITONES else task
+    tds = fold_tasks(store, base, cfg) if use_cv(store, base, cfg) else [gather_task(store, base, cfg)]
+    return [semitone_task(store, td) for td in tds] if task == SEMITONES else tds
+
+
+def semitone_task(store: Store, td: TaskData) -> TaskData:
+    """F0 as semitones relative to the speaker's median F0 (over all of the speaker's voiced rows):
+    the pitch contour, without the between-speaker differences that dominate Hz on held-out speakers."""
+    if "speaker" not in store.utterances.columns:
+        raise CodeclensError(f"{store.path}: f0_st needs a speaker column (give --f0-semitones false)")
+    spk = store.utterances["speaker"].astype(str).to_numpy()
+    groups = np.concatenate([td.groups[s] for s in SPLITS_])
+    hz = np.concatenate([td.y[s] for s in SPLITS_])
+    codes, inv = np.unique(spk[groups], return_inverse=True)
+    med = pd.Series(hz).groupby(inv.reshape(-1)).median().to_numpy()
+    y = {s: 12.0 * np.log2(td.y[s] / med[np.searchsorted(codes, spk[td.groups[s]])]) for s in SPLITS_}
+    return dataclasses.replace(td, task=SEMITONES, column=f"{td.column} (semitones re speaker median)", is_f0=False, y=y)
+
+
+def _fit_all(jobs: list[Job], cfg: ProbeConfig, log) -> tuple[list[JobFit], list | None]:
+    fits = fit(jobs, cfg, log)
+    mlp_fits = None
+    if cfg.mlp:
+        from .mlp import fit_mlp_jobs
+
+        mlp_fits = fit_mlp_jobs(jobs, cfg, resolve_device(cfg.device), log)
+    return fits, mlp_fits
+
+
 def run_task(stores: list[Store], task: str, cfg: ProbeConfig, progress: bool = False) -> pd.DataFrame:
-    tds = [gather_task(s, task, cfg) for s in stores]
-    jobs = make_jobs(stores, tds, cfg)
-    bar, mlp_fits = None, None
+    plans = [task_data(s, task, cfg) for s in stores]
+    rounds = max(len(p) for p in plans)
+    # Round r fits the r-th TaskData of every store that has one (fold r, or the one split).
+    per_round = []
+    for r in range(rounds):
+        live = [i for i, p in enumerate(plans) if r < len(p)]
+        per_round.append((live, make_jobs([stores[i] for i in live], [plans[i][r] for i in live], cfg)))
+    bar = None
     if progress:
         from tqdm.auto import tqdm
 
@@ -94,19 +162,57 @@ def run_task(stores: list[Store], task: str, cfg: ProbeConfig, progress: bool = 
         if cfg.mlp:
             from .mlp import eligible
 
-            n_mlp = sum(eligible(j) for j in jobs)
-        bar = tqdm(total=len(jobs) + n_mlp, desc=f"probe {task}", unit="probe", leave=False)
+            n_mlp = sum(eligible(j) for _, jobs in per_round for j in jobs)
+        bar = tqdm(total=sum(len(j) for _, j in per_round) + n_mlp, desc=f"probe {task}", unit="probe", leave=False)
     try:
         log = bar.update if bar is not None else None
-        fits = fit(jobs, cfg, log)
-        if cfg.mlp:
-            from .mlp import fit_mlp_jobs
-
-            mlp_fits = fit_mlp_jobs(jobs, cfg, resolve_device(cfg.device), log)
+        fitted = [(live, jobs, *_fit_all(jobs, cfg, log)) for live, jobs in per_round]
     finally:
         if bar is not None:
             bar.close()
-    return pd.DataFrame(evaluate(jobs, fits, cfg, mlp_fits), columns=COLUMNS)
+    jobs, fits, mlps, pooled = [], [], [], {}
+    for si, plan in enumerate(plans):
+        mine = []  # per round: this store's (jobs, fits, mlp fits)
+        for live, rj, rf, rm in fitted:
+            if si in live:
+                idx = [k for k, j in enumerate(rj) if j.store is stores[si]]
+                mine.append(([rj[k] for k in idx], [rf[k] for k in idx], [rm[k] for k in idx] if rm else None))
+        if len(plan) == 1:
+            j, f, m = mine[0]
+        else:
+            j, f, m, pool = _pool_folds(plan, mine)
+            pooled[id(pool.td)] = pool
+        jobs += j
+        fits += f
+        mlps += m if m is not None else [None] * len(j)
+    return pd.DataFrame(evaluate(jobs, fits, cfg, mlps if cfg.mlp else None, pooled), columns=COLUMNS)
+
+
+def _pool_folds(folds: list[TaskData], per_fold) -> tuple[list[Job], list[JobFit], list | None, Pooled]:
+    """Pooled jobs and fits of one store's folds: test predictions concatenated in fold order."""
+    pool = pool_tasks(folds)
+    td = pool.td
+    jobs, fits, mlps = [], [], []
+    first_jobs, first_fits, first_mlp = per_fold[0]
+    for k, job in enumerate(first_jobs):
+        fjobs = [pf[0][k] for pf in per_fold]
+        ffits = [pf[1][k] for pf in per_fold]
+        y = {s: (cv_pool_labels(folds[:1], td, [job.y[s]]) if td.categorical else job.y[s]) for s in ("train", "val")}
+        y["test"] = cv_pool_labels(folds, td, [j.y["test"] for j in fjobs])
+        jobs.append(Job(job.store, job.rep, td, y, job.control))
+        lookup = None
+        if all(f.lookup_test is not None for f in ffits):
+            lookup = cv_pool_labels(folds, td, [f.lookup_test for f in ffits])
+        fits.append(dataclasses.replace(
+            ffits[0], pred_test=cv_pool_labels(folds, td, [f.pred_test for f in ffits]), lookup_test=lookup,
+            l2=float(np.median([f.l2 for f in ffits]))))
+        if first_mlp is not None and first_mlp[k] is not None:
+            ms = [pf[2][k] for pf in per_fold]
+            mlps.append(dataclasses.replace(ms[0], pred_test=cv_pool_labels(folds, td, [m.pred_test for m in ms]),
+                                            weight_decay=float(np.median([m.weight_decay for m in ms]))))
+        else:
+            mlps.append(None)
+    return jobs, fits, mlps if first_mlp is not None else None, pool
 
 
 # -- evaluation --------------------------------------------------------------
@@ -167,8 +273,10 @@ def _scores(td: TaskData, y_true: np.ndarray, pred: np.ndarray, rs: Resampling) 
     return {k: (float(v), None if reps is None else reps[k], None if jack is None else jack[k]) for k, v in val.items()}
 
 
-def _chance(td: TaskData, y_train: np.ndarray, y_test: np.ndarray, rs: Resampling) -> dict[str, tuple[float, float]]:
-    """metric -> (majority / train-mean predictor, uniform guessing)."""
+def _chance(td: TaskData, y_train: np.ndarray, y_test: np.ndarray, rs: Resampling,
+            base_pred: np.ndarray | None = None) -> dict[str, tuple[float, float]]:
+    """metric -> (majority class / train-mean predictor, uniform guessing among the train classes).
+    ``base_pred``: that predictor's test predictions when it is not one constant (cross-validation folds)."""
     if td.open_set:
         # Identification among the test classes: guessing the most frequent one, or any one uniformly.
         _, yi = np.unique(y_test, return_inverse=True)
@@ -179,11 +287,14 @@ def _chance(td: TaskData, y_train: np.ndarray, y_test: np.ndarray, rs: Resamplin
         return {"accuracy": (maj["accuracy"], uni["accuracy"]), "macro_f1": (maj["macro_f1"], uni["macro_f1"]),
                 "eer": (0.5, 0.5)}
     if td.categorical:
-        maj = M.majority_chance(y_train, y_test, td.n_classes)
+        if base_pred is None:
+            base_pred = np.full(len(y_test), int(np.bincount(y_train, minlength=td.n_classes).argmax()))
+        maj = {"accuracy": M.accuracy(y_test, base_pred), "macro_f1": M.macro_f1(y_test, base_pred, td.n_classes)}
         uni = M.uniform_chance(y_test, td.n_train_classes, td.n_classes)
         return {k: (maj[k], uni[k]) for k in maj}
-    pred = np.full(len(y_test), float(np.mean(y_train)))
-    s = M.reg_metrics(M.reg_stats(y_test, pred, rs.units, rs.n_units, td.is_f0), cents=td.is_f0)
+    if base_pred is None:
+        base_pred = np.full(len(y_test), float(np.mean(y_train)))
+    s = M.reg_metrics(M.reg_stats(y_test, base_pred, rs.units, rs.n_units, td.is_f0), cents=td.is_f0)
     return {k: (float(v), float("nan")) for k, v in s.items()}
 
 
@@ -210,23 +321,11 @@ def _selectivity(task_found, scores, chance) -> dict[str, Score]:
     return sel
 
 
-def target_range(td: TaskData) -> tuple[float, float]:
-    """Regression targets: (share of test targets outside the train range [1st, 99th percentile],
-    share of the train range [5th, 95th] covered by the test targets' [5th, 95th])."""
-    if td.categorical or not len(td.y["test"]):
-        return float("nan"), float("nan")
-    ytr, yte = td.y["train"], td.y["test"]
-    lo, hi = np.quantile(ytr, [0.01, 0.99])
-    out = float(np.mean((yte < lo) | (yte > hi)))
-    a, b = np.quantile(ytr, [0.05, 0.95])
-    c, d = np.quantile(yte, [0.05, 0.95])
-    cover = max(0.0, min(b, d) - max(a, c)) / (b - a) if b > a else float("nan")
-    return out, float(cover)
-
-
 def evaluate(jobs: list[Job], fits: list[JobFit], cfg: ProbeConfig,
-             mlp_fits: list | None = None) -> list[dict[str, Any]]:
-    """Tidy rows of every fitted probe; ``mlp_fits`` (job order, None where not fitted) adds the MLP's rows."""
+             mlp_fits: list | None = None, pooled: dict[int, Pooled] | None = None) -> list[dict[str, Any]]:
+    """Tidy rows of every fitted probe; ``mlp_fits`` (job order, None where not fitted) adds the MLP's rows;
+    ``pooled`` (by id of TaskData) the cross-validated tasks' fold-wise baselines."""
+    pooled = pooled or {}
     rows: list[dict[str, Any]] = []
     names = display_names(list({id(j.store): j.store for j in jobs}.values()))
     boots: dict[int, tuple[Resampling, tuple[float, float]]] = {}
@@ -234,8 +333,11 @@ def evaluate(jobs: list[Job], fits: list[JobFit], cfg: ProbeConfig,
     mlp_reps: dict[tuple[int, Repr], dict] = {}
     for i, (job, f) in enumerate(zip(jobs, fits)):
         td, key = job.td, id(job.td)
+        pool = pooled.get(key)
         if key not in boots:
-            boots[key] = (resampling(job.store, td, cfg), target_range(td))
+            rng_ = pool.target_range if pool is not None else (
+                (np.nan, np.nan) if td.categorical else target_range(td.y["train"], td.y["test"]))
+            boots[key] = (resampling(job.store, td, cfg), rng_)
         rs, (outside, cover) = boots[key]
         base = {
             "store": names[id(job.store)], "codec": job.store.codec.get("spec", ""), "representation": job.rep.name,
@@ -258,7 +360,7 @@ def evaluate(jobs: list[Job], fits: list[JobFit], cfg: ProbeConfig,
                              "p_value": p, "l2": l2, "backend": backend})
 
         yt = job.y["test"]
-        chance = _chance(td, job.y["train"], yt, rs)
+        chance = _chance(td, job.y["train"], yt, rs, pool.chance_pred if pool is not None and not job.control else None)
         scores = _scores(td, yt, f.pred_test, rs)
         if td.open_set and f.emb_test is not None:
             scores["eer"] = (M.equal_error_rate(f.emb_test, yt, td.groups["test"], seed=cfg.seed), None, None)
