@@ -60,7 +60,7 @@ def test_predefined_split_column_is_honoured():
 # -- item 11: speaker-fold cross-validation -------------------------------------
 def test_few_speakers_use_speaker_fold_cv_and_test_every_speaker(tmp_path):
     p = planted_store(tmp_path / "cv", n_utt=48, n_speakers=12, seed=3)
-    df = run_probes([p], ProbeConfig(task=("f0", "phone"), repr="layer:1,layer:3", bootstrap=200, control="none"))
+    df = run_probes([p], ProbeConfig(task=("f0", "phone"), repr="layer:1,layer:3", bootstrap=200))
     s = Store(p)
     assert set(df["split"]) == {"cv_spk"} and set(df["unit"]) == {"speaker"}
     assert set(df["n_test_units"]) == {12}  # every speaker tested once, pooled
@@ -70,6 +70,11 @@ def test_few_speakers_use_speaker_fold_cv_and_test_every_speaker(tmp_path):
     assert f0.loc["layer:3", "value"] > 0.5 and f0.loc["layer:3", "p_value"] < 0.05  # the F0 carrier
     ph = df[(df.task == "phone") & (df.probe == "linear") & (df.metric == "macro_f1")].set_index("representation")
     assert ph.loc["layer:1", "value"] > 0.8 and ph.loc["layer:3", "p_value"] > 0.05
+    # Controls are pooled over the folds too. Layer 3's codes are random for phone, but its 32 vectors let a
+    # linear probe read any function of the code, the control included: the task does not beat its control.
+    sel = df[(df.task == "phone") & (df.probe == "selectivity") & (df.metric == "accuracy")].set_index("representation")
+    assert sel.loc["layer:3", "value"] < 0 and sel.loc["layer:3", "p_value"] > 0.05
+    assert sel.loc["layer:1", "split"] == "cv_spk"
 
 
 def test_enough_test_speakers_keep_the_split(tmp_path):

@@ -225,7 +225,7 @@ def test_errors_are_clear(tmp_path):
 
 def test_open_set_speaker_on_held_out_speakers(tmp_path):
     """Speaker-disjoint speaker probing: identify held-out speakers with the probe's class scores."""
-    p = planted_store(tmp_path / "o", n_utt=400, n_speakers=40, frames=(20, 40), seed=5)
+    p = planted_store(tmp_path / "o", n_utt=400, n_speakers=40, frames=(20, 40), codebook_size=128, seed=5)
     df = run_probes([p], ProbeConfig(task=("speaker",), repr="layer:2,layer:4", level="utterance", split="spk",
                                      bootstrap=200))
     assert set(df["probe"]) == {"linear"}  # no control for open-set

@@ -27,9 +27,11 @@ COLUMNS = [
     "test_outside_train", "test_covers_train",
 ]
 SPEAKER_DISJOINT = ("split_spk", "cv_spk")
+"""Split columns whose test speakers are unseen in train (the bootstrap then resamples speakers)."""
 SEMITONES = "f0_st"
 """The speaker-normalised F0 task (semitones re the speaker's median F0)."""
-"""Split columns whose test speakers are unseen in train (the bootstrap then resamples speakers)."""
+MIN_CONTROL_COVERAGE = 0.9
+"""A code control needs at least this share of test rows whose code (tuple) occurs in train."""
 
 
 def open_store_list(stores: Sequence[Store | str]) -> list[Store]:
@@ -62,10 +64,6 @@ def _control(store: Store, rep: Repr, td: TaskData, cfg: ProbeConfig, seed: int)
         # representation holds and selectivity would only restate task - chance. Not reported.
         return None
     return control_labels(types, td.y["train"], seed)
-
-
-MIN_CONTROL_COVERAGE = 0.9
-"""A code control needs at least this share of test rows whose code (tuple) occurs in train."""
 
 
 def control_coverage(types: dict[str, np.ndarray]) -> float:
@@ -126,7 +124,7 @@ def semitone_task(store: Store, td: TaskData) -> TaskData:
     """F0 as semitones relative to the speaker's median F0 (over all of the speaker's voiced rows):
     the pitch contour, without the between-speaker differences that dominate Hz on held-out speakers."""
     if "speaker" not in store.utterances.columns:
-        raise CodeclensError(f"{store.path}: f0_st needs a speaker column (give --f0-semitones false)")
+        raise CodeclensError(f"{store.path}: f0_st needs a speaker column (or give --no-f0-semitones)")
     spk = store.utterances["speaker"].astype(str).to_numpy()
     groups = np.concatenate([td.groups[s] for s in SPLITS_])
     hz = np.concatenate([td.y[s] for s in SPLITS_])
@@ -189,14 +187,20 @@ def run_task(stores: list[Store], task: str, cfg: ProbeConfig, progress: bool = 
 
 
 def _pool_folds(folds: list[TaskData], per_fold) -> tuple[list[Job], list[JobFit], list | None, Pooled]:
-    """Pooled jobs and fits of one store's folds: test predictions concatenated in fold order."""
+    """Pooled jobs and fits of one store's folds: test predictions concatenated in fold order.
+    A probe is pooled when every fold has it (a control can be missing in a fold, see _control)."""
     pool = pool_tasks(folds)
     td = pool.td
+    index = [{(j.rep, j.control): k for k, j in enumerate(pf[0])} for pf in per_fold]
     jobs, fits, mlps = [], [], []
-    first_jobs, first_fits, first_mlp = per_fold[0]
-    for k, job in enumerate(first_jobs):
-        fjobs = [pf[0][k] for pf in per_fold]
-        ffits = [pf[1][k] for pf in per_fold]
+    first_jobs, _, first_mlp = per_fold[0]
+    for job in first_jobs:
+        key = (job.rep, job.control)
+        if not all(key in ix for ix in index):
+            continue
+        at = [ix[key] for ix in index]
+        fjobs = [pf[0][k] for pf, k in zip(per_fold, at)]
+        ffits = [pf[1][k] for pf, k in zip(per_fold, at)]
         y = {s: (cv_pool_labels(folds[:1], td, [job.y[s]]) if td.categorical else job.y[s]) for s in ("train", "val")}
         y["test"] = cv_pool_labels(folds, td, [j.y["test"] for j in fjobs])
         jobs.append(Job(job.store, job.rep, td, y, job.control))
@@ -206,8 +210,8 @@ def _pool_folds(folds: list[TaskData], per_fold) -> tuple[list[Job], list[JobFit
         fits.append(dataclasses.replace(
             ffits[0], pred_test=cv_pool_labels(folds, td, [f.pred_test for f in ffits]), lookup_test=lookup,
             l2=float(np.median([f.l2 for f in ffits]))))
-        if first_mlp is not None and first_mlp[k] is not None:
-            ms = [pf[2][k] for pf in per_fold]
+        ms = [pf[2][k] if pf[2] is not None else None for pf, k in zip(per_fold, at)]
+        if all(m is not None for m in ms):
             mlps.append(dataclasses.replace(ms[0], pred_test=cv_pool_labels(folds, td, [m.pred_test for m in ms]),
                                             weight_decay=float(np.median([m.weight_decay for m in ms]))))
         else:
