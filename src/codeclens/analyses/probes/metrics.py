@@ -328,8 +328,9 @@ def nearest_centroid_loo(emb: np.ndarray, y: np.ndarray, groups: np.ndarray | No
     own_norm = np.linalg.norm(own, axis=1)
     ok = own_norm > 1e-12
     # Distinct utterances per class (a class with one utterance cannot be identified).
-    pairs = np.unique(np.stack([yi, g]), axis=1)
-    n_utts = np.bincount(pairs[0], minlength=len(classes))
+    n_g = int(g.max()) + 1 if len(g) else 1
+    pairs = np.unique(yi.astype(np.int64) * n_g + g)
+    n_utts = np.bincount(pairs // n_g, minlength=len(classes))
     sims[np.arange(len(e)), yi] = np.where(ok, (e * own).sum(1) / np.maximum(own_norm, 1e-12), -np.inf)
     pred = classes[sims.argmax(1)]
     return np.where((n_utts[yi] > 1) & ok, pred, -1)

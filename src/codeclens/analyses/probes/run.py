@@ -67,10 +67,12 @@ def _control(store: Store, rep: Repr, td: TaskData, cfg: ProbeConfig, seed: int)
 
 
 def control_coverage(types: dict[str, np.ndarray]) -> float:
-    """Share of test rows whose type occurs in train."""
+    """Share of test rows whose type (an integer id) occurs in train."""
     if not len(types["test"]):
         return float("nan")
-    return float(np.isin(types["test"], np.unique(types["train"])).mean())
+    n = int(max(types["train"].max(initial=-1), types["test"].max())) + 1
+    seen = np.bincount(types["train"], minlength=n) > 0
+    return float(seen[types["test"]].mean())
 
 
 def make_jobs(stores: list[Store], tds: list[TaskData], cfg: ProbeConfig) -> list[Job]:
@@ -233,19 +235,26 @@ class Resampling:
     """[B, U] bootstrap multiplicities (None without --bootstrap)."""
 
 
+def _dense(ids: np.ndarray, n: int) -> np.ndarray:
+    """Ids in [0, n) renumbered 0..m-1 in order, without sorting the rows (O(rows + n))."""
+    present = np.zeros(n + 1, bool)
+    present[ids] = True
+    return (np.cumsum(present) - 1)[ids]
+
+
 def resampling(store: Store, td: TaskData, cfg: ProbeConfig) -> Resampling:
     """Speakers on speaker-disjoint splits, utterances otherwise. (Not utterances within
     speakers: with one test utterance per speaker that has no variation at all; macro-F1
     instead keeps the full sample's class set, see metrics.class_metrics.)"""
     utt = np.asarray(td.groups["test"], np.int64)
-    spk = store.utterances["speaker"].astype(str).to_numpy() if "speaker" in store.utterances.columns else None
-    if spk is not None and td.split_column in SPEAKER_DISJOINT:
-        _, units = np.unique(spk[utt], return_inverse=True)
+    if "speaker" in store.utterances.columns and td.split_column in SPEAKER_DISJOINT:
+        _, spk = np.unique(store.utterances["speaker"].astype(str).to_numpy(), return_inverse=True)
+        spk = spk.reshape(-1)
+        units = _dense(spk[utt], int(spk.max()) + 1)
         unit = "speaker"
     else:
-        _, units = np.unique(utt, return_inverse=True)
+        units = _dense(utt, store.n_utterances)
         unit = "utterance"
-    units = units.reshape(-1)
     n = int(units.max()) + 1 if len(units) else 0
     w = M.bootstrap_weights(n, cfg.bootstrap, cfg.seed) if cfg.bootstrap and n > 1 else None
     return Resampling(units, n, unit, w)
@@ -347,7 +356,8 @@ def evaluate(jobs: list[Job], fits: list[JobFit], cfg: ProbeConfig,
             "store": names[id(job.store)], "codec": job.store.codec.get("spec", ""), "representation": job.rep.name,
             "kind": job.rep.kind, "layer": job.rep.layer if job.rep.layer is not None else np.nan,
             "task": td.task, "column": td.column, "n_train": len(td.rows["train"]), "n_test": len(td.rows["test"]),
-            "n_test_utterances": len(np.unique(td.groups["test"])), "n_test_units": rs.n_units, "unit": rs.unit,
+            "n_test_utterances": int(np.count_nonzero(np.bincount(td.groups["test"], minlength=1))),
+            "n_test_units": rs.n_units, "unit": rs.unit,
             "split": td.split_column, "level": td.level, "backend": cfg.backend,
             "test_outside_train": outside, "test_covers_train": cover,
         }
