@@ -42,7 +42,7 @@ def test_removing_or_adding_utterances_moves_no_other_utterance():
     assert not add_splits(_utts(), seed=1)["split_utt"].equals(base["split_utt"])  # seeded
 
 
-def test_predefined_split_column_is_honoured():
+def test_predefined_split_column_is_honoured(tmp_path):
     u = _utts()
     spk_num = u["speaker"].str[1:].astype(int)
     u["split"] = np.where(spk_num < 20, "train", np.where(spk_num < 24, "validation", "test"))
@@ -52,6 +52,11 @@ def test_predefined_split_column_is_honoured():
     u["split"] = np.where(np.arange(len(u)) % 7 == 0, "TEST", "Train")  # not speaker-disjoint: split_utt
     s = add_splits(u)
     assert (s["split_utt"] == np.where(np.arange(len(u)) % 7 == 0, "test", "train")).all()
+    # Through the store writer: a corpus split column survives into the store's split_spk.
+    u = _utts(60, 12)
+    u["split"] = np.where(u["speaker"].str[1:].astype(int) < 8, "train", np.where(u["speaker"] < "s010", "dev", "test"))
+    st = Store(write_store(tmp_path / "own", np.zeros((600, 1), np.int64), [np.eye(2, dtype=np.float32)], u, None))
+    assert (st.utterances["split_spk"].to_numpy() == u["split"].replace({"dev": "val"}).to_numpy()).all()
     u["split"] = "holdout"
     with pytest.raises(CodeclensError, match="unknown value"):
         add_splits(u)

@@ -112,17 +112,17 @@ def summary(df: pd.DataFrame) -> str:
         if d.empty:
             continue
         unit = str(d["unit"].iloc[0]) if "unit" in d else "utterance"
-        cv = " (speaker-fold cross-validation)" if str(d["split"].iloc[0]) == "cv_spk" else ""
+        cv = ", speaker-fold cross-validation" if str(d["split"].iloc[0]) == "cv_spk" else ""
         p = holm(d["p_value"].to_numpy()) if "p_value" in d else np.full(len(d), np.nan)
         above = d[p < ALPHA]
         tested = np.isfinite(p).any()
         pool = above if len(above) else d
         best = pool.loc[pool["value"].idxmax()]
-        ci = f"95% CI {best['ci_low']:.3f}-{best['ci_high']:.3f} over test {unit}s" if np.isfinite(best["ci_low"]) else \
-            "no interval"
+        ci = (f"95% CI {best['ci_low']:.3f}-{best['ci_high']:.3f} over test {unit}s" if np.isfinite(best["ci_low"])
+              else "no interval") + cv
         chance = best.get("chance", np.nan)
         if tested and not len(above):
-            lines.append(f"{store}: no representation decodes {task} above chance{cv} (best {best['representation']}: "
+            lines.append(f"{store}: no representation decodes {task} above chance (best {best['representation']}: "
                          f"{m} {best['value']:.3f}, {ci}; chance {chance:.3f}).")
         else:
             n = f"{len(above)} of {len(d)} representations above chance; " if tested else ""
@@ -131,7 +131,7 @@ def summary(df: pd.DataFrame) -> str:
             ctrl = ""
             if len(sel) and np.isfinite(sel["p_value"].iloc[0]) and sel["p_value"].iloc[0] >= ALPHA:
                 ctrl = " but not above its control task"
-            lines.append(f"{store}: {task} is best decoded from {best['representation']}{cv} ({m} {best['value']:.3f}, "
+            lines.append(f"{store}: {task} is best decoded from {best['representation']} ({m} {best['value']:.3f}, "
                          f"{ci}; {n}chance {chance:.3f}){ctrl}.")
         lines += [f"{store}: {w}." for w in _warnings(d, task)]
     return " ".join(lines)
