@@ -177,6 +177,10 @@ def test_probe_cache_is_keyed_on_store_content(tmp_path):
     first = pd.read_csv(out / "probes.csv")
     acc = lambda d: d[(d.metric == "accuracy") & (d.probe == "linear")]["value"].iloc[0]  # noqa: E731
     assert acc(first) > 0.8
+    (cached,) = (out / "tasks").glob("phone-*.csv")
+    stamp = cached.stat().st_mtime_ns
+    assert main(args) == 0  # same content: resumed from tasks/, not refitted
+    assert cached.stat().st_mtime_ns == stamp and len(list((out / "tasks").glob("phone-*.csv"))) == 1
     # Relabel as `codeclens label` would: rewrite the frame table (phones shuffled across frames).
     fr = pd.read_parquet(p / "frames.parquet")
     fr["phone"] = np.random.default_rng(0).permutation(fr["phone"].to_numpy())
