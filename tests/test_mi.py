@@ -106,7 +106,12 @@ def test_categorical_bracket_contains_code_label_mi(rng):
 # -- analysis + CLI -----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
-    return make_planted_store(tmp_path_factory.mktemp("mi") / "store")
+    p = make_planted_store(tmp_path_factory.mktemp("mi") / "store")
+    # Every speaker in both parts: hashed splits can leave one of 6 utterances' speakers out of test.
+    u = pd.read_parquet(p / "utterances.parquet")
+    u["split_utt"] = np.where(np.arange(len(u)) % 3 == 2, "test", "train")
+    u.to_parquet(p / "utterances.parquet", index=False)
+    return p
 
 
 def test_cli_mi_on_planted_store(planted, tmp_path):

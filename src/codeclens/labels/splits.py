@@ -1,54 +1,80 @@
-"""Seeded train/val/test splits saved with the store.
+"""Train/val/test splits saved with the store, from stable seeded hashes of ids.
 
-- ``split_utt``: utterance-level, stratified by speaker (every speaker appears in
-  every split it can): for closed-set speaker tasks.
-- ``split_spk``: speaker-disjoint, stratified by accent when there is one: for
-  accent and other open-set tasks.
-A manifest's own ``split`` column is kept as it is.
+- ``split_utt``: utterance-level (a speaker's utterances spread over the splits):
+  for closed-set speaker tasks. Each utterance's split is a hash of
+  (seed, speaker, utterance id).
+- ``split_spk``: speaker-disjoint (all of a speaker's utterances in one split):
+  for accent, phone, F0 and other tasks that must generalise to new speakers.
+  Each speaker's split is a hash of (seed, speaker).
+
+An item's split depends on its own id and the seed only, never on its position
+in the utterance list or on which other utterances exist: two stores of one
+corpus that differ by skipped utterances put every shared utterance in the same
+split, so codec comparisons are on the same test data. (The price: fractions are
+70/10/20 in expectation, not exactly, and a speaker with very few utterances may
+have none in some split.)
+
+A corpus's own ``split`` column (e.g. Vox-Profile's speaker-disjoint
+train/validation/test) is honoured: when it keeps every speaker in one split it
+becomes ``split_spk``, otherwise ``split_utt``; the other column is hashed.
 """
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pandas as pd
 
+from ..errors import CodeclensError
+
 FRACTIONS = (0.7, 0.1, 0.2)  # train, val, test
 NAMES = np.array(["train", "val", "test"])
+PREDEFINED = "split"
+"""Utterance column holding a corpus's own split."""
+ALIASES = {
+    "train": "train", "training": "train", "trn": "train",
+    "val": "val", "valid": "val", "validation": "val", "dev": "val", "development": "val",
+    "test": "test", "eval": "test", "evaluation": "test", "tst": "test",
+}
 
 
-def _assign(n: int, rng: np.random.Generator) -> np.ndarray:
-    """Split labels for n shuffled items; small groups still get a test item first."""
-    order = rng.permutation(n)
-    if n == 1:
-        labels = np.array([0])
-    elif n == 2:
-        labels = np.array([0, 2])
-    elif n <= 4:
-        labels = np.array([0] * (n - 2) + [1, 2])
-    else:
-        n_test = max(1, int(round(FRACTIONS[2] * n)))
-        n_val = max(1, int(round(FRACTIONS[1] * n)))
-        labels = np.array([0] * (n - n_test - n_val) + [1] * n_val + [2] * n_test)
-    out = np.empty(n, dtype=np.int64)
-    out[order] = labels
+def unit_interval(seed: int, *parts: str) -> np.ndarray:
+    """A stable pseudo-uniform number in [0, 1) per item, from the seed and the item's id parts
+    (blake2b, so it is the same on every machine, Python and numpy version)."""
+    out = np.empty(len(parts[0]), np.float64)
+    for i, key in enumerate(zip(*parts)):
+        h = hashlib.blake2b("\x1f".join((str(seed),) + tuple(map(str, key))).encode(), digest_size=8).digest()
+        out[i] = int.from_bytes(h, "big") / 2.0**64
     return out
+
+
+def hashed_split(seed: int, *parts: str) -> np.ndarray:
+    """'train' / 'val' / 'test' per item by the FRACTIONS thresholds on its hash."""
+    u = unit_interval(seed, *parts)
+    edges = np.cumsum(FRACTIONS)[:-1]
+    return NAMES[np.searchsorted(edges, u, side="right")]
+
+
+def normalise_split(values: pd.Series) -> np.ndarray:
+    v = values.astype(str).str.strip().str.lower()
+    bad = sorted(set(v) - set(ALIASES))
+    if bad:
+        raise CodeclensError(
+            f"split column: unknown value(s) {', '.join(map(repr, bad[:5]))}; use train/val/test "
+            f"(or {', '.join(sorted(set(ALIASES) - {'train', 'val', 'test'}))})"
+        )
+    return v.map(ALIASES).to_numpy()
 
 
 def add_splits(utts: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     utts = utts.copy()
-    rng = np.random.default_rng(seed)
     speakers = utts["speaker"].astype(str).to_numpy()
-    split_utt = np.zeros(len(utts), dtype=np.int64)
-    for spk in sorted(set(speakers)):
-        idx = np.flatnonzero(speakers == spk)
-        split_utt[idx] = _assign(len(idx), rng)
-    utts["split_utt"] = NAMES[split_utt]
-
-    strata = utts["accent"].astype(str).to_numpy() if "accent" in utts.columns else np.array([""] * len(utts))
-    spk_split: dict[str, int] = {}
-    for stratum in sorted(set(strata)):
-        spks = sorted(set(speakers[strata == stratum]) - set(spk_split))
-        for spk, lab in zip(spks, _assign(len(spks), rng)):
-            spk_split[spk] = int(lab)
-    utts["split_spk"] = NAMES[[spk_split[s] for s in speakers]]
+    ids = utts["id"].astype(str).to_numpy() if "id" in utts.columns else utts.index.astype(str).to_numpy()
+    utts["split_utt"] = hashed_split(seed, np.full(len(utts), "utt"), speakers, ids)
+    utts["split_spk"] = hashed_split(seed, np.full(len(utts), "spk"), speakers)
+    if PREDEFINED in utts.columns and utts[PREDEFINED].notna().all() and len(utts):
+        own = normalise_split(utts[PREDEFINED])
+        disjoint = pd.Series(own).groupby(speakers).nunique().max() == 1
+        utts["split_spk" if disjoint else "split_utt"] = own
     return utts

@@ -8,6 +8,7 @@ LEVELS = ("frame", "utterance")
 BACKENDS = ("torch", "sklearn")
 SPLITS = ("auto", "utt", "spk")
 CONTROLS = ("code", "type", "none")
+CV = ("auto", "on", "off")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,8 +25,21 @@ class ProbeConfig:
     """Torch device (auto: CUDA when present)."""
     split: str = "auto"
     """auto (speaker tasks: split_utt, closed-set; others: split_spk, speaker-disjoint), utt or spk."""
+    cv: str = "auto"
+    """Speaker-fold cross-validation for speaker-disjoint tasks (test predictions of all folds pooled): auto (when
+    split_spk holds fewer than --min-test-speakers test speakers), on, off."""
+    folds: int = 5
+    """Folds over speakers when cross-validating (fold f test, fold f+1 val, the rest train)."""
+    min_test_speakers: int = 8
+    """cv=auto cross-validates when the speaker-disjoint split has fewer test speakers than this."""
     l2: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2)
-    """L2 strengths tried (mean loss + l2*|W|^2 on whitened features); the best on the val split is kept."""
+    """L2 strengths of logistic probes (mean loss + l2*|W|^2 on whitened features); the best on val is kept."""
+    ridge_l2: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
+    """L2 strengths of ridge probes, on the whitened scale (unit variance per direction: l2 = 1 halves each
+    coefficient), so the grid spans no to strong shrinkage; all strengths cost one eigendecomposition."""
+    f0_semitones: bool = True
+    """With task f0, also probe f0_st: semitones relative to the speaker's median F0 (pitch contour without
+    the speaker's mean pitch)."""
     l1: float = 0.0
     """Optional L1 strength (proximal gradient; 0 = off)."""
     balance: bool = False
@@ -39,7 +53,8 @@ class ProbeConfig:
     lookup: bool = True
     """Report the code-lookup upper bound (majority train label per code) beside layer:k probes."""
     bootstrap: int = 1000
-    """Bootstrap resamples of test utterances for the 95 percent CIs (0 = none)."""
+    """Bootstrap replicates for the 95 percent BCa intervals and the tests against chance; they resample test
+    speakers on speaker-disjoint splits, test utterances otherwise (0 = none)."""
     max_train_frames: int | None = None
     """Subsample train utterances to at most this many frames (None: all)."""
     memory_mb: int = 1024
@@ -70,6 +85,14 @@ class ProbeConfig:
             raise ValueError(f"control must be one of {', '.join(CONTROLS)}")
         if not self.l2 or any(v < 0 for v in self.l2):
             raise ValueError("l2 needs at least one value, all >= 0")
+        if not self.ridge_l2 or any(v < 0 for v in self.ridge_l2):
+            raise ValueError("ridge_l2 needs at least one value, all >= 0")
+        if self.cv not in CV:
+            raise ValueError(f"cv must be one of {', '.join(CV)}")
+        if self.folds < 3:
+            raise ValueError("folds must be >= 3 (a test, a val and at least one train fold)")
+        if self.min_test_speakers < 0:
+            raise ValueError("min_test_speakers must be >= 0")
         if self.l1 < 0:
             raise ValueError("l1 must be >= 0")
         if self.max_iter < 1 or self.patience < 1:

@@ -98,8 +98,10 @@ def _valid(values: np.ndarray, categorical: bool) -> np.ndarray:
     return ok
 
 
-def gather_task(store: Store, task: str, cfg: ProbeConfig, seed: int | None = None) -> TaskData:
-    """Rows and labels of ``task`` per split; raises CodeclensError for unusable tasks."""
+def gather_task(store: Store, task: str, cfg: ProbeConfig, seed: int | None = None,
+                split: tuple[str, np.ndarray] | None = None) -> TaskData:
+    """Rows and labels of ``task`` per split; raises CodeclensError for unusable tasks.
+    ``split`` = (name, split of every utterance) replaces the store's split column (cross-validation folds)."""
     column = resolve_column(store, task)
     level = cfg.level
     if level == "frame":
@@ -123,10 +125,12 @@ def gather_task(store: Store, task: str, cfg: ProbeConfig, seed: int | None = No
         ok &= np.where(ok, values.astype(np.float64, copy=False) > 0, False) if not categorical else ok
         if level == "frame" and "voiced" in store.frames.columns:
             ok &= store.frames["voiced"].fillna(False).to_numpy().astype(bool)
-    scol = split_column(task, column, cfg)
-    if scol not in store.utterances.columns:
-        raise CodeclensError(f"{store.path}: no split column '{scol}' in the store's utterances")
-    split_all = store.utterances[scol].astype(str).to_numpy()[groups_all]
+    scol, split_utts = split if split is not None else (split_column(task, column, cfg), None)
+    if split_utts is None:
+        if scol not in store.utterances.columns:
+            raise CodeclensError(f"{store.path}: no split column '{scol}' in the store's utterances")
+        split_utts = store.utterances[scol].astype(str).to_numpy()
+    split_all = np.asarray(split_utts)[groups_all]
     rows = {s: np.flatnonzero(ok & (split_all == s)) for s in SPLITS}
     if cfg.max_train_frames is not None and len(rows["train"]) > cfg.max_train_frames:
         rows["train"] = _subsample_by_group(rows["train"], groups_all, cfg.max_train_frames, cfg.seed if seed is None else seed)

@@ -64,16 +64,17 @@ def layer_curves(df: pd.DataFrame, path: str | Path) -> list[Path]:
                 ax.plot([x] * len(mlat), mlat["value"], "X", ms=7, color=c, alpha=0.8, label=f"{store} MLP latent")
             look = ds[(ds["probe"] == "lookup")].sort_values("layer")
             if len(look):
-                ax.plot(look["layer"], look["value"], "-.", lw=1, color=c, label=f"{store} code lookup (bound)")
+                ax.plot(look["layer"], look["value"], "-.", lw=1, color=c, label=f"{store} code lookup (accuracy-optimal)")
             ctrl = ds[(ds["probe"] == "control") & (ds["kind"] == "layer")].sort_values("layer")
             if len(ctrl):
                 ax.plot(ctrl["layer"], ctrl["value"], ":", lw=1.2, color=c, alpha=0.8, label=f"{store} control task")
             # Chance: the better of always-majority and uniform guessing (for macro-F1 the latter is higher).
-            chance = np.fmax(lin["chance_majority"].to_numpy(float), lin["chance_uniform"].to_numpy(float))
+            chance = lin["chance"].to_numpy(float) if "chance" in lin else np.fmax(
+                lin["chance_majority"].to_numpy(float), lin["chance_uniform"].to_numpy(float))
             chance = chance[np.isfinite(chance)]
             if len(chance):
                 ax.axhline(float(chance.mean()), color=c, lw=0.8, ls=(0, (1, 3)), alpha=0.9)
-        ax.axhline(np.nan, color="grey", lw=0.8, ls=(0, (1, 3)), label="chance (majority or uniform guess)")
+        ax.axhline(np.nan, color="grey", lw=0.8, ls=(0, (1, 3)), label="chance (higher of majority and uniform guess)")
         ax.set_title(task)
         ax.set_xlabel("RVQ layer k")
         ax.set_ylabel(f"test {LABELS.get(metric, metric)}")

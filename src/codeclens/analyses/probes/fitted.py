@@ -20,7 +20,6 @@ from ...store import Repr, Store, parse_reprs
 from ...util.atomic import atomic_path
 from . import metrics as M
 from .config import ProbeConfig
-from .data import gather_task
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,18 +112,19 @@ class FittedProbe:
 
 
 def fit_probe(store: Store | str, task: str, repr: str, cfg: ProbeConfig | None = None, **overrides: Any) -> FittedProbe:
-    """Fit one probe (no control) with the usual L2 selection on val; see :class:`ProbeConfig`."""
-    from .run import _scores, _test_groups, fit, make_jobs, open_store_list
+    """Fit one probe (no control) with the usual L2 selection on val; see :class:`ProbeConfig`. When the
+    task would be cross-validated over speakers (few test speakers), this is the probe of the first fold."""
+    from .run import _scores, fit, make_jobs, open_store_list, resampling, task_data
 
     cfg = dataclasses.replace(cfg or ProbeConfig(), **{**overrides, "task": (task,), "repr": repr, "control": "none"})
     (s,) = open_store_list([store])
-    td = gather_task(s, task, cfg)
+    td = task_data(s, task, cfg)[0]  # cross-validated (few speakers): the probe of the first fold
     jobs = make_jobs([s], [td], cfg)
     if len(jobs) != 1:
         raise CodeclensError(f"fit_probe takes one representation, got '{repr}' ({len(jobs)})")
     (f,) = fit(jobs, cfg)
-    g, n = _test_groups(td)
-    scores = {k: v for k, (v, _) in _scores(td, td.y["test"], f.pred_test, g, n, None).items()}
+    rs = resampling(s, td, dataclasses.replace(cfg, bootstrap=0))
+    scores = {k: v for k, (v, _, _) in _scores(td, td.y["test"], f.pred_test, rs).items()}
     return FittedProbe(
         task, td.column, jobs[0].rep.name, td.categorical, td.classes[: td.n_train_classes],
         np.asarray(f.whitener.mean, np.float64), np.asarray(f.whitener.proj, np.float64),

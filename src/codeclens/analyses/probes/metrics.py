@@ -1,9 +1,11 @@
-"""Probe metrics as pure functions, with bootstrap CIs that resample utterances.
+"""Probe metrics as pure functions, with bootstrap CIs that resample the unit that generalises.
 
-Frames of one utterance are not independent, so confidence intervals resample
-whole utterances: every metric is computed from per-utterance sufficient
-statistics (per-class TP/FP/FN counts, or sums of errors), and a bootstrap
-replicate is just a weighted sum of those rows.
+Frames of one utterance (and utterances of one speaker) are not independent, so
+intervals resample whole *units*: speakers when the split is speaker-disjoint,
+utterances (within each speaker) otherwise. Every metric is computed from
+per-unit sufficient statistics (per-class TP/FP/FN counts, or sums of errors)
+made once, so a bootstrap replicate is a weighted sum of unit rows and a
+jackknife replicate is the total less one row: no per-frame work per replicate.
 """
 
 from __future__ import annotations
@@ -21,13 +23,22 @@ def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(np.mean(y_true == y_pred)) if len(y_true) else float("nan")
 
 
-def _f1_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
+def _f1_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, fixed: np.ndarray | None = None) -> np.ndarray:
     """Macro-F1 over classes present in truth or prediction (the scikit-learn convention).
 
     Works on the last axis, so ``[B, C]`` count arrays give ``[B]`` scores.
+    ``fixed`` (a replicate of a full sample) is the full sample's class set as two
+    masks ``[2, C]``: (classes with true rows, classes only predicted). A replicate
+    averages over that fixed set; a true class whose units were all left out of the
+    replicate is skipped rather than scored 0 (scoring it 0 is what biased
+    resampled macro-F1 downwards), and predicted-only classes always score 0.
     """
     denom = 2 * tp + fp + fn
-    present = denom > 0
+    if fixed is None:
+        present = denom > 0
+    else:
+        has_true, pred_only = fixed
+        present = (has_true & ((tp + fn) > 0)) | pred_only
     f1 = np.where(present, 2 * tp / np.maximum(denom, 1e-300), 0.0)
     n_present = present.sum(-1)
     return np.where(n_present > 0, f1.sum(-1) / np.maximum(n_present, 1), np.nan)
@@ -103,8 +114,15 @@ def class_stats(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, n_gr
     )
 
 
+def _class_set(s: ClassStats) -> np.ndarray:
+    tp, fp, fn = s.tp.sum(0), s.fp.sum(0), s.fn.sum(0)
+    has_true = (tp + fn) > 0
+    return np.stack([has_true, ~has_true & (fp > 0)])
+
+
 def class_metrics(s: ClassStats, weights: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Accuracy and macro-F1 from stats; ``weights [B, U]`` gives B bootstrap replicates."""
+    """Accuracy and macro-F1 from stats; ``weights [B, U]`` gives B bootstrap replicates
+    (macro-F1 over the full sample's class set in every replicate)."""
     if weights is None:
         return {
             "accuracy": np.asarray(s.correct.sum() / max(s.n.sum(), 1)),
@@ -113,7 +131,16 @@ def class_metrics(s: ClassStats, weights: np.ndarray | None = None) -> dict[str,
     n = weights @ s.n
     return {
         "accuracy": np.where(n > 0, (weights @ s.correct) / np.maximum(n, 1), np.nan),
-        "macro_f1": _f1_from_counts(weights @ s.tp, weights @ s.fp, weights @ s.fn),
+        "macro_f1": _f1_from_counts(weights @ s.tp, weights @ s.fp, weights @ s.fn, _class_set(s)),
+    }
+
+
+def class_jackknife(s: ClassStats) -> dict[str, np.ndarray]:
+    """Leave-one-unit-out replicates ``[U]`` (the total less one unit's row)."""
+    n = s.n.sum() - s.n
+    return {
+        "accuracy": np.where(n > 0, (s.correct.sum() - s.correct) / np.maximum(n, 1), np.nan),
+        "macro_f1": _f1_from_counts(s.tp.sum(0) - s.tp, s.fp.sum(0) - s.fp, s.fn.sum(0) - s.fn, _class_set(s)),
     }
 
 
@@ -154,30 +181,53 @@ def reg_stats(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, n_grou
     return RegStats(b(np.ones_like(y_true)), b(y_true), b(y_true**2), b(err**2), b(np.abs(err)), sac)
 
 
-def reg_metrics(s: RegStats, weights: np.ndarray | None = None, cents: bool = False) -> dict[str, np.ndarray]:
-    """R^2 (against the test mean), MAE and (for F0) MAE in cents; ``weights [B, U]`` for replicates."""
-    w = np.ones((1, len(s.n))) if weights is None else weights
-    n, sy, syy, sse = w @ s.n, w @ s.sy, w @ s.syy, w @ s.sse
+def _reg_from_sums(n, sy, syy, sse, sae, sac, cents: bool) -> dict[str, np.ndarray]:
     ss_tot = syy - sy**2 / np.maximum(n, 1)
     out = {
         "r2": np.where(ss_tot > 0, 1 - sse / np.maximum(ss_tot, 1e-300), np.nan),
-        "mae": (w @ s.sae) / np.maximum(n, 1),
+        "mae": sae / np.maximum(n, 1),
     }
     if cents:
-        out["mae_cents"] = (w @ s.sac) / np.maximum(n, 1)
+        out["mae_cents"] = sac / np.maximum(n, 1)
+    return out
+
+
+_REG_FIELDS = ("n", "sy", "syy", "sse", "sae", "sac")
+
+
+def reg_metrics(s: RegStats, weights: np.ndarray | None = None, cents: bool = False) -> dict[str, np.ndarray]:
+    """R^2 (against the test mean), MAE and (for F0) MAE in cents; ``weights [B, U]`` for replicates."""
+    w = np.ones((1, len(s.n))) if weights is None else weights
+    out = _reg_from_sums(*(w @ getattr(s, f) for f in _REG_FIELDS), cents=cents)
     if weights is None:
         out = {k: np.asarray(v[0]) for k, v in out.items()}
     return out
 
 
+def reg_jackknife(s: RegStats, cents: bool = False) -> dict[str, np.ndarray]:
+    """Leave-one-unit-out replicates ``[U]``."""
+    return _reg_from_sums(*(getattr(s, f).sum() - getattr(s, f) for f in _REG_FIELDS), cents=cents)
+
+
 # -- bootstrap ---------------------------------------------------------------
-def bootstrap_weights(n_groups: int, n_boot: int, seed: int) -> np.ndarray:
-    """``[B, U]`` multiplicities of each utterance in B resamples (with replacement)."""
+LOWER_IS_BETTER = ("mae", "mae_cents", "eer")
+
+
+def bootstrap_weights(n_units: int, n_boot: int, seed: int) -> np.ndarray:
+    """``[B, U]`` unit weights of B Bayesian-bootstrap replicates (Rubin 1981): Dirichlet(1, ..., 1)
+    weights scaled to sum to U.
+
+    Like the multinomial bootstrap it resamples the units (same first-order
+    behaviour), but every unit keeps a positive weight. With the multinomial
+    bootstrap about a third of the units drop out of each replicate; when a unit
+    is a class's only test utterance (a closed-set speaker task with one test
+    utterance per speaker), the class drops out with it and macro-F1 is then over
+    a different class set in every replicate, biased away from the estimate so far
+    that no interval could hold it. Here the class set is the same in all replicates.
+    """
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n_groups, size=(n_boot, n_groups))
-    w = np.zeros((n_boot, n_groups))
-    np.add.at(w, (np.repeat(np.arange(n_boot), n_groups), idx.ravel()), 1.0)
-    return w
+    g = rng.standard_exponential((n_boot, n_units))
+    return g * (n_units / g.sum(1, keepdims=True))
 
 
 def percentile_ci(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
@@ -190,41 +240,115 @@ def percentile_ci(samples: np.ndarray, level: float = 0.95) -> tuple[float, floa
     return float(lo), float(hi)
 
 
+def bca_ci(estimate: float, samples: np.ndarray, jackknife: np.ndarray | None, level: float = 0.95) -> tuple[float, float]:
+    """Bias-corrected and accelerated bootstrap interval (Efron 1987).
+
+    The bias correction z0 comes from the share of replicates below the estimate
+    (a statistic such as macro-F1 whose replicates are biased gets its interval
+    moved back around the estimate); the acceleration from the unit jackknife.
+    A degenerate replicate distribution (e.g. every replicate at 1.0) gives the
+    estimate itself as the bound on that side, so the interval always holds it.
+    """
+    from scipy.special import ndtr, ndtri
+
+    s = np.asarray(samples, np.float64)
+    s = s[np.isfinite(s)]
+    if not len(s) or not np.isfinite(estimate):
+        return float("nan"), float("nan")
+    B = len(s)
+    frac = (np.sum(s < estimate) + 0.5 * np.sum(s == estimate)) / B
+    z0 = float(ndtri(np.clip(frac, 0.5 / B, 1 - 0.5 / B)))
+    a = 0.0
+    if jackknife is not None:
+        j = np.asarray(jackknife, np.float64)
+        j = j[np.isfinite(j)]
+        if len(j) > 2:
+            d = j.mean() - j
+            den = 6.0 * float(np.sum(d * d)) ** 1.5
+            a = float(np.sum(d**3) / den) if den > 0 else 0.0
+    q = []
+    for z in (ndtri((1 - level) / 2), ndtri((1 + level) / 2)):
+        t = z0 + (z0 + z) / max(1 - a * (z0 + z), 1e-12)
+        q.append(float(ndtr(t)))
+    lo, hi = np.quantile(s, q)
+    return float(min(lo, estimate)), float(max(hi, estimate))
+
+
+def p_above(samples: np.ndarray, bar: float, lower_is_better: bool = False) -> float:
+    """One-sided bootstrap p-value of "the score beats ``bar``" (H0: it does not).
+
+    The share of replicates (of the resampled unit) at or on the wrong side of
+    the bar, with the usual +1 so that p is never 0 from finitely many replicates.
+    """
+    s = np.asarray(samples, np.float64)
+    s = s[np.isfinite(s)]
+    if not len(s) or not np.isfinite(bar):
+        return float("nan")
+    worse = np.sum(s >= bar) if lower_is_better else np.sum(s <= bar)
+    return float((worse + 1) / (len(s) + 1))
+
+
+def chance_bar(metric: str, majority: float, uniform: float) -> float:
+    """The chance level a score must beat: the better of the majority (train-mean) and
+    uniform-guess baselines; for R^2 at least 0 (a constant prediction can reach 0)."""
+    vals = [v for v in (majority, uniform) if np.isfinite(v)]
+    if metric == "r2":
+        vals.append(0.0)
+    if not vals:
+        return float("nan")
+    return float(min(vals) if metric in LOWER_IS_BETTER else max(vals))
+
+
 # -- open-set (held-out classes, e.g. speakers) -------------------------------
 def _unit(emb: np.ndarray) -> np.ndarray:
     e = np.asarray(emb, np.float64)
     return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
 
 
-def nearest_centroid_loo(emb: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Identify each row among the classes present, by cosine to class centroids,
-    its own row left out of its class centroid. Rows whose class has no other
-    row cannot be identified: they get -1 (they still act as distractors)."""
+def nearest_centroid_loo(emb: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+    """Identify each row among the classes present, by cosine to class centroids.
+
+    The row's whole utterance (``groups``; without it, the row alone) is left out
+    of its class centroid: frames of one utterance share channel and content, so
+    leaving only the frame out lets utterance identity pass for speaker identity.
+    Rows whose class has no other utterance cannot be identified: they get -1
+    (they still act as distractors through their class centroid)."""
     e = _unit(emb)
     y = np.asarray(y)
     classes, yi = np.unique(y, return_inverse=True)
     yi = yi.reshape(-1)
+    g = np.arange(len(e)) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1].reshape(-1)
     S = np.zeros((len(classes), e.shape[1]))
     np.add.at(S, yi, e)
-    cnt = np.bincount(yi, minlength=len(classes))
+    Sg = np.zeros((int(g.max()) + 1 if len(g) else 0, e.shape[1]))
+    np.add.at(Sg, g, e)
     norms = np.maximum(np.linalg.norm(S, axis=1), 1e-12)
     sims = (e @ S.T) / norms[None, :]
-    own = S[yi] - e
+    own = S[yi] - Sg[g]
     own_norm = np.linalg.norm(own, axis=1)
-    sims[np.arange(len(e)), yi] = np.where(own_norm > 1e-12, (e * own).sum(1) / np.maximum(own_norm, 1e-12), -np.inf)
+    ok = own_norm > 1e-12
+    # Distinct utterances per class (a class with one utterance cannot be identified).
+    n_g = int(g.max()) + 1 if len(g) else 1
+    pairs = np.unique(yi.astype(np.int64) * n_g + g)
+    n_utts = np.bincount(pairs // n_g, minlength=len(classes))
+    sims[np.arange(len(e)), yi] = np.where(ok, (e * own).sum(1) / np.maximum(own_norm, 1e-12), -np.inf)
     pred = classes[sims.argmax(1)]
-    return np.where(cnt[yi] > 1, pred, -1)
+    return np.where((n_utts[yi] > 1) & ok, pred, -1)
 
 
-def equal_error_rate(emb: np.ndarray, y: np.ndarray, max_rows: int = 3000, seed: int = 0) -> float:
-    """EER of same-vs-different class decisions by cosine similarity over all row pairs."""
+def equal_error_rate(emb: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None, max_rows: int = 3000,
+                     seed: int = 0) -> float:
+    """EER of same-vs-different class decisions by cosine similarity over row pairs,
+    pairs within one utterance (``groups``) excluded: they share more than the speaker."""
     e, y = _unit(emb), np.asarray(y)
+    g = np.arange(len(e)) if groups is None else np.asarray(groups)
     if len(e) > max_rows:
         pick = np.random.default_rng(seed).choice(len(e), max_rows, replace=False)
-        e, y = e[pick], y[pick]
+        e, y, g = e[pick], y[pick], g[pick]
     iu = np.triu_indices(len(e), 1)
-    scores = (e @ e.T)[iu]
-    same = (y[:, None] == y[None, :])[iu]
+    keep = g[iu[0]] != g[iu[1]]
+    scores = (e @ e.T)[iu][keep]
+    same = (y[iu[0]] == y[iu[1]])[keep]
     n_pos, n_neg = int(same.sum()), int((~same).sum())
     if n_pos == 0 or n_neg == 0:
         return float("nan")

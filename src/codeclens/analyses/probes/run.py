@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -13,14 +14,24 @@ from ...util.device import resolve_device
 from . import metrics as M
 from .config import ProbeConfig
 from .controls import code_types, control_labels, phone_types, selectivity
+from .cv import Pooled, fold_tasks, pool_tasks, target_range, use_cv
+from .cv import pool_labels as cv_pool_labels
+from .data import SPLITS as SPLITS_
 from .data import TaskData, gather_task
 from .torch_backend import Job, JobFit
 
 COLUMNS = [
     "store", "codec", "representation", "kind", "layer", "task", "column", "probe", "metric", "value",
-    "ci_low", "ci_high", "chance_majority", "chance_uniform", "n_train", "n_test", "n_test_utterances",
-    "l2", "split", "level", "backend",
+    "ci_low", "ci_high", "chance_majority", "chance_uniform", "chance", "p_value", "n_train", "n_test",
+    "n_test_utterances", "n_test_units", "unit", "l2", "split", "level", "backend",
+    "test_outside_train", "test_covers_train",
 ]
+SPEAKER_DISJOINT = ("split_spk", "cv_spk")
+"""Split columns whose test speakers are unseen in train (the bootstrap then resamples speakers)."""
+SEMITONES = "f0_st"
+"""The speaker-normalised F0 task (semitones re the speaker's median F0)."""
+MIN_CONTROL_COVERAGE = 0.9
+"""A code control needs at least this share of test rows whose code (tuple) occurs in train."""
 
 
 def open_store_list(stores: Sequence[Store | str]) -> list[Store]:
@@ -47,7 +58,21 @@ def _control(store: Store, rep: Repr, td: TaskData, cfg: ProbeConfig, seed: int)
     if cfg.control == "none" or td.level != "frame" or td.open_set:
         return None
     types = code_types(store, rep, td.rows) if cfg.control == "code" else phone_types(store, td.rows)
+    if control_coverage(types) < MIN_CONTROL_COVERAGE:
+        # Mostly unseen types (code tuples of cumulative:k, k >= 2, and latent on a real codebook): their
+        # control labels are random draws no probe can read, so the control sits at chance whatever the
+        # representation holds and selectivity would only restate task - chance. Not reported.
+        return None
     return control_labels(types, td.y["train"], seed)
+
+
+def control_coverage(types: dict[str, np.ndarray]) -> float:
+    """Share of test rows whose type (an integer id) occurs in train."""
+    if not len(types["test"]):
+        return float("nan")
+    n = int(max(types["train"].max(initial=-1), types["test"].max())) + 1
+    seen = np.bincount(types["train"], minlength=n) > 0
+    return float(seen[types["test"]].mean())
 
 
 def make_jobs(stores: list[Store], tds: list[TaskData], cfg: ProbeConfig) -> list[Job]:
@@ -62,6 +87,9 @@ def make_jobs(stores: list[Store], tds: list[TaskData], cfg: ProbeConfig) -> lis
 
 
 def fit(jobs: list[Job], cfg: ProbeConfig, log: Callable[[int], Any] | None = None) -> list[JobFit]:
+    # Ridge has its own, wider grid (on the whitened scale the logistic grid barely shrinks it).
+    if jobs and not jobs[0].td.categorical:
+        cfg = dataclasses.replace(cfg, l2=cfg.ridge_l2)
     if cfg.backend == "sklearn":
         from .sklearn_backend import fit_jobs as sk_fit
 
@@ -71,18 +99,62 @@ def fit(jobs: list[Job], cfg: ProbeConfig, log: Callable[[int], Any] | None = No
     return fit_jobs(jobs, cfg, resolve_device(cfg.device), log)
 
 
+def expand_tasks(cfg: ProbeConfig) -> tuple[str, ...]:
+    """The tasks to run: f0 brings f0_st (speaker-normalised semitones) along unless turned off."""
+    tasks = list(cfg.task)
+    if cfg.f0_semitones and "f0" in tasks and SEMITONES not in tasks:
+        tasks.insert(tasks.index("f0") + 1, SEMITONES)
+    return tuple(tasks)
+
+
 def run_probes(stores: Sequence[Store | str], cfg: ProbeConfig | None = None, progress: bool = False) -> pd.DataFrame:
     """Fit and evaluate every probe; a tidy DataFrame with :data:`COLUMNS`."""
     cfg = cfg or ProbeConfig()
     stores = open_store_list(stores)
-    frames = [run_task(stores, task, cfg, progress) for task in cfg.task]
+    frames = [run_task(stores, task, cfg, progress) for task in expand_tasks(cfg)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
 
 
+def task_data(store: Store, task: str, cfg: ProbeConfig) -> list[TaskData]:
+    """One TaskData, or one per speaker fold when cross-validating (see cv.use_cv)."""
+    base = "f0" if task == SEMITONES else task
+    tds = fold_tasks(store, base, cfg) if use_cv(store, base, cfg) else [gather_task(store, base, cfg)]
+    return [semitone_task(store, td) for td in tds] if task == SEMITONES else tds
+
+
+def semitone_task(store: Store, td: TaskData) -> TaskData:
+    """F0 as semitones relative to the speaker's median F0 (over all of the speaker's voiced rows):
+    the pitch contour, without the between-speaker differences that dominate Hz on held-out speakers."""
+    if "speaker" not in store.utterances.columns:
+        raise CodeclensError(f"{store.path}: f0_st needs a speaker column (or give --no-f0-semitones)")
+    spk = store.utterances["speaker"].astype(str).to_numpy()
+    groups = np.concatenate([td.groups[s] for s in SPLITS_])
+    hz = np.concatenate([td.y[s] for s in SPLITS_])
+    codes, inv = np.unique(spk[groups], return_inverse=True)
+    med = pd.Series(hz).groupby(inv.reshape(-1)).median().to_numpy()
+    y = {s: 12.0 * np.log2(td.y[s] / med[np.searchsorted(codes, spk[td.groups[s]])]) for s in SPLITS_}
+    return dataclasses.replace(td, task=SEMITONES, column=f"{td.column} (semitones re speaker median)", is_f0=False, y=y)
+
+
+def _fit_all(jobs: list[Job], cfg: ProbeConfig, log) -> tuple[list[JobFit], list | None]:
+    fits = fit(jobs, cfg, log)
+    mlp_fits = None
+    if cfg.mlp:
+        from .mlp import fit_mlp_jobs
+
+        mlp_fits = fit_mlp_jobs(jobs, cfg, resolve_device(cfg.device), log)
+    return fits, mlp_fits
+
+
 def run_task(stores: list[Store], task: str, cfg: ProbeConfig, progress: bool = False) -> pd.DataFrame:
-    tds = [gather_task(s, task, cfg) for s in stores]
-    jobs = make_jobs(stores, tds, cfg)
-    bar, mlp_fits = None, None
+    plans = [task_data(s, task, cfg) for s in stores]
+    rounds = max(len(p) for p in plans)
+    # Round r fits the r-th TaskData of every store that has one (fold r, or the one split).
+    per_round = []
+    for r in range(rounds):
+        live = [i for i, p in enumerate(plans) if r < len(p)]
+        per_round.append((live, make_jobs([stores[i] for i in live], [plans[i][r] for i in live], cfg)))
+    bar = None
     if progress:
         from tqdm.auto import tqdm
 
@@ -90,29 +162,111 @@ def run_task(stores: list[Store], task: str, cfg: ProbeConfig, progress: bool = 
         if cfg.mlp:
             from .mlp import eligible
 
-            n_mlp = sum(eligible(j) for j in jobs)
-        bar = tqdm(total=len(jobs) + n_mlp, desc=f"probe {task}", unit="probe", leave=False)
+            n_mlp = sum(eligible(j) for _, jobs in per_round for j in jobs)
+        bar = tqdm(total=sum(len(j) for _, j in per_round) + n_mlp, desc=f"probe {task}", unit="probe", leave=False)
     try:
         log = bar.update if bar is not None else None
-        fits = fit(jobs, cfg, log)
-        if cfg.mlp:
-            from .mlp import fit_mlp_jobs
-
-            mlp_fits = fit_mlp_jobs(jobs, cfg, resolve_device(cfg.device), log)
+        fitted = [(live, jobs, *_fit_all(jobs, cfg, log)) for live, jobs in per_round]
     finally:
         if bar is not None:
             bar.close()
-    return pd.DataFrame(evaluate(jobs, fits, cfg, mlp_fits), columns=COLUMNS)
+    jobs, fits, mlps, pooled = [], [], [], {}
+    for si, plan in enumerate(plans):
+        mine = []  # per round: this store's (jobs, fits, mlp fits)
+        for live, rj, rf, rm in fitted:
+            if si in live:
+                idx = [k for k, j in enumerate(rj) if j.store is stores[si]]
+                mine.append(([rj[k] for k in idx], [rf[k] for k in idx], [rm[k] for k in idx] if rm else None))
+        if len(plan) == 1:
+            j, f, m = mine[0]
+        else:
+            j, f, m, pool = _pool_folds(plan, mine)
+            pooled[id(pool.td)] = pool
+        jobs += j
+        fits += f
+        mlps += m if m is not None else [None] * len(j)
+    return pd.DataFrame(evaluate(jobs, fits, cfg, mlps if cfg.mlp else None, pooled), columns=COLUMNS)
+
+
+def _pool_folds(folds: list[TaskData], per_fold) -> tuple[list[Job], list[JobFit], list | None, Pooled]:
+    """Pooled jobs and fits of one store's folds: test predictions concatenated in fold order.
+    A probe is pooled when every fold has it (a control can be missing in a fold, see _control)."""
+    pool = pool_tasks(folds)
+    td = pool.td
+    index = [{(j.rep, j.control): k for k, j in enumerate(pf[0])} for pf in per_fold]
+    jobs, fits, mlps = [], [], []
+    first_jobs, _, first_mlp = per_fold[0]
+    for job in first_jobs:
+        key = (job.rep, job.control)
+        if not all(key in ix for ix in index):
+            continue
+        at = [ix[key] for ix in index]
+        fjobs = [pf[0][k] for pf, k in zip(per_fold, at)]
+        ffits = [pf[1][k] for pf, k in zip(per_fold, at)]
+        y = {s: (cv_pool_labels(folds[:1], td, [job.y[s]]) if td.categorical else job.y[s]) for s in ("train", "val")}
+        y["test"] = cv_pool_labels(folds, td, [j.y["test"] for j in fjobs])
+        jobs.append(Job(job.store, job.rep, td, y, job.control))
+        lookup = None
+        if all(f.lookup_test is not None for f in ffits):
+            lookup = cv_pool_labels(folds, td, [f.lookup_test for f in ffits])
+        fits.append(dataclasses.replace(
+            ffits[0], pred_test=cv_pool_labels(folds, td, [f.pred_test for f in ffits]), lookup_test=lookup,
+            l2=float(np.median([f.l2 for f in ffits]))))
+        ms = [pf[2][k] if pf[2] is not None else None for pf, k in zip(per_fold, at)]
+        if all(m is not None for m in ms):
+            mlps.append(dataclasses.replace(ms[0], pred_test=cv_pool_labels(folds, td, [m.pred_test for m in ms]),
+                                            weight_decay=float(np.median([m.weight_decay for m in ms]))))
+        else:
+            mlps.append(None)
+    return jobs, fits, mlps if first_mlp is not None else None, pool
 
 
 # -- evaluation --------------------------------------------------------------
-def _test_groups(td: TaskData) -> tuple[np.ndarray, int]:
-    _, g = np.unique(td.groups["test"], return_inverse=True)
-    return g.reshape(-1), int(g.max()) + 1 if len(g) else 0
+@dataclasses.dataclass(frozen=True)
+class Resampling:
+    """What the bootstrap of one task's test rows resamples."""
+
+    units: np.ndarray
+    """Unit index of every test row."""
+    n_units: int
+    unit: str
+    """speaker (speaker-disjoint splits: the probe must generalise to new speakers) or utterance."""
+    weights: np.ndarray | None
+    """[B, U] bootstrap multiplicities (None without --bootstrap)."""
 
 
-def _scores(td: TaskData, y_true: np.ndarray, pred: np.ndarray, groups, n_groups, boot) -> dict[str, tuple[float, np.ndarray | None]]:
-    """metric -> (value, bootstrap replicates)."""
+def _dense(ids: np.ndarray, n: int) -> np.ndarray:
+    """Ids in [0, n) renumbered 0..m-1 in order, without sorting the rows (O(rows + n))."""
+    present = np.zeros(n + 1, bool)
+    present[ids] = True
+    return (np.cumsum(present) - 1)[ids]
+
+
+def resampling(store: Store, td: TaskData, cfg: ProbeConfig) -> Resampling:
+    """Speakers on speaker-disjoint splits, utterances otherwise. (Not utterances within
+    speakers: with one test utterance per speaker that has no variation at all; macro-F1
+    instead keeps the full sample's class set, see metrics.class_metrics.)"""
+    utt = np.asarray(td.groups["test"], np.int64)
+    if "speaker" in store.utterances.columns and td.split_column in SPEAKER_DISJOINT:
+        _, spk = np.unique(store.utterances["speaker"].astype(str).to_numpy(), return_inverse=True)
+        spk = spk.reshape(-1)
+        units = _dense(spk[utt], int(spk.max()) + 1)
+        unit = "speaker"
+    else:
+        units = _dense(utt, store.n_utterances)
+        unit = "utterance"
+    n = int(units.max()) + 1 if len(units) else 0
+    w = M.bootstrap_weights(n, cfg.bootstrap, cfg.seed) if cfg.bootstrap and n > 1 else None
+    return Resampling(units, n, unit, w)
+
+
+Score = tuple[float, "np.ndarray | None", "np.ndarray | None"]
+"""(value, bootstrap replicates, jackknife replicates)."""
+
+
+def _scores(td: TaskData, y_true: np.ndarray, pred: np.ndarray, rs: Resampling) -> dict[str, Score]:
+    """metric -> (value, bootstrap replicates, unit jackknife replicates)."""
+    groups, n_groups, boot = rs.units, rs.n_units, rs.weights
     if td.categorical:
         pred = np.asarray(pred, np.int64)
         if td.open_set:  # rows that could not be identified (-1) count as errors
@@ -121,27 +275,39 @@ def _scores(td: TaskData, y_true: np.ndarray, pred: np.ndarray, groups, n_groups
             st = M.ClassStats(st.tp[:, :-1], st.fp[:, :-1], st.fn[:, :-1], st.correct, st.n)
         else:
             st = M.class_stats(y_true, pred, groups, n_groups, td.n_classes)
-        val, reps = M.class_metrics(st), (M.class_metrics(st, boot) if boot is not None else None)
+        val = M.class_metrics(st)
+        reps = M.class_metrics(st, boot) if boot is not None else None
+        jack = M.class_jackknife(st) if boot is not None else None
     else:
         st = M.reg_stats(y_true, pred, groups, n_groups, td.is_f0)
         val = M.reg_metrics(st, cents=td.is_f0)
         reps = M.reg_metrics(st, boot, cents=td.is_f0) if boot is not None else None
-    return {k: (float(v), None if reps is None else reps[k]) for k, v in val.items()}
+        jack = M.reg_jackknife(st, cents=td.is_f0) if boot is not None else None
+    return {k: (float(v), None if reps is None else reps[k], None if jack is None else jack[k]) for k, v in val.items()}
 
 
-def _chance(td: TaskData, y_train: np.ndarray, y_test: np.ndarray, groups, n_groups) -> dict[str, tuple[float, float]]:
-    """metric -> (majority / train-mean predictor, uniform guessing)."""
+def _chance(td: TaskData, y_train: np.ndarray, y_test: np.ndarray, rs: Resampling,
+            base_pred: np.ndarray | None = None) -> dict[str, tuple[float, float]]:
+    """metric -> (majority class / train-mean predictor, uniform guessing among the train classes).
+    ``base_pred``: that predictor's test predictions when it is not one constant (cross-validation folds)."""
     if td.open_set:
         # Identification among the test classes: guessing the most frequent one, or any one uniformly.
-        k = len(np.unique(y_test))
-        maj = M.majority_chance(y_test, y_test, td.n_classes)
-        return {"accuracy": (maj["accuracy"], 1.0 / k), "macro_f1": (maj["macro_f1"], np.nan), "eer": (0.5, 0.5)}
+        _, yi = np.unique(y_test, return_inverse=True)
+        yi = yi.reshape(-1)
+        k = int(yi.max()) + 1
+        maj = M.majority_chance(yi, yi, k)
+        uni = M.uniform_chance(yi, k, k)
+        return {"accuracy": (maj["accuracy"], uni["accuracy"]), "macro_f1": (maj["macro_f1"], uni["macro_f1"]),
+                "eer": (0.5, 0.5)}
     if td.categorical:
-        maj = M.majority_chance(y_train, y_test, td.n_classes)
+        if base_pred is None:
+            base_pred = np.full(len(y_test), int(np.bincount(y_train, minlength=td.n_classes).argmax()))
+        maj = {"accuracy": M.accuracy(y_test, base_pred), "macro_f1": M.macro_f1(y_test, base_pred, td.n_classes)}
         uni = M.uniform_chance(y_test, td.n_train_classes, td.n_classes)
         return {k: (maj[k], uni[k]) for k in maj}
-    pred = np.full(len(y_test), float(np.mean(y_train)))
-    s = M.reg_metrics(M.reg_stats(y_test, pred, groups, n_groups, td.is_f0), cents=td.is_f0)
+    if base_pred is None:
+        base_pred = np.full(len(y_test), float(np.mean(y_train)))
+    s = M.reg_metrics(M.reg_stats(y_test, base_pred, rs.units, rs.n_units, td.is_f0), cents=td.is_f0)
     return {k: (float(v), float("nan")) for k, v in s.items()}
 
 
@@ -151,57 +317,72 @@ def display_names(stores: Sequence[Store]) -> dict[int, str]:
     return {id(s): (s.name if names.count(s.name) == 1 else str(s.path)) for s in stores}
 
 
-def _selectivity(task_found, scores, chance) -> dict[str, tuple[float, np.ndarray | None]]:
-    """Selectivity of every shared metric from the task's and the control's (value, replicates) and chance."""
+def _diff(a, b, ca: float, cc: float):
+    return None if a is None or b is None else selectivity(a, b, ca, cc)
+
+
+def _selectivity(task_found, scores, chance) -> dict[str, Score]:
+    """Selectivity of every shared metric from the task's and the control's scores and chance
+    (replicates paired: the same resampled units)."""
     task, task_chance = task_found
     sel = {}
     for metric in ("accuracy", "macro_f1", "r2"):
         if metric in task and metric in scores:
-            (tv, tr), (cv, cr) = task[metric], scores[metric]
+            (tv, tr, tj), (cv, cr, cj) = task[metric], scores[metric]
             tc, cc = task_chance[metric][0], chance[metric][0]
-            sel[metric] = (float(selectivity(tv, cv, tc, cc)), None if tr is None else selectivity(tr, cr, tc, cc))
+            sel[metric] = (float(selectivity(tv, cv, tc, cc)), _diff(tr, cr, tc, cc), _diff(tj, cj, tc, cc))
     return sel
 
 
 def evaluate(jobs: list[Job], fits: list[JobFit], cfg: ProbeConfig,
-             mlp_fits: list | None = None) -> list[dict[str, Any]]:
-    """Tidy rows of every fitted probe; ``mlp_fits`` (job order, None where not fitted) adds the MLP's rows."""
+             mlp_fits: list | None = None, pooled: dict[int, Pooled] | None = None) -> list[dict[str, Any]]:
+    """Tidy rows of every fitted probe; ``mlp_fits`` (job order, None where not fitted) adds the MLP's rows;
+    ``pooled`` (by id of TaskData) the cross-validated tasks' fold-wise baselines."""
+    pooled = pooled or {}
     rows: list[dict[str, Any]] = []
     names = display_names(list({id(j.store): j.store for j in jobs}.values()))
-    boots: dict[int, tuple] = {}
+    boots: dict[int, tuple[Resampling, tuple[float, float]]] = {}
     task_reps: dict[tuple[int, Repr], dict] = {}
     mlp_reps: dict[tuple[int, Repr], dict] = {}
     for i, (job, f) in enumerate(zip(jobs, fits)):
         td, key = job.td, id(job.td)
+        pool = pooled.get(key)
         if key not in boots:
-            g, n = _test_groups(td)
-            w = M.bootstrap_weights(n, cfg.bootstrap, cfg.seed) if cfg.bootstrap and n > 0 else None
-            boots[key] = (g, n, w)
-        g, n, w = boots[key]
+            rng_ = pool.target_range if pool is not None else (
+                (np.nan, np.nan) if td.categorical else target_range(td.y["train"], td.y["test"]))
+            boots[key] = (resampling(job.store, td, cfg), rng_)
+        rs, (outside, cover) = boots[key]
         base = {
             "store": names[id(job.store)], "codec": job.store.codec.get("spec", ""), "representation": job.rep.name,
             "kind": job.rep.kind, "layer": job.rep.layer if job.rep.layer is not None else np.nan,
             "task": td.task, "column": td.column, "n_train": len(td.rows["train"]), "n_test": len(td.rows["test"]),
-            "n_test_utterances": n, "split": td.split_column, "level": td.level, "backend": cfg.backend,
+            "n_test_utterances": int(np.count_nonzero(np.bincount(td.groups["test"], minlength=1))),
+            "n_test_units": rs.n_units, "unit": rs.unit,
+            "split": td.split_column, "level": td.level, "backend": cfg.backend,
+            "test_outside_train": outside, "test_covers_train": cover,
         }
 
         def emit(probe: str, scores, chance, l2=np.nan, backend=cfg.backend):
-            for metric, (v, reps) in scores.items():
-                lo, hi = M.percentile_ci(reps) if reps is not None else (np.nan, np.nan)
+            for metric, (v, reps, jack) in scores.items():
+                lo, hi = M.bca_ci(v, reps, jack) if reps is not None else (np.nan, np.nan)
                 cm, cu = chance.get(metric, (np.nan, np.nan)) if chance else (np.nan, np.nan)
+                # Selectivity rows test against 0 (no gain over the control); others against chance.
+                bar = M.chance_bar(metric, cm, cu) if chance else 0.0
+                p = M.p_above(reps, bar, metric in M.LOWER_IS_BETTER) if reps is not None else np.nan
                 rows.append({**base, "probe": probe, "metric": metric, "value": v, "ci_low": lo, "ci_high": hi,
-                             "chance_majority": cm, "chance_uniform": cu, "l2": l2, "backend": backend})
+                             "chance_majority": cm, "chance_uniform": cu, "chance": bar if chance else np.nan,
+                             "p_value": p, "l2": l2, "backend": backend})
 
         yt = job.y["test"]
-        chance = _chance(td, job.y["train"], yt, g, n)
-        scores = _scores(td, yt, f.pred_test, g, n, w)
+        chance = _chance(td, job.y["train"], yt, rs, pool.chance_pred if pool is not None and not job.control else None)
+        scores = _scores(td, yt, f.pred_test, rs)
         if td.open_set and f.emb_test is not None:
-            scores["eer"] = (M.equal_error_rate(f.emb_test, yt, seed=cfg.seed), None)
+            scores["eer"] = (M.equal_error_rate(f.emb_test, yt, td.groups["test"], seed=cfg.seed), None, None)
         if not job.control:
             emit("linear", scores, chance, f.l2)
             task_reps[(key, job.rep)] = (scores, chance)
             if f.lookup_test is not None and cfg.lookup:
-                emit("lookup", _scores(td, yt, f.lookup_test, g, n, w), chance)
+                emit("lookup", _scores(td, yt, f.lookup_test, rs), chance)
         else:
             emit("control", scores, chance, f.l2)
             found = task_reps.get((key, job.rep))
@@ -209,7 +390,7 @@ def evaluate(jobs: list[Job], fits: list[JobFit], cfg: ProbeConfig,
                 emit("selectivity", _selectivity(found, scores, chance), None)
         mf = mlp_fits[i] if mlp_fits is not None else None
         if mf is not None:  # the MLP is always fitted in torch, whatever --backend says
-            ms = _scores(td, yt, mf.pred_test, g, n, w)
+            ms = _scores(td, yt, mf.pred_test, rs)
             if not job.control:
                 emit("mlp", ms, chance, mf.weight_decay, "torch")
                 mlp_reps[(key, job.rep)] = (ms, chance)

@@ -71,7 +71,7 @@ def fit_one(job: Job, cfg: ProbeConfig) -> JobFit:
         if len(cfg.l2) == 1 or not len(Xs["val"]):
             score = 0.0
         elif job.td.open_set:
-            score = float(np.mean(nearest_centroid_loo(Xs["val"] @ model.coef_.T, job.y["val"]) == job.y["val"]))
+            score = float(np.mean(nearest_centroid_loo(Xs["val"] @ model.coef_.T, job.y["val"], job.td.groups["val"]) == job.y["val"]))
         elif job.td.categorical:
             score = macro_f1(job.y["val"], model.predict(Xs["val"]), job.td.n_classes)
         else:
@@ -92,7 +92,7 @@ def fit_one(job: Job, cfg: ProbeConfig) -> JobFit:
         pred = model.predict(Xs["test"])
         if job.td.open_set:
             emb = Xs["test"] @ model.coef_.T
-            return JobFit(wh, W, b, float(l2), nearest_centroid_loo(emb, job.y["test"]), None, 0, emb)
+            return JobFit(wh, W, b, float(l2), nearest_centroid_loo(emb, job.y["test"], job.td.groups["test"]), None, 0, emb)
     else:
         W, b = np.asarray(model.coef_), np.asarray(model.intercept_)
         pred = model.predict(Xs["test"])

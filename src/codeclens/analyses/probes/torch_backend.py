@@ -361,11 +361,11 @@ def _open_set(jobs, fr: _Frames, fit, cfg: ProbeConfig, m: int) -> list[JobFit]:
         if len(fr.rows["val"]) and len(cfg.l2) > 1:
             yv = job.y["val"]
             for g in range(len(cfg.l2)):
-                acc = float(np.mean(nearest_centroid_loo(_embed(fr, "val", fit.W[p, g], p, m), yv) == yv))
+                acc = float(np.mean(nearest_centroid_loo(_embed(fr, "val", fit.W[p, g], p, m), yv, job.td.groups["val"]) == yv))
                 if acc >= best_acc:  # ties: the stronger strength
                     best_g, best_acc = g, acc
         emb = _embed(fr, "test", fit.W[p, best_g], p, m)
-        pred = nearest_centroid_loo(emb, job.y["test"])
+        pred = nearest_centroid_loo(emb, job.y["test"], job.td.groups["test"])
         r = fr.feats[p].whitener.dim
         out.append(JobFit(fr.feats[p].whitener, fit.W[p, best_g, :r].cpu().numpy(), fit.b[p, best_g].cpu().numpy(),
                           float(cfg.l2[best_g]), pred, None, fit.iters, emb))
