@@ -497,7 +497,7 @@ JS = r"""
 
 def render(run: dict[str, Any], root: Path) -> str:
     """The report page of a run directory (``run.json`` already loaded)."""
-    title = run.get("title") or "codeclens study"
+    title = study_title(run, root)
     sections: list[tuple[str, str, str]] = []
     lens = _findings_section(run, root)
     if lens:
@@ -532,6 +532,21 @@ def render(run: dict[str, Any], root: Path) -> str:
         f"finished {esc(run.get('finished'))}</p></header>"
         f"<nav>{nav}</nav><main>{body}</main><script>{JS}</script></body></html>\n"
     )
+
+
+def study_title(run: dict[str, Any], root: Path) -> str:
+    """The study's title with ``{corpora}`` filled in from the corpora it actually ran on, so a
+    study pointed at another corpus never claims the one its file was written for."""
+    title = run.get("title") or "codeclens study"
+    if "{corpora}" in title:
+        names = []
+        for c in run["study"]["corpora"]:
+            spec = scrub_text(str(c.get("spec", "")), root)
+            kind, _, target = spec.partition(":")
+            target = target.split("?", 1)[0].rstrip("/")
+            names.append(f"{kind} {Path(target).name}".strip() if target else spec.split("?", 1)[0])
+        title = title.replace("{corpora}", ", ".join(names) or "no corpus")
+    return title
 
 
 def _analysis_title(steps: Iterable[dict], root: Path) -> str:

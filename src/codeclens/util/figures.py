@@ -83,10 +83,12 @@ def codec_order(names: Iterable[str]) -> Iterator[None]:
             os.environ[ORDER_ENV] = old
 
 
-def codec_color(name: str) -> str:
-    """The colour of a codec: by its place in the run's codec order, else by a stable hash of its
-    name (so one codec never changes colour between figures)."""
+def codec_color(name: str, among: Sequence[str] = ()) -> str:
+    """The colour of a codec: by its place in the run's codec order (set by the study runner),
+    then by its place in ``among`` (the codecs of this figure) after those, else by a stable
+    hash of its name; so within a run one codec never changes colour between figures."""
     order = [n for n in os.environ.get(ORDER_ENV, "").split("\n") if n]
+    order += [n for n in among if n not in order]
     if name in order:
         return PALETTE[order.index(name) % len(PALETTE)]
     h = int(hashlib.blake2b(name.encode(), digest_size=4).hexdigest(), 16)
