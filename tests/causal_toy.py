@@ -2,7 +2,8 @@
 
 ``PitchSpectrumCodec``: 4 layers of 8 codes at 50 Hz, 16 kHz. Its decoder makes a harmonic tone
 per frame whose F0 is set by layer 3 (100 + 20 * code Hz) and whose spectral tilt by layer 1
-(code 0: bright ... code 7: dull); layers 2 and 4 are ignored. A dropped layer falls back to a
+(code 0: bright ... code 7: dull; the envelope is a function of frequency, so it does
+not move with the pitch); layers 2 and 4 are ignored. A dropped layer falls back to a
 fixed default (150 Hz; medium tilt), so dropping it "contributes nothing" of its own.
 
 ``FirstLayerConsumer``: an utterance classifier that reads only layer 1's codes.
@@ -51,8 +52,11 @@ class PitchSpectrumCodec(CodecAdapter):
             for i in range(T):
                 f0 = 100.0 + 20.0 * float(codes[b, 2, i]) if 2 in present else 150.0
                 tilt = 0.3 + 0.25 * float(codes[b, 0, i]) if 0 in present else 1.0
-                seg = sum((h ** -tilt) * np.sin(phase + 2 * np.pi * h * f0 * t) for h in range(1, 9))
-                out[b, i * self.HOP:(i + 1) * self.HOP] = 0.1 * seg
+                # harmonics up to 4 kHz, amplitude a function of frequency (not of harmonic number),
+                # so the spectral envelope is the same whatever the pitch
+                seg = sum(((h * f0 / 100.0) ** -tilt) * np.sin(h * (phase + 2 * np.pi * f0 * t))
+                          for h in range(1, int(4000 // f0) + 1))
+                out[b, i * self.HOP:(i + 1) * self.HOP] = 0.05 * seg
                 phase += 2 * np.pi * f0 * self.HOP / self.sample_rate
         return torch.from_numpy(out)
 

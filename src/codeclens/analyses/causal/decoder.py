@@ -23,7 +23,6 @@ import numpy as np
 import torch
 
 from ..ablate import measures as M
-from .patching import ABSENT
 from .shapley import mask_layers
 
 DECODER_MEASURES = ("speaker", "f0_kept", "voicing", "loudness", "stoi")
@@ -96,5 +95,9 @@ def f0_kept(ref: "M.F0Track", hyp: "M.F0Track", cents: float = 50.0) -> float:
     return float(ok[rv].mean())
 
 
-def no_absent(codes: np.ndarray) -> bool:
-    return not np.any(codes == ABSENT)
+def envelope_distance(ref: np.ndarray, hyp: np.ndarray, sr: int, n_coef: int = 4) -> float:
+    """Mean distance of the low-order mel cepstra (c1..c4: the spectral envelope's broad shape, not
+    the harmonics of the pitch), so "the spectrum followed the donor" is not confounded with F0."""
+    a, b = M.mel_cepstrum(ref, sr)[:, :n_coef], M.mel_cepstrum(hyp, sr)[:, :n_coef]
+    n = min(len(a), len(b))
+    return float(np.mean(np.linalg.norm(a[:n] - b[:n], axis=1))) if n else float("nan")

@@ -346,7 +346,9 @@ def interchange(store, codec, cfg: CausalConfig, rows, refs, full_audio, enc, ma
             (same if spk[a] == spk[b] else diff).append(c)
     tau = eer_threshold(np.array(same), np.array(diff))
     sets = [("layer", [k]) for k in range(L)] + [("from", list(range(k, L))) for k in range(1, L)] + [("all", list(range(L)))]
-    from ..ablate.measures import f0_track, mel_cepstral_distance
+    from ..ablate.measures import f0_track
+
+    from .decoder import envelope_distance
 
     rec = []
     for r in rows:
@@ -361,7 +363,7 @@ def interchange(store, codec, cfg: CausalConfig, rows, refs, full_audio, enc, ma
             audio = decode(codec, patch(codes, layers, "swap", donor=donor))
             e = enc.embed(audio, sr)
             f0_follow = _f0_follows(f0_track(audio, sr), src_f0, don_f0)
-            spec_follow = float(mel_cepstral_distance(don_audio, audio, sr) < mel_cepstral_distance(src_audio, audio, sr))
+            spec_follow = float(envelope_distance(don_audio, audio, sr) < envelope_distance(src_audio, audio, sr))
             cd = float(np.dot(e, emb[d]) / (np.linalg.norm(e) * np.linalg.norm(emb[d]) + 1e-12))
             cs = float(np.dot(e, emb[int(r)]) / (np.linalg.norm(e) * np.linalg.norm(emb[int(r)]) + 1e-12))
             name = f"{layers[0] + 1}" if kind == "layer" else (f"{layers[0] + 1}-{L}" if kind == "from" else f"1-{L}")
