@@ -154,6 +154,29 @@ def mi_findings(out: Path, source: str) -> list[Finding]:
     return rows
 
 
+CAUSAL_ATTRIBUTES = {"speaker": "speaker", "f0_kept": "f0", "voicing": "voiced", "loudness": "loudness",
+                     "stoi": "intelligibility"}
+
+
+@finder("causal")
+def causal_findings(out: Path, source: str) -> list[Finding]:
+    """Decoder Shapley values (absent = drop): the layer's causal share of each measure, with its
+    interval; "above" when the interval excludes 0 on the positive side."""
+    df = _read(out / "decoder_shapley.csv")
+    if df is None or df.empty:
+        return []
+    d = df[df["absent"] == ("drop" if "drop" in set(df["absent"]) else df["absent"].iloc[0])]
+    rows = []
+    for (store, measure), g in d.groupby(["store", "measure"], sort=False):
+        top = float(np.nanmax(np.abs(g["value"].to_numpy(float)))) or 1.0
+        for _, r in g.iterrows():
+            v, lo, hi = _num(r["value"]), _num(r["ci_low"]), _num(r["ci_high"])
+            rows.append(Finding(str(store), "", int(r["layer"]), CAUSAL_ATTRIBUTES.get(str(measure), str(measure)),
+                                f"Shapley ({measure})", v, lo, hi, 0.0,
+                                None if not math.isfinite(lo) else bool(lo > 0), _clip01(v / top), source, 3))
+    return rows
+
+
 def is_control(spec: str, codec: str, controls: set[str]) -> bool:
     return codec in controls or "random_init=1" in spec or "random_init=true" in spec.lower()
 

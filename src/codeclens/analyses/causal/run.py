@@ -58,6 +58,8 @@ class CausalConfig:
     """Exact Shapley values up to this many layers; sampled permutations above."""
     permutations: int = 32
     """Permutations of the sampled estimate (when L > exact_max_layers)."""
+    interchange_sets: tuple[str, ...] = ("single", "suffix", "all")
+    """Layer sets swapped from a donor in the interchange: single (each layer), suffix (k..L), all; () = none."""
     offsets: int = 6
     """Time offsets (frames, both directions) of the single-frame patch for frame-level consumers."""
     lm_steps: int = 300
@@ -92,6 +94,9 @@ class CausalConfig:
             raise ValueError("max_seconds must be > 0")
         if self.offsets < 0 or self.n_boot < 0:
             raise ValueError("offsets and n_boot must be >= 0")
+        bad = [x for x in self.interchange_sets if x not in ("single", "suffix", "all")]
+        if bad:
+            raise ValueError(f"interchange_sets: unknown {', '.join(bad)}; known: single, suffix, all")
         if not self.consumers and not self.decoder:
             raise ValueError("nothing to do: give consumers or decoder = true")
 
@@ -298,7 +303,8 @@ def decoder_attribution(store, codec, cfg: CausalConfig, rows: np.ndarray, log=p
     if inter:
         out["decoder_interactions"] = _ci_rows(pd.DataFrame(inter), ["absent", "measure", "layer_a", "layer_b"],
                                                "interaction", "speaker", cfg)
-    out["interchange"] = interchange(store, codec, cfg, rows, refs, full_audio, enc, maxf)
+    if cfg.interchange_sets:
+        out["interchange"] = interchange(store, codec, cfg, rows, refs, full_audio, enc, maxf)
     log(f"decoder: {n_decodes} coalition decodes")
     return out
 
@@ -345,7 +351,9 @@ def interchange(store, codec, cfg: CausalConfig, rows, refs, full_audio, enc, ma
             c = float(np.dot(emb[a], emb[b]) / (np.linalg.norm(emb[a]) * np.linalg.norm(emb[b]) + 1e-12))
             (same if spk[a] == spk[b] else diff).append(c)
     tau = eer_threshold(np.array(same), np.array(diff))
-    sets = [("layer", [k]) for k in range(L)] + [("from", list(range(k, L))) for k in range(1, L)] + [("all", list(range(L)))]
+    sets = ([("layer", [k]) for k in range(L)] if "single" in cfg.interchange_sets else []) + \
+        ([("from", list(range(k, L))) for k in range(1, L)] if "suffix" in cfg.interchange_sets else []) + \
+        ([("all", list(range(L)))] if "all" in cfg.interchange_sets else [])
     from ..ablate.measures import f0_track
 
     from .decoder import envelope_distance
