@@ -12,7 +12,17 @@ import pandas as pd
 from codeclens.report.html import table_html, write_report
 from codeclens.study import load_study, run_study
 
+from codeclens.report.findings import Finding, finder
+
 from test_study import EVIL, quiet, write_study
+
+
+@finder("studytest")
+def studytest_findings(out: Path, source: str) -> list[Finding]:
+    """The test analysis' per-speaker mean code as a layer-1 finding per speaker (for the findings view)."""
+    df = pd.read_csv(out / "per_speaker.csv")
+    return [Finding(str(r.store), "", 1, str(r.speaker), "mean code", float(r.mean_code), float("nan"), float("nan"),
+                    0.0, bool(r.mean_code > 0), min(1.0, float(r.mean_code) / 16), source, 0) for r in df.itertuples()]
 
 
 def make_report(tmp_path: Path, audio_folder: Path) -> Path:

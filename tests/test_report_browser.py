@@ -23,6 +23,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+import html
+
+import pandas as pd
 import pytest
 
 from test_report import make_report
@@ -167,11 +170,41 @@ new Promise(function(resolve){
         return {src: a.getAttribute('src'), readyState: a.readyState, error: a.error ? a.error.code : null,
                 canPlay: a.canPlayType('audio/wav'), duration: a.duration};
       });
-      resolve(JSON.stringify({images: imgs, audios: aud, title: document.title,
+      var cells = Array.prototype.map.call(document.querySelectorAll('td[data-finding]'), function(td){
+        return {key: td.getAttribute('data-finding'), value: Number(td.getAttribute('data-value')),
+                text: td.textContent, shaded: td.style.background.indexOf('rgba') >= 0};
+      });
+      resolve(JSON.stringify({images: imgs, audios: aud, title: document.title, cells: cells,
+                              firstSection: document.querySelector('section').id,
+                              text: document.body.innerText,
                               sections: document.querySelectorAll('section').length}));
     } else { setTimeout(poll, 100); }
   })();
 })
+"""
+
+FILTER = r"""
+(function(){
+  var box = null;
+  Array.prototype.forEach.call(document.querySelectorAll('div.tbl'), function(b){
+    if (!box && b.querySelector('input.filter') && b.querySelector('button.showall')) { box = b; }
+  });
+  if (!box) { return JSON.stringify({found: false}); }
+  function visible(){ return Array.prototype.filter.call(box.querySelectorAll('tbody tr'), function(r){ return !r.hidden; }).length; }
+  var first = visible();
+  box.querySelector('button.showall').click();
+  var all = visible();
+  var total = box.querySelectorAll('tbody tr').length;
+  var input = box.querySelector('input.filter');
+  var word = box.querySelector('tbody tr').cells[0].textContent;
+  input.value = word; input.dispatchEvent(new Event('input'));
+  var hits = visible();
+  var expect = Array.prototype.filter.call(box.querySelectorAll('tbody tr'), function(r){
+    return r.textContent.toLowerCase().indexOf(word.toLowerCase()) >= 0; }).length;
+  input.value = 'no-such-row-zzz'; input.dispatchEvent(new Event('input'));
+  var none = visible();
+  return JSON.stringify({found: true, first: first, all: all, total: total, hits: hits, expect: expect, none: none});
+})()
 """
 
 SORT = r"""
@@ -210,6 +243,7 @@ def test_report_in_headless_chromium(tmp_path, audio_folder, capsys):
         dt.wait_event("Page.loadEventFired")
         probe = json.loads(dt.call("Runtime.evaluate", expression=PROBE, awaitPromise=True, returnByValue=True)["result"]["value"])
         sort = json.loads(dt.call("Runtime.evaluate", expression=SORT, returnByValue=True)["result"]["value"])
+        filt = json.loads(dt.call("Runtime.evaluate", expression=FILTER, returnByValue=True)["result"]["value"])
         shot = dt.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
         png = tmp_path / "report.png"
         png.write_bytes(base64.b64decode(shot["data"]))
@@ -245,3 +279,18 @@ def test_report_in_headless_chromium(tmp_path, audio_folder, capsys):
     assert sort["up"] == sorted(sort["up"]) and sort["down"] == sorted(sort["down"], reverse=True)
     assert sort["aria"] == "descending" and len(sort["up"]) >= 3
     assert png.stat().st_size > 10_000
+    # findings first, and every findings cell is the value of the analysis' own table
+    assert probe["firstSection"] == "findings"
+    root = report.parent
+    per = pd.read_csv(root / "analyses" / "studytest" / "audio" / "per_speaker.csv")
+    want = {f"{r.store}|1|{r.speaker}|mean code": float(r.mean_code) for r in per.itertuples()}
+    got = {html.unescape(c["key"]): c["value"] for c in probe["cells"]}
+    assert want and set(want) <= set(got), (want, got)
+    assert all(abs(got[k] - v) < 1e-12 for k, v in want.items())
+    # filter and "show all" work on a long table
+    assert filt["found"] and filt["first"] < filt["all"] == filt["total"]
+    assert filt["hits"] == filt["expect"] >= 1 and filt["none"] == 0
+    # no absolute path of this machine anywhere in the page (run dir, corpus, home)
+    page = report.read_text()
+    for p in {str(root.resolve()), str(tmp_path.resolve()), str(audio_folder.resolve()), str(Path.home())}:
+        assert p not in page and p not in probe["text"], p

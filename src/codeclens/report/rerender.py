@@ -1,0 +1,73 @@
+"""Re-render a finished run's figures from its result tables, without recomputing anything
+(``codeclens figures RUN --format pdf``).
+
+Each analysis kind that can redraw its figures from the tables it wrote registers a renderer
+here (``@renderer("kind")``: result directory -> written files). Rendering goes through
+:func:`codeclens.util.figures.save_figure`, so the formats asked for and the style file apply,
+and codecs keep the colours of the study's codec order.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from ..errors import CodeclensError
+from ..util.figures import codec_order, figure_formats, use_style
+
+RENDERERS: dict[str, Callable[[Path], list[Path]]] = {}
+
+
+def renderer(kind: str):
+    def deco(fn):
+        RENDERERS[kind] = fn
+        return fn
+
+    return deco
+
+
+@renderer("probes")
+def probes_figures(out: Path) -> list[Path]:
+    from ..analyses.probes.figures import heatmap, layer_curves
+
+    df = pd.read_csv(out / "probes.csv")
+    return [*layer_curves(df, out / "probes_by_layer"), *heatmap(df, out / "probes_heatmap")]
+
+
+def rerender(run_dir: str | Path, formats: tuple[str, ...], style: str | None = None,
+             log=print) -> tuple[list[Path], list[str]]:
+    """Redraw every figure a renderer exists for; returns (files written, step ids skipped)."""
+    import os
+
+    run_dir = Path(run_dir)
+    rj = run_dir / "run.json"
+    if not rj.is_file():
+        raise CodeclensError(f"{run_dir}: not a study run directory (no run.json)")
+    try:
+        run = json.loads(rj.read_text())
+        kinds = {a["name"]: a["kind"] for a in run["study"]["analyses"]}
+        labels = [c.get("label") or c["name"] for c in run["study"]["codecs"]]
+    except (ValueError, KeyError, TypeError) as e:
+        raise CodeclensError(f"{rj}: unreadable run record ({type(e).__name__}: {e})") from None
+    if style is not None:
+        if not Path(style).is_file():
+            raise CodeclensError(f"{style}: no such style file")
+        os.environ["CODECLENS_MPLSTYLE"] = str(Path(style).resolve())
+    use_style()
+    written, skipped = [], []
+    with figure_formats(formats), codec_order(labels):
+        for s in run["steps"]:
+            if s["kind"] != "analysis":
+                continue
+            fn = RENDERERS.get(kinds.get(s["group"], ""))
+            out = run_dir / s["out"]
+            if fn is None or not (out / "result.json").is_file():
+                skipped.append(s["id"])
+                continue
+            files = fn(out)
+            log(f"{s['id']}: {len(files)} files")
+            written.extend(files)
+    return written, skipped

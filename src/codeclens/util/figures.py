@@ -1,0 +1,113 @@
+"""One look for every figure: the style file, one colour per codec, every format a paper needs.
+
+Every analysis saves its figures through :func:`save_figure`, so a run's
+figures share a style (``data/styles/codeclens.mplstyle``, or the file named by
+``CODECLENS_MPLSTYLE``), a codec keeps its colour in every figure of a run
+(:func:`codec_color`, assigned from the study's codec order), and each figure
+is written as PNG (for the report), SVG and PDF (for papers). ``codeclens
+figures RUN`` re-renders a finished run through the same path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+DEFAULT_FORMATS = ("png", "svg", "pdf")
+FORMATS_ENV = "CODECLENS_FIG_FORMATS"
+STYLE_ENV = "CODECLENS_MPLSTYLE"
+ORDER_ENV = "CODECLENS_CODEC_ORDER"
+"""Codec display names in study order, joined by a newline: the study runner sets it so every
+figure of a run gives the same codec the same colour."""
+
+PALETTE = ("#1f5ea8", "#d95f02", "#1b9e77", "#7570b3", "#e7298a", "#66a61e", "#a6761d", "#e6ab02",
+           "#17becf", "#666666")
+"""Colour-blind-friendly qualitative colours (Dark2 with a stronger blue), one per codec."""
+CONTROL_STYLE = {"ls": "--", "alpha": 0.75}
+"""How a random-weight control's curve differs from a trained codec's."""
+
+
+def style_path() -> str:
+    env = os.environ.get(STYLE_ENV)
+    if env:
+        return env
+    return str(resources.files("codeclens") / "data" / "styles" / "codeclens.mplstyle")
+
+
+def use_style() -> None:
+    """Apply the style file to matplotlib's global settings (idempotent)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.style.use(style_path())
+
+
+def formats() -> tuple[str, ...]:
+    env = os.environ.get(FORMATS_ENV, "")
+    got = tuple(f.strip().lower().lstrip(".") for f in env.split(",") if f.strip())
+    return got or DEFAULT_FORMATS
+
+
+@contextlib.contextmanager
+def figure_formats(fmts: Sequence[str]) -> Iterator[None]:
+    """Within the block, :func:`save_figure` writes these formats (PNG is always written:
+    the report shows it)."""
+    old = os.environ.get(FORMATS_ENV)
+    os.environ[FORMATS_ENV] = ",".join(dict.fromkeys(["png", *fmts]))
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(FORMATS_ENV, None)
+        else:
+            os.environ[FORMATS_ENV] = old
+
+
+@contextlib.contextmanager
+def codec_order(names: Iterable[str]) -> Iterator[None]:
+    """Within the block, :func:`codec_color` assigns colours in this order."""
+    old = os.environ.get(ORDER_ENV)
+    os.environ[ORDER_ENV] = "\n".join(names)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(ORDER_ENV, None)
+        else:
+            os.environ[ORDER_ENV] = old
+
+
+def codec_color(name: str, among: Sequence[str] = ()) -> str:
+    """The colour of a codec: by its place in the run's codec order (set by the study runner),
+    then by its place in ``among`` (the codecs of this figure) after those, else by a stable
+    hash of its name; so within a run one codec never changes colour between figures."""
+    order = [n for n in os.environ.get(ORDER_ENV, "").split("\n") if n]
+    order += [n for n in among if n not in order]
+    if name in order:
+        return PALETTE[order.index(name) % len(PALETTE)]
+    h = int(hashlib.blake2b(name.encode(), digest_size=4).hexdigest(), 16)
+    return PALETTE[(len(order) + h) % len(PALETTE)]
+
+
+def save_figure(fig, path: str | Path, fmts: Sequence[str] | None = None) -> list[Path]:
+    """Write ``fig`` as ``path`` with each format's suffix (atomically) and close it."""
+    import matplotlib.pyplot as plt
+
+    from .atomic import atomic_path
+
+    path = Path(path)
+    stem = path.with_suffix("") if path.suffix.lower().lstrip(".") in ("png", "svg", "pdf") else path
+    written = []
+    for ext in fmts or formats():
+        target = stem.with_suffix(f".{ext}")
+        with atomic_path(target, f".{ext}") as tmp:
+            fig.savefig(tmp, dpi=150 if ext == "png" else None, bbox_inches="tight", format=ext)
+        written.append(target)
+    plt.close(fig)
+    return written
