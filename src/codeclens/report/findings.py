@@ -104,7 +104,9 @@ def probe_findings(out: Path, source: str) -> list[Finding]:
         for _, r in g[g["metric"] == metric].iterrows():
             v, lo, hi = _num(r["value"]), _num(r.get("ci_low")), _num(r.get("ci_high"))
             if metric == "macro_f1":
-                chance = np.nanmax([_num(r.get("chance_majority")), _num(r.get("chance_uniform")), 0.0])
+                chance = _num(r.get("chance"))
+                if not math.isfinite(chance):
+                    chance = np.nanmax([_num(r.get("chance_majority")), _num(r.get("chance_uniform")), 0.0])
                 top = 1.0
             else:
                 chance, top = 0.0, 1.0

@@ -116,8 +116,9 @@ def paper_table(run_dir: str | Path, metric: str | None = None) -> pd.DataFrame:
                 pub = float(denn.loc[layer, col]) if col and layer in denn.index else float("nan")
                 if col and not math.isfinite(pub):
                     note = "no published value for this layer"
-                chance = np.nanmax([float(r.get("chance_majority", np.nan)), float(r.get("chance_uniform", np.nan))]) \
-                    if m in ("macro_f1", "accuracy") else 0.0
+                chance = float(r["chance"]) if "chance" in r.index and np.isfinite(r["chance"]) else (
+                    np.nanmax([float(r.get("chance_majority", np.nan)), float(r.get("chance_uniform", np.nan))])
+                    if m in ("macro_f1", "accuracy") else 0.0)
                 rows.append({"codec": store, "control": "random_init" in spec, "task": task, "metric": m,
                              "layer": layer, "value": float(r["value"]), "ci_low": float(r["ci_low"]),
                              "ci_high": float(r["ci_high"]), "chance": float(chance),
