@@ -133,7 +133,10 @@ class Runner:
         if self.root.exists() and not self.root.is_dir():
             raise CodeclensError(f"run directory {self.root} is a file; give another --out")
         self.root.mkdir(parents=True, exist_ok=True)
-        with _lock(self.root):
+        from ..util.figures import codec_order
+
+        # every figure of the run gives a codec the same colour, in the study's codec order
+        with _lock(self.root), codec_order(c.display() for c in self.study.codecs):
             return self._run(report)
 
     def _run(self, report: bool) -> RunResult:

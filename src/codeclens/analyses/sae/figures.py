@@ -13,17 +13,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ...util.figures import codec_color, save_figure, use_style  # noqa: E402
+
+use_style()
+
 FEATURE_NAMES = {"z": "z (full)", "position": "z_pos (position)", "magnitude": "z_mag (magnitude)"}
 
 
 def _save(fig, path: Path) -> list[Path]:
-    from ...util.atomic import atomic_path
-
-    with atomic_path(path, ".png") as tmp:
-        fig.savefig(tmp, dpi=130, bbox_inches="tight", format="png")
-    with atomic_path(path.with_suffix(".svg"), ".svg") as tmp:
-        fig.savefig(tmp, bbox_inches="tight", format="svg")
-    plt.close(fig)
+    save_figure(fig, path)  # PNG for the report, SVG and PDF for papers
     return [path]
 
 
@@ -33,12 +31,11 @@ def delta_f1_vs_s(results: pd.DataFrame, chance: dict[str, float], path: Path, f
     df = results[results["feature"] == feature]
     qs = sorted(df["q"].unique())
     fig, axes = plt.subplots(1, len(qs), figsize=(3.6 * len(qs), 3.4), sharey=True, squeeze=False)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     stores = list(dict.fromkeys(df["store"]))
     for ax, q in zip(axes[0], qs):
         for i, st in enumerate(stores):
             d = df[(df["q"] == q) & (df["store"] == st)].sort_values("s", ascending=False)
-            c = colors[i % len(colors)]
+            c = codec_color(str(st), [str(x) for x in stores])
             xs = np.arange(len(d))
             ax.plot(xs, 100 * d["delta_f1"], "o-", color=c, label=st)
             if "delta_f1_low" in d.columns:  # 95% interval over test speakers and SAE seeds
