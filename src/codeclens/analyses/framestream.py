@@ -64,7 +64,12 @@ def utterance_ends(store: Any) -> np.ndarray:
 
 def utt_of_rows(ends: np.ndarray, a: int, b: int) -> np.ndarray:
     """Utterance row of frames ``a..b-1``."""
-    return np.searchsorted(ends, np.arange(a, b), side="right")
+    return utt_of_rows_at(ends, np.arange(a, b))
+
+
+def utt_of_rows_at(ends: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Utterance row of the given frame rows."""
+    return np.searchsorted(ends, rows, side="right")
 
 
 @dataclasses.dataclass(frozen=True)
