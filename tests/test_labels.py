@@ -202,6 +202,26 @@ def test_f0_is_carried_to_frames_by_time(pyin):
         assert np.all(np.abs(f0[before] / 220 - 1) < 0.01) and np.all(np.abs(f0[after] / 330 - 1) < 0.01)
 
 
+@pytest.mark.parametrize("method", ["pyin", "crepe"])
+def test_f0_silence_between_tones_is_unvoiced(method):
+    """Issue 12 item 9: tone - 0.3 s digital silence - tone. The 64 ms pitch window reaches the tones
+    from inside the gap; the voicing decision must be local to the frame, so gap frames are unvoiced."""
+    sr = 16000
+    lb = load_labeller("f0" if method == "pyin" else "f0?method=crepe&model=tiny&device=cpu")
+    gap = (0.5, 0.8)
+    audio = np.concatenate([tone(200, gap[0], sr), np.zeros(int(0.3 * sr), np.float32), tone(200, 0.5, sr)])
+    for fr in (75.0, 50.0):
+        times = frame_times(int(len(audio) / sr * fr), fr)
+        out = lb.frame_labels(Utterance(f"gap{method}{fr}", "x"), audio, sr, times, fr)
+        lo, hi = times - 0.5 / fr, times + 0.5 / fr
+        silent = (lo >= gap[0]) & (hi <= gap[1])
+        in_tone = (hi <= gap[0] - 0.04) | ((lo >= gap[1] + 0.04) & (hi <= len(audio) / sr - 0.04))
+        assert silent.sum() >= 10
+        assert not out["voiced"][silent].any(), (fr, np.flatnonzero(out["voiced"] & silent))
+        assert np.isnan(out["f0_hz"][silent]).all()
+        assert out["voiced"][in_tone].mean() >= 0.95
+
+
 def test_f0_options_are_validated():
     for bad in ("f0?method=yin", "f0?fmin=500&fmax=100", "f0?model=huge", "f0?colour=red"):
         with pytest.raises(CodeclensError):
