@@ -232,9 +232,30 @@ class CodeCounter:
         return out
 
 
+def _codes_layout(path) -> tuple[int, np.dtype, tuple[int, ...]]:
+    """(data offset, dtype, shape) of a C-ordered ``.npy`` file."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(f)
+        if fortran:
+            raise CodeclensError(f"{path}: Fortran-ordered codes are not supported")
+        return f.tell(), dtype, shape
+
+
 def code_rows(store: Any, a: int, b: int, cols: Sequence[int]) -> np.ndarray:
-    """Codes of frames ``a..b-1`` for 0-based layer columns ``cols`` (one contiguous read)."""
-    block = np.asarray(store.codes[a:b])
+    """Codes of frames ``a..b-1`` for 0-based layer columns ``cols``.
+
+    One contiguous read from the file instead of the memory map: mapped pages count
+    towards the process's resident memory until unmapped, and over a whole corpus
+    that grows with the frames (2 bytes x layers per frame); read pages do not.
+    """
+    path = store.path / layout.CODES
+    offset, dtype, shape = _codes_layout(path)
+    n_layers = int(shape[1])
+    with open(path, "rb") as f:
+        f.seek(offset + a * n_layers * dtype.itemsize)
+        block = np.fromfile(f, dtype=dtype, count=(b - a) * n_layers).reshape(b - a, n_layers)
     return block[:, list(cols)]
 
 
