@@ -40,11 +40,14 @@ def frame_column_names(store: Any) -> list[str]:
 
 def column_source(store: Any, name: str) -> str:
     """``frame`` or ``utterance``: where a label column lives (frames first, like ``Store.frame_column``)."""
-    if name in frame_column_names(store):
+    frame_cols = frame_column_names(store)
+    if name in frame_cols:
         return "frame"
     if name in store.utterances.columns:
         return "utterance"
-    raise CodeclensError(f"{store.path}: no label column '{name}'; available: {', '.join(store.label_columns())}")
+    skip = {"utt", "frame", "time", "frame_offset", "n_frames", "path", "id"}
+    avail = [c for c in dict.fromkeys([*frame_cols, *store.utterances.columns]) if c not in skip]
+    raise CodeclensError(f"{store.path}: no label column '{name}'; available: {', '.join(avail)}")
 
 
 def column_is_float(store: Any, name: str) -> bool:
