@@ -215,3 +215,18 @@ def test_mi_summary_names_the_peak_above_the_null(planted, tmp_path):
     assert d.loc[1, "above_null"] and not d.loc[3, "above_null"]
     summary = json.loads((out / "result.json").read_text())["summary"]
     assert "peaks at layer 1" in summary and "no layer above" not in summary
+
+
+def test_bracket_sample_vectors_equal_the_store_lookup(planted):
+    """The bracket's vectors come from the codes kept with the streamed sample: they must be exactly
+    the store's layer:k / cumulative:k vectors of those frames."""
+    from codeclens.analyses.mi import MIConfig, _lookup, count_targets, resolve_targets
+
+    s = Store(planted)
+    tgts = resolve_targets(s, ["phone", "f0"], 8)
+    for cnt in count_targets(s, [1, 2, 3], tgts, MIConfig(max_train=300, max_test=200)):
+        for part in (cnt.train, cnt.test):
+            assert np.array_equal(_lookup(s, part["codes"], [1, 2, 3], 2, False), s.materialize("layer:2", part["row"]))
+            assert np.array_equal(_lookup(s, part["codes"], [1, 2, 3], 3, True),
+                                  s.materialize("cumulative:3", part["row"]))
+        assert len(cnt.train["row"]) == 300 and len(cnt.test["row"]) == 200

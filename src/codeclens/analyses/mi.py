@@ -234,8 +234,10 @@ def count_targets(store: Any, layers: Sequence[int], targets: Sequence[Target], 
             counters[j].add(codes[keep], ids[keep], n_cls)
             rows = np.flatnonzero(keep)
             h = held[utt[rows]]
-            res_tr[j].add(row=rows[~h] + a, y=y[rows[~h]])
-            res_te[j].add(row=rows[h] + a, y=y[rows[h]])
+            # The sample keeps its frames' codes too: the bracket's vectors are lookups of them, so the
+            # fits never touch the memory-mapped codes (whose pages would stay resident).
+            res_tr[j].add(row=rows[~h] + a, y=y[rows[~h]], codes=codes[rows[~h]])
+            res_te[j].add(row=rows[h] + a, y=y[rows[h]], codes=codes[rows[h]])
     out = []
     for j, t in enumerate(targets):
         tr, te = res_tr[j].sorted_by("row"), res_te[j].sorted_by("row")
@@ -250,6 +252,16 @@ def count_targets(store: Any, layers: Sequence[int], targets: Sequence[Target], 
         else:
             tables, n_cls = counters[j].tables(t.n_classes), t.n_classes
         out.append(_Counted(tables, tr, te, n_cls))
+    return out
+
+
+def _lookup(store: Any, codes: np.ndarray, counted_layers: list[int], layer: int, cumulative: bool) -> np.ndarray:
+    """``layer:k`` (or ``cumulative:k``) vectors of sampled frames from their codes, as ``Store.materialize``
+    computes them (same float32 sums in the same order)."""
+    ls = list(range(1, layer + 1)) if cumulative else [layer]
+    out = store.tables[ls[0] - 1][codes[:, counted_layers.index(ls[0])].astype(np.int64)].copy()
+    for l in ls[1:]:
+        out += store.tables[l - 1][codes[:, counted_layers.index(l)].astype(np.int64)]
     return out
 
 
@@ -340,7 +352,8 @@ class MIAnalysis(Analysis):
         if len(tr) < 10 or len(te) < 10:
             raise CodeclensError(f"{store.path}: too few frames to split into training and held-out utterances")
         rep = f"{cfg.repr}:{layer}"
-        x_tr, x_te = store.materialize(rep, tr), store.materialize(rep, te)
+        x_tr, x_te = (_lookup(store, part["codes"], counted_layers, layer, cfg.repr == "cumulative")
+                      for part in (cnt.train, cnt.test))
         y_tr, y_te = cnt.train["y"], cnt.test["y"]
         if tgt.discrete:
             y_tr, y_te = y_tr.astype(np.int64), y_te.astype(np.int64)
