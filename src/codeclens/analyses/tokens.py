@@ -325,7 +325,7 @@ class TokensAnalysis(Analysis):
             axes[2].plot(d["layer"], d["h_label_given_code_bits"], marker="o", label=t)
             axes[3].plot(d["layer"], d["perplexity"] / d["n_codes"], marker="o", color=line.get_color(), label=t)
             axes[3].plot(d["layer"], d["dead_fraction"], ls="--", color=line.get_color(), lw=1)
-        labels = [("top-1 association (%)", "top-1 association"), ("PNMI (bias-corrected)", "PNMI = I(label;code)/H(label) - null"),
+        labels = [("top-1 association (%)", "top-1 association"), ("PNMI (bias-corrected)", "PNMI = I(label;code)/H(label), adjusted for chance"),
                   (f"H({label_desc} | code) (bits)", "conditional entropy"),
                   ("fraction of codebook", "usage: perplexity/K, dead (dashed)")]
         for ax, (yl, tl) in zip(axes, labels):
