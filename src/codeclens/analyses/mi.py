@@ -31,7 +31,7 @@ from . import framestream as fs
 from . import infotheory as it
 from .base import Analysis, AnalysisResult, Artifact
 from .club import BracketConfig, mi_bracket
-from .tokens import Z_NULL, label_column_name, layer_codes, parse_layers, pyplot, save_csv, save_figure, store_labels
+from .tokens import Z_NULL, label_column_name, parse_layers, pyplot, save_csv, save_figure, store_labels
 
 
 @dataclasses.dataclass(frozen=True)

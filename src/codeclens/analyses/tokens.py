@@ -200,7 +200,8 @@ def layer_token_stats(
         top1_null_pct=float(np.nanmean(null_top1)) if null_top1 and not np.isnan(null_top1).all() else nan,
         label_purity=it.label_purity(counts), code_purity=it.code_purity(counts),
         pnmi_raw=pn, pnmi_null=pn_null, pnmi_null_sd=sd_null / hy if hy > 0 else nan,
-        pnmi_corrected=(pn - pn_null) / (1.0 - pn_null) if pn_null < 1 else nan, above_null=bool(mi - mi_null > Z_NULL * max(sd_null, 1e-12)),
+        pnmi_corrected=(pn - pn_null) / (1.0 - pn_null) if pn_null < 1 else nan,
+        above_null=bool(mi - mi_null > Z_NULL * max(sd_null, 1e-12)),
         mi_bits=mi / it.LN2, mi_corrected_bits=(mi - mi_null) / it.LN2, h_label_bits=hy / it.LN2,
         h_label_given_code_bits=it.conditional_entropy(counts) / it.LN2,
         perplexity=it.perplexity(code_n), dead_fraction=it.dead_fraction(code_n),
@@ -255,7 +256,8 @@ class TokensAnalysis(Analysis):
                 "dependence (labels permuted across frames)")
         arts = [
             Artifact("token_metrics.csv", "Per layer: PNMI = I(label;code)/H(label) raw (plug-in), its "
-                     f"{null} (mean, sd) and the value adjusted for chance, (raw - null) / (1 - null); top-1 association (codes with >= "
+                     f"{null} (mean, sd) and the value adjusted for chance, (raw - null) / (1 - null); "
+                     "top-1 association (codes with >= "
                      f"{cfg.min_count} frames, unweighted and frequency-weighted, %) and its null; label and code "
                      "purity; MI and H(label|code) in bits; codebook perplexity and dead-code fraction.", "table"),
             Artifact("association_curve.csv", "Ranked association: mean share (%) of a code's frames on its "
@@ -279,7 +281,8 @@ class TokensAnalysis(Analysis):
         arts.append(Artifact(
             "token_metrics.png",
             f"Per layer: top-1 association with {label_desc} (dashed: majority-label rate; dotted: shuffled-label "
-            f"null), bias-corrected PNMI ((raw - null) / (1 - null), null: mean PNMI on shuffled labels; 0: no information; faint dashed: raw plug-in PNMI), "
+            f"null), bias-corrected PNMI ((raw - null) / (1 - null), null: mean PNMI on shuffled labels; "
+            f"0: no information; faint dashed: raw plug-in PNMI), "
             f"H({label_desc} | code) and codebook usage (perplexity / codebook size; dashed: dead-code fraction).",
             "figure"))
         return AnalysisResult(self.name, self.title, tuple(arts), summary=self._summary(metrics, columns, cfg))
@@ -325,7 +328,8 @@ class TokensAnalysis(Analysis):
             axes[2].plot(d["layer"], d["h_label_given_code_bits"], marker="o", label=t)
             axes[3].plot(d["layer"], d["perplexity"] / d["n_codes"], marker="o", color=line.get_color(), label=t)
             axes[3].plot(d["layer"], d["dead_fraction"], ls="--", color=line.get_color(), lw=1)
-        labels = [("top-1 association (%)", "top-1 association"), ("PNMI (bias-corrected)", "PNMI = I(label;code)/H(label), adjusted for chance"),
+        labels = [("top-1 association (%)", "top-1 association"),
+                  ("PNMI (bias-corrected)", "PNMI = I(label;code)/H(label), adjusted for chance"),
                   (f"H({label_desc} | code) (bits)", "conditional entropy"),
                   ("fraction of codebook", "usage: perplexity/K, dead (dashed)")]
         for ax, (yl, tl) in zip(axes, labels):
