@@ -114,8 +114,11 @@ def test_inventory_folds_arpabet_and_espeak_ipa_to_one_symbol():
     # Stress kept on request, from either notation; consonants never carry it.
     assert normalize_phone("IY1", keep_stress=True) == normalize_phone("ˈiː", keep_stress=True) == "ˈi"
     assert normalize_phone("AH2", keep_stress=True) == "ˌʌ" and normalize_phone("AH0", keep_stress=True) == "ə"
-    for sil in ("", "sil", "SIL", "sp", "spn", "<eps>", "_", "pau", "h#"):
+    for sil in ("", "sil", "SIL", "sp", "<eps>", "_", "pau", "h#"):
         assert normalize_phone(sil) == "sil"
+    # Spoken noise and noise markers are missing, not silence (issue 12 item 4).
+    for noise in ("spn", "SPN", "<unk>", "[noise]", "<SPOKEN_NOISE>", "<noise>", "nsn", "[laughter]"):
+        assert normalize_phone(noise) is None, noise
     assert phone_class("sil") == "silence" and phone_class("ˈʌ") == "vowel" and phone_class("zz") == "other"
     assert phone_index("ˈʌ") == phone_index("ʌ") >= 0 and phone_index(None) == -1
     # Scottish FACE (eː) is not DRESS (e).
@@ -200,6 +203,42 @@ def test_f0_is_carried_to_frames_by_time(pyin):
         f0 = out["f0_hz"]
         assert out["voiced"][before].all() and out["voiced"][after].all()
         assert np.all(np.abs(f0[before] / 220 - 1) < 0.01) and np.all(np.abs(f0[after] / 330 - 1) < 0.01)
+
+
+@pytest.mark.parametrize("method", ["pyin", "crepe"])
+def test_f0_silence_between_tones_is_unvoiced(method):
+    """Issue 12 item 9: tone - 0.3 s digital silence - tone. The 64 ms pitch window reaches the tones
+    from inside the gap; the voicing decision must be local to the frame, so gap frames are unvoiced."""
+    sr = 16000
+    lb = load_labeller("f0" if method == "pyin" else "f0?method=crepe&model=tiny&device=cpu")
+    gap = (0.5, 0.8)
+    audio = np.concatenate([tone(200, gap[0], sr), np.zeros(int(0.3 * sr), np.float32), tone(200, 0.5, sr)])
+    for fr in (75.0, 50.0):
+        times = frame_times(int(len(audio) / sr * fr), fr)
+        out = lb.frame_labels(Utterance(f"gap{method}{fr}", "x"), audio, sr, times, fr)
+        lo, hi = times - 0.5 / fr, times + 0.5 / fr
+        silent = (lo >= gap[0]) & (hi <= gap[1])
+        in_tone = (hi <= gap[0] - 0.04) | ((lo >= gap[1] + 0.04) & (hi <= len(audio) / sr - 0.04))
+        assert silent.sum() >= 10
+        assert not out["voiced"][silent].any(), (fr, np.flatnonzero(out["voiced"] & silent))
+        assert np.isnan(out["f0_hz"][silent]).all()
+        assert out["voiced"][in_tone].mean() >= 0.95
+
+
+def test_spoken_noise_frames_have_no_phone(tmp_path):
+    """An MFA-style LibriSpeech alignment: sil, spn (out-of-vocabulary word), AA1. Frames under spn
+    get no phone (missing) rather than sil."""
+    from codeclens.labels.phones import PhoneLabeller
+
+    lb = load_labeller("phone")
+    assert isinstance(lb, PhoneLabeller)
+    utt = Utterance("u", "x.wav", phones=(Interval(0.0, 0.2, "sil"), Interval(0.2, 0.5, "spn"),
+                                         Interval(0.5, 0.8, "AA1")))
+    times = frame_times(40, 50)
+    out = lb.frame_labels(utt, np.zeros(int(0.8 * 16000), np.float32), 16000, times, 50)
+    ph = out["phone"]
+    assert list(ph[:10]) == ["sil"] * 10 and list(ph[10:25]) == [None] * 15 and list(ph[25:]) == ["ɑ"] * 15
+    assert list(out["phone_class"][10:25]) == [None] * 15
 
 
 def test_f0_options_are_validated():

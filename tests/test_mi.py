@@ -153,14 +153,15 @@ def test_cli_mi_discrete_only_and_cumulative(planted, tmp_path):
                  "--steps", "200", "--out", str(out), "--quiet"]) == 0
     c = pd.read_csv(out / "mi_club.csv").iloc[0]
     s = Store(planted)
-    _, pair = np.unique(np.asarray(s.codes[:, :2]), axis=0, return_inverse=True)
     assert c["repr"] == "cumulative:2"
-    assert c["h_codes_bits"] == pytest.approx(it.miller_madow_entropy(np.bincount(pair.ravel())) / math.log(2))
+    # H(codes 1..2) <= H(codes 1) + H(codes 2): the streamed cap (frames with a phone: all of them here)
+    h_sum = sum(it.miller_madow_entropy(np.bincount(np.asarray(s.codes[:, l]))) for l in range(2))
+    assert c["h_codes_bits"] == pytest.approx(h_sum / math.log(2))
     assert c["lower_bits"] > 2.5  # H(phone) is ~3.6 bits
 
 
 def test_resolve_target_kinds(tmp_path, rng):
-    from codeclens.analyses.mi import resolve_target
+    from codeclens.analyses.mi import MIConfig, count_targets, resolve_targets
     from codeclens.store.arrays import write_store
 
     n = 600
@@ -170,11 +171,13 @@ def test_resolve_target_kinds(tmp_path, rng):
     utts = pd.DataFrame({"id": [f"u{i}" for i in range(6)], "speaker": ["a", "b"] * 3, "n_frames": 100})
     st = Store(write_store(tmp_path / "st", rng.integers(0, 8, (n, 1)), [rng.normal(size=(8, 4)).astype(np.float32)],
                            utts, pd.DataFrame({"unit": unit, "loudness": loud}), frame_rate=50.0))
-    u = resolve_target(st, "unit", 16)
-    assert u.discrete and u.n_classes == 30 and len(u.rows) == n - 12  # ids, not 16 quantile bins
-    lo = resolve_target(st, "loudness", 16)
-    assert not lo.discrete and lo.n_classes == 16 and np.allclose(lo.values, loud)
-    assert np.bincount(lo.ids).min() >= n // 16 - 1  # quantile bins hold equal shares
+    u, lo = resolve_targets(st, ["unit", "loudness"], 16)
+    cu, clo = count_targets(st, [1], [u, lo], MIConfig(max_train=1000, max_test=1000))
+    assert u.discrete and cu.n_classes == 30 and cu.tables[0].sum() == n - 12  # ids, not 16 quantile bins
+    assert not lo.discrete and lo.n_classes == 16 and clo.tables[0].sum() == n
+    y = np.concatenate([clo.train["y"], clo.test["y"]])
+    assert np.allclose(np.sort(y), np.sort(loud))  # every frame sampled: the bracket sees the real values
+    assert clo.tables[0].sum(axis=0).min() >= n // 16 - 1  # quantile bins hold equal shares
 
 
 def test_mi_bad_input(planted, tmp_path, capsys):
@@ -185,3 +188,50 @@ def test_mi_bad_input(planted, tmp_path, capsys):
     assert main(["mi", "--store", str(planted), "--repr", "latent", "--out", str(tmp_path / "c"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "repr must be" in err and len(err.strip().splitlines()) == 1
+
+
+def test_mi_summary_says_when_no_layer_is_above_the_shuffled_baseline(tmp_path, rng):
+    """Issue 12 item 10: an MI peak equal to its shuffled baseline is reported as such."""
+    from codeclens.store.arrays import write_store
+
+    n = 3000
+    unit = rng.integers(0, 12, n)
+    unit[::5] = -1  # "no unit": missing, not a class (issue 12 item 4)
+    codes = np.stack([rng.integers(0, 64, n), rng.integers(0, 64, n)], axis=1)  # independent of the units
+    utts = pd.DataFrame({"id": [f"u{i}" for i in range(30)], "speaker": [f"s{i % 3}" for i in range(30)],
+                         "n_frames": 100})
+    st = write_store(tmp_path / "st", codes, [rng.normal(size=(64, 4)).astype(np.float32)] * 2, utts,
+                     pd.DataFrame({"unit": unit}), frame_rate=50.0)
+    out = tmp_path / "mi"
+    assert main(["mi", "--store", str(st), "--targets", "unit", "--no-club", "--n-shuffles", "10",
+                 "--out", str(out), "--quiet"]) == 0
+    d = pd.read_csv(out / "mi_discrete.csv")
+    assert (d["n_frames"] == n - 600).all() and (d["n_classes"] == 12).all()
+    assert (d["mi_plugin_bits"] > 0.1).all()  # the plug-in bias alone
+    assert (d["mi_corrected_bits"].abs() < 0.03).all() and not d["above_null"].any()
+    summary = json.loads((out / "result.json").read_text())["summary"]
+    assert "no layer above the shuffled-label baseline" in summary
+
+
+def test_mi_summary_names_the_peak_above_the_null(planted, tmp_path):
+    out = tmp_path / "mi"
+    assert main(["mi", "--store", str(planted), "--targets", "phone", "--no-club", "--out", str(out), "--quiet"]) == 0
+    d = pd.read_csv(out / "mi_discrete.csv").set_index("layer")
+    assert d.loc[1, "above_null"] and not d.loc[3, "above_null"]
+    summary = json.loads((out / "result.json").read_text())["summary"]
+    assert "peaks at layer 1" in summary and "no layer above" not in summary
+
+
+def test_bracket_sample_vectors_equal_the_store_lookup(planted):
+    """The bracket's vectors come from the codes kept with the streamed sample: they must be exactly
+    the store's layer:k / cumulative:k vectors of those frames."""
+    from codeclens.analyses.mi import MIConfig, _lookup, count_targets, resolve_targets
+
+    s = Store(planted)
+    tgts = resolve_targets(s, ["phone", "f0"], 8)
+    for cnt in count_targets(s, [1, 2, 3], tgts, MIConfig(max_train=300, max_test=200)):
+        for part in (cnt.train, cnt.test):
+            assert np.array_equal(_lookup(s, part["codes"], [1, 2, 3], 2, False), s.materialize("layer:2", part["row"]))
+            assert np.array_equal(_lookup(s, part["codes"], [1, 2, 3], 3, True),
+                                  s.materialize("cumulative:3", part["row"]))
+        assert len(cnt.train["row"]) == 300 and len(cnt.test["row"]) == 200

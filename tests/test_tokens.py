@@ -138,8 +138,11 @@ def test_cli_tokens_on_planted_store(planted, tmp_path):
     assert {a["kind"] for a in res["artifacts"]} == {"table", "figure"}
     m = pd.read_csv(out / "token_metrics.csv").set_index("layer")
     assert (m["label"] == "phone").all()  # no unit column: phones serve as units
-    assert m.loc[1, "top1_pct"] == pytest.approx(100.0) and m.loc[1, "pnmi"] == pytest.approx(1.0)
-    assert m.loc[3, "pnmi"] < 0.05 and m.loc[2, "pnmi"] < 0.05
+    assert m.loc[1, "top1_pct"] == pytest.approx(100.0) and m.loc[1, "pnmi_raw"] == pytest.approx(1.0)
+    assert m.loc[1, "pnmi_corrected"] == pytest.approx(1.0)  # adjusted for chance: determined stays 1
+    assert m.loc[3, "pnmi_raw"] < 0.05 and m.loc[2, "pnmi_raw"] < 0.05
+    assert abs(m.loc[3, "pnmi_corrected"]) < 0.01 and not m.loc[3, "above_null"] and m.loc[1, "above_null"]
+    assert m.loc[3, "top1_pct"] == pytest.approx(m.loc[3, "top1_null_pct"], abs=3.0)
     assert m.loc[1, "dead_fraction"] == pytest.approx(8 / 32)  # codes 24..31 never occur
     cooc = pd.read_parquet(out / "cooccurrence.parquet")
     assert cooc.groupby("layer")["count"].sum().tolist() == [2400, 2400, 2400]
@@ -155,7 +158,7 @@ def test_cli_tokens_speaker_label_and_two_stores(planted, tmp_path):
     m = pd.read_csv(out / "token_metrics.csv")
     assert set(m["store"]) == {"store", "other"}
     l2 = m[m["layer"] == 2]
-    assert np.allclose(l2["pnmi"], 1.0)  # layer 2 codes are nested in speakers
+    assert np.allclose(l2["pnmi_raw"], 1.0)  # layer 2 codes are nested in speakers
 
 
 def test_bad_input_is_one_line_error(planted, tmp_path, capsys):
@@ -171,3 +174,82 @@ def test_bad_input_is_one_line_error(planted, tmp_path, capsys):
     with pytest.raises(CodeclensError):
         parse_layers("2-1", 8)
     assert parse_layers("1,3-4", 8) == [1, 3, 4]
+
+
+# -- nulls, bias correction, missing labels, streaming -------------------------------------
+def test_null_tables_keep_margins_and_match_frame_permutations(rng):
+    codes, labels = rng.integers(0, 50, 3000), rng.integers(0, 7, 3000)
+    labels[codes < 5] = 0  # some dependence: the null must remove it
+    c = it.cooccurrence(codes, labels, 64, 7)
+    tables = list(it.null_tables(c, 40, seed=1))
+    for t in tables:
+        assert (t.sum(axis=0) == c.sum(axis=0)).all() and (t.sum(axis=1) == c.sum(axis=1)).all()
+    by_table = np.mean([it.mutual_information(t) for t in tables])
+    by_frames = it.shuffled_mi(codes, labels, 64, 7, n_shuffles=40, miller_madow=False).mean()
+    assert by_table == pytest.approx(by_frames, rel=0.05)
+    assert it.mutual_information(c) > 3 * by_table
+    assert [t.tolist() for t in it.null_tables(c, 2, seed=3)] == [t.tolist() for t in it.null_tables(c, 2, seed=3)]
+
+
+@pytest.mark.parametrize("n", [5000, 20000, 100000])
+def test_corrected_pnmi_of_independent_codes_is_zero_at_any_size(n):
+    """Issue 12 item 5: 1024 codes x 40 labels, independent: raw plug-in PNMI is large, corrected ~0."""
+    from codeclens.analyses.tokens import layer_token_stats
+
+    rng = np.random.default_rng(n)
+    st = layer_token_stats(it.cooccurrence(rng.integers(0, 1024, n), rng.integers(0, 40, n), 1024, 40), 1,
+                           min_count=10, n_shuffles=10)
+    if n == 20000:
+        assert st.pnmi_raw > 0.14
+    assert abs(st.pnmi_corrected) < 0.01 and not st.above_null
+    assert abs(st.top1_pct - st.top1_null_pct) < 1.5
+    # a planted dependent layer (25 codes per label, 30% random codes) keeps its large-sample PNMI
+    lab = rng.integers(0, 40, n)
+    code = np.where(rng.random(n) < 0.3, rng.integers(0, 1000, n), lab * 25 + rng.integers(0, 25, n))
+    dep = layer_token_stats(it.cooccurrence(code, lab, 1024, 40), 1, min_count=10, n_shuffles=10)
+    assert dep.above_null and dep.pnmi_corrected == pytest.approx(0.546, abs=0.06)  # 0.546: plug-in at 4M frames
+
+
+def test_min_count_keeps_rare_codes_out_of_top1():
+    c = np.array([[50, 50], [1, 0], [0, 1], [1, 0]])  # three codes seen once: 100% "associated" each
+    assert it.top1_association(c) == pytest.approx((50 + 100 * 3) / 4)
+    assert it.top1_association(c, min_count=10) == pytest.approx(50.0)
+    assert np.isnan(it.top1_association(c, min_count=1000))
+
+
+def test_no_unit_label_minus_one_is_missing(tmp_path, rng):
+    """Issue 12 item 4: unit -1 ("no unit") is dropped, not a class, in tokens (and the encoders)."""
+    n = 400
+    unit = rng.integers(0, 5, n)
+    unit[::4] = -1
+    codes = np.where(unit >= 0, unit, rng.integers(0, 8, n))  # codes determine the unit where there is one
+    utts = pd.DataFrame({"id": ["a", "b"], "speaker": ["s", "t"], "n_frames": [200, 200]})
+    st = write_store(tmp_path / "st", codes[:, None], [rng.normal(size=(8, 4)).astype(np.float32)], utts,
+                     pd.DataFrame({"unit": unit}), frame_rate=50.0)
+    keep, _, classes = it.encode_labels(unit)
+    assert keep.sum() == 300 and -1 not in classes.tolist()
+    keep, _, classes = it.encode_labels(np.where(unit >= 0, unit, np.nan) * 1.0)
+    assert keep.sum() == 300
+    keep, _, classes = it.encode_labels(np.array([1, -1, None, "x"], dtype=object))
+    assert keep.tolist() == [True, False, False, True]
+    out = tmp_path / "tok"
+    assert main(["tokens", "--store", str(st), "--out", str(out), "--quiet", "--n-shuffles", "3"]) == 0
+    m = pd.read_csv(out / "token_metrics.csv").iloc[0]
+    assert m["n_frames"] == 300 and m["n_labels"] == 5 and m["pnmi_raw"] == pytest.approx(1.0)
+    assert set(pd.read_parquet(out / "cooccurrence.parquet")["label"]) == {"0", "1", "2", "3", "4"}
+
+
+def test_streamed_counts_equal_in_memory_counts(planted, tmp_path):
+    from codeclens.analyses import framestream as fs
+    from codeclens.store import Store
+
+    s = Store(planted)
+    for col in ("phone", "speaker"):
+        tables, classes = fs.count_codes_by_label(s, [1, 2, 3], col, chunk=97)  # chunks cross utterances
+        keep, ids, cls = it.encode_labels(s.frame_column(col))
+        assert classes.tolist() == cls.tolist()
+        for layer, t in zip([1, 2, 3], tables):
+            ref = it.cooccurrence(np.asarray(s.codes[:, layer - 1])[keep], ids, 32, len(cls))
+            assert (t == ref).all()
+    with pytest.raises(CodeclensError, match="real-valued"):
+        fs.count_codes_by_label(s, [1], "f0_hz", chunk=500)

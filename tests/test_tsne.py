@@ -91,3 +91,30 @@ def test_tsne_bad_input(planted, tmp_path, capsys):
     assert "3 layers" in capsys.readouterr().err
     assert main(["tsne", "--store", str(planted), "--vowel", "zz", "--out", str(tmp_path / "y"), "--quiet"]) == 2
     assert "'zz' does not occur" in capsys.readouterr().err
+
+
+def test_missing_units_and_spoken_noise_are_not_classes(tmp_path, rng):
+    """Issue 12 item 4 in t-SNE: unit -1 is never the pitch view's "vowel", and `spn` frames
+    (a noise marker, missing) never make a code "silence"."""
+    from codeclens.store.arrays import write_store
+
+    n = 2400
+    phone = np.where(np.arange(n) % 2 == 0, "ɑ", "s").astype(object)
+    phone[np.arange(n) % 12 == 1] = "spn"
+    unit = np.where(phone == "ɑ", 0, 1)
+    unit[: 2 * n // 3][phone[: 2 * n // 3] == "ɑ"] = -1  # "no unit" on 2/3 of the vowel frames: the most frequent value
+    code = np.where(phone == "ɑ", rng.integers(0, 10, n), np.where(phone == "s", rng.integers(10, 13, n), 13))
+    f0 = np.where(phone == "ɑ", 120 + 10 * rng.random(n), np.nan)
+    utts = pd.DataFrame({"id": [f"u{i}" for i in range(24)], "speaker": [f"s{i % 4}" for i in range(24)],
+                         "n_frames": 100})
+    st = write_store(tmp_path / "st", code[:, None], [rng.normal(size=(16, 4)).astype(np.float32)], utts,
+                     pd.DataFrame({"phone": phone, "unit": unit, "f0_hz": f0, "voiced": phone == "ɑ"}),
+                     frame_rate=50.0)
+    out = tmp_path / "t"
+    assert main(["tsne", "--store", str(st), "--vowel-label", "unit", "--perplexity", "3", "--out", str(out),
+                 "--quiet"]) == 0
+    pitch = pd.read_csv(out / "tsne_pitch.csv")
+    assert set(pitch["code"]) == set(range(10))
+    assert pitch["frames"].sum() == (unit == 0).sum()  # only unit 0, never the -1 frames
+    cb = pd.read_csv(out / "tsne_codebook.csv").set_index("code")
+    assert cb.loc[13, "phone_class"] == "unused" and cb.loc[0, "phone_class"] == "vowel"

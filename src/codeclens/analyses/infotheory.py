@@ -18,6 +18,10 @@ LN2 = float(np.log(2.0))
 
 
 # -- labels and counts ---------------------------------------------------------
+MISSING_ID = -1
+"""Integer label meaning "no label" (unaligned frames, failed labelling): missing, never a class."""
+
+
 def _missing_scalar(x) -> bool:
     if x is None:
         return True
@@ -29,14 +33,26 @@ def _missing_scalar(x) -> bool:
         return True
 
 
-def is_missing(values: np.ndarray) -> np.ndarray:
-    """Boolean mask of missing labels: None, NaN, pandas NA and empty strings.
+def _no_label_scalar(x) -> bool:
+    """The integer "no label" id -1 (also as a float), never a bool or a string."""
+    return (isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
+            and x == MISSING_ID)
+
+
+def missing_label(x) -> bool:
+    """One label value is missing: None, NaN, NA, an empty string or the "no label" id -1."""
+    return _missing_scalar(x) or _no_label_scalar(x)
+
+
+def is_missing(values: np.ndarray, no_label: bool = False) -> np.ndarray:
+    """Boolean mask of missing labels: None, NaN, pandas NA and empty strings
+    (and, with ``no_label``, the integer id -1).
 
     Labels repeat a lot (a few dozen phones over millions of frames), so each
     distinct value is checked once.
     """
     codes, uniques = pd.factorize(pd.Series(np.asarray(values, dtype=object)), use_na_sentinel=True)
-    bad = np.array([_missing_scalar(u) for u in uniques] + [True], dtype=bool)
+    bad = np.array([missing_label(u) if no_label else _missing_scalar(u) for u in uniques] + [True], dtype=bool)
     return bad[codes]  # the NA sentinel -1 picks the trailing True
 
 
@@ -54,18 +70,20 @@ def is_real_valued(values: np.ndarray, max_classes: int = 20) -> bool:
 def encode_labels(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(keep_mask, label_ids, classes)``: integer ids of the non-missing labels.
 
-    ``classes[label_ids]`` gives back the original values; classes are sorted
-    (as strings when the values are mixed) so ids are reproducible.
+    Missing: None, NaN, empty strings, and the integer ``-1`` (also as a float,
+    when ids were upcast by NaN). ``classes[label_ids]`` gives back the original
+    values; classes are sorted (as strings when the values are mixed) so ids are
+    reproducible.
     """
     values = np.asarray(values)
-    if values.dtype.kind in "iub":
+    if values.dtype.kind == "b":
         keep = np.ones(len(values), dtype=bool)
-        classes, ids = np.unique(values, return_inverse=True)
-        return keep, ids.astype(np.int64), classes
-    if values.dtype.kind == "f":
-        keep = np.isfinite(values)
+    elif values.dtype.kind in "iu":
+        keep = values != MISSING_ID
+    elif values.dtype.kind == "f":
+        keep = np.isfinite(values) & (values != MISSING_ID)
     else:
-        keep = ~is_missing(values)
+        keep = ~is_missing(values, no_label=True)
     kept = values[keep]
     if values.dtype.kind == "O":
         kept = kept.astype(str)
@@ -139,33 +157,41 @@ def pnmi(counts: np.ndarray) -> float:
 
 
 # -- association ----------------------------------------------------------------
-def ranked_association(counts: np.ndarray, weighted: bool = True, max_rank: int | None = None) -> np.ndarray:
+def ranked_association(
+    counts: np.ndarray, weighted: bool = True, max_rank: int | None = None, min_count: int = 1
+) -> np.ndarray:
     """Mean sorted label distribution per code, in % (Sadok et al. 2025, Fig. 2).
 
-    For every used code, p(label | code) is sorted in decreasing order; the
-    curves are averaged over codes, weighted by each code's frame count or
-    uniformly over used codes. Entry r is the mean share (in %) of a code's
-    frames that fall on its (r+1)-th most associated label; the curve sums to 100.
+    For every code with at least ``min_count`` frames, p(label | code) is sorted
+    in decreasing order; the curves are averaged over those codes, weighted by
+    each code's frame count or uniformly. Entry r is the mean share (in %) of a
+    code's frames that fall on its (r+1)-th most associated label; the curve sums
+    to 100. A code seen once has a top-1 share of 100 % whatever it encodes, so
+    ``min_count`` keeps rare codes from inflating the unweighted curve; when no
+    code has that many frames the curve is NaN.
     """
     j = np.asarray(counts, dtype=np.float64)
     n_k = j.sum(axis=1)
-    used = n_k > 0
-    if not used.any():
+    if not (n_k > 0).any():
         raise ValueError("no counts")
+    used = n_k >= max(min_count, 1)
+    if not used.any():
+        r = j.shape[1] if max_rank is None else min(max_rank, j.shape[1])
+        return np.full(r, np.nan)
     cond = np.sort(j[used] / n_k[used, None], axis=1)[:, ::-1]
     w = n_k[used] if weighted else np.ones(int(used.sum()))
     curve = 100.0 * (w[:, None] * cond).sum(axis=0) / w.sum()
     return curve if max_rank is None else curve[:max_rank]
 
 
-def top1_association(counts: np.ndarray, weighted: bool = False) -> float:
-    """Mean (over used codes) share of a code's frames on its most associated label, in %.
+def top1_association(counts: np.ndarray, weighted: bool = False, min_count: int = 1) -> float:
+    """Mean (over codes with >= ``min_count`` frames) share of a code's frames on its most associated label, in %.
 
-    Unweighted by default: every used code counts once, as in Sadok et al.'s
+    Unweighted by default: every counted code counts once, as in Sadok et al.'s
     per-code average. ``weighted=True`` weights codes by frequency, which is
-    the label purity below (times 100).
+    the label purity below (times 100) when ``min_count`` is 1.
     """
-    return float(ranked_association(counts, weighted=weighted, max_rank=1)[0])
+    return float(ranked_association(counts, weighted=weighted, max_rank=1, min_count=min_count)[0])
 
 
 def label_purity(counts: np.ndarray) -> float:
@@ -195,6 +221,38 @@ def dead_fraction(code_counts: np.ndarray) -> float:
 
 
 # -- shuffled baseline ---------------------------------------------------------
+def null_tables(counts: np.ndarray, n_tables: int = 10, seed: int = 0) -> Iterator[np.ndarray]:
+    """Co-occurrence tables of the same frames after a uniformly random permutation of the labels.
+
+    Permuting labels across frames keeps both marginals and destroys their
+    dependence; the table it produces is multivariate hypergeometric given the
+    margins, so it is drawn from the margins directly (one draw per label, or per
+    code when there are fewer codes) without touching a frame: the cost is
+    O(codes x labels) per table whatever the corpus size. Seeded: reproducible.
+    """
+    j = np.asarray(counts, dtype=np.int64)
+    if j.ndim != 2:
+        raise ValueError("joint table must be 2-D")
+    rng = np.random.default_rng(seed)
+    r_idx, c_idx = np.flatnonzero(j.sum(axis=1)), np.flatnonzero(j.sum(axis=0))
+    rows, cols = j.sum(axis=1)[r_idx], j.sum(axis=0)[c_idx]
+    flip = len(rows) < len(cols)  # loop over the shorter margin, draw over the longer one
+    if flip:
+        rows, cols = cols, rows
+    for _ in range(n_tables):
+        sub = np.zeros((len(rows), len(cols)), dtype=np.int64)
+        left = rows.copy()
+        for k, m in enumerate(cols[:-1]):
+            x = rng.multivariate_hypergeometric(left, int(m))
+            sub[:, k] = x
+            left -= x
+        if len(cols):
+            sub[:, -1] = left
+        full = np.zeros_like(j)
+        full[np.ix_(r_idx, c_idx)] = sub.T if flip else sub
+        yield full
+
+
 def shuffled_mi(
     codes: np.ndarray,
     labels: np.ndarray,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -27,10 +27,11 @@ import pandas as pd
 from ..errors import CodeclensError
 from ..util.device import resolve_device
 from . import ANALYSES
+from . import framestream as fs
 from . import infotheory as it
 from .base import Analysis, AnalysisResult, Artifact
 from .club import BracketConfig, mi_bracket
-from .tokens import label_column_name, layer_codes, parse_layers, pyplot, save_csv, save_figure, store_labels
+from .tokens import Z_NULL, label_column_name, parse_layers, pyplot, save_csv, save_figure, store_labels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,70 +88,181 @@ class MIConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Target:
-    """One attribute resolved against a store."""
+    """One attribute resolved against a store (no per-frame arrays: those are streamed)."""
 
     name: str
     column: str
     discrete: bool
-    rows: np.ndarray
-    """Frame rows that have a value."""
-    ids: np.ndarray
-    """Integer label (discrete) or quantile bin (continuous) per row."""
-    n_classes: int
-    values: np.ndarray | None = None
-    """Real values per row (continuous targets; log F0 for F0)."""
+    edges: np.ndarray | None = None
+    """Continuous targets: inner quantile-bin edges of the (log2 for F0) values."""
+    is_f0: bool = False
+    """F0: voiced frames only (f0 > 0 and the ``voiced`` column when present), as log2 F0."""
+    voiced_column: bool = False
+    n_valid: int = 0
+    """Continuous targets: frames with a value."""
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.edges) + 1 if self.edges is not None else 0
 
 
-def resolve_target(store: Any, name: str, n_bins: int) -> Target:
-    """Find the column of a target, drop missing values, choose discrete or continuous."""
-    cols = set(store.frames.columns) | set(store.utterances.columns)
-    col = label_column_name(store, name)
-    if name == "f0":
-        col = "f0_hz" if "f0_hz" in cols else "f0"
-    raw = store.frame_column(col)
-    is_f0 = col in ("f0_hz", "f0")
-    continuous = is_f0 or it.is_real_valued(raw)
-    if not continuous:
-        keep, ids, classes = it.encode_labels(raw)
-        rows = np.flatnonzero(keep)
-        if len(classes) < 2:
-            raise CodeclensError(f"{store.path}: target '{name}' ({col}) has fewer than 2 classes")
-        return Target(name, col, True, rows, ids, len(classes))
-    v = np.asarray(raw, dtype=np.float64)
-    keep = np.isfinite(v)
-    if is_f0:
-        keep &= v > 0
-        if "voiced" in cols:
-            keep &= np.asarray(store.frame_column("voiced"), dtype=bool)
-        v = np.log2(np.where(keep, v, 1.0))
-    rows = np.flatnonzero(keep)
-    if len(rows) < 20:
-        raise CodeclensError(f"{store.path}: target '{name}' ({col}) has only {len(rows)} usable frames")
-    vals = v[rows]
-    edges = np.unique(np.quantile(vals, np.linspace(0, 1, n_bins + 1)[1:-1]))
-    ids = np.searchsorted(edges, vals, side="right")
-    return Target(name, col, False, rows, ids.astype(np.int64), len(edges) + 1, vals)
+#: Values kept (uniformly at random) to place the quantile-bin edges of a continuous target:
+#: exact below this many frames, within ~0.1% of rank above.
+QUANTILE_SAMPLE = 1_000_000
 
 
-def split_rows(store: Any, rows: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Train / held-out frame rows by utterance: the store's ``split_utt`` or a seeded 80/20 split."""
-    utt = store.frame_utt[rows]
+def continuous_values(chunk: dict[str, Any], tgt: Target) -> np.ndarray:
+    """Per frame of a chunk, the target value (log2 F0 for F0), NaN where there is none."""
+    v = chunk["raw:" + tgt.column]
+    ok = np.isfinite(v)
+    if tgt.is_f0:
+        ok &= v > 0
+        if tgt.voiced_column:
+            f = chunk["voiced"]
+            vb = f.uniques.astype(bool)[f.index] & (f.index >= 0)
+            ok &= vb
+        return np.where(ok, np.log2(np.where(ok, v, 1.0)), np.nan)
+    return np.where(ok, v, np.nan)
+
+
+def resolve_targets(store: Any, names: Sequence[str], n_bins: int, seed: int = 0) -> list[Target]:
+    """Find the column of each target and choose discrete or continuous; quantile edges of continuous ones.
+
+    One streamed pass over the float columns (labels only, no codes): a float column
+    with more than 20 distinct values that are not whole numbers is continuous (a
+    measurement); whole-number floats are ids upcast by missing values.
+    """
+    cols = set(fs.frame_column_names(store)) | set(store.utterances.columns)
+    out: list[Target | None] = []
+    floats: list[tuple[int, Target]] = []
+    for name in names:
+        col = label_column_name(store, name)
+        if name == "f0":
+            col = "f0_hz" if "f0_hz" in cols else "f0"
+        fs.column_source(store, col)  # a missing column is a one-line error naming the available ones
+        is_f0 = col in ("f0_hz", "f0")
+        if is_f0 or fs.column_is_float(store, col):
+            floats.append((len(out), Target(name, col, False, is_f0=is_f0, voiced_column=is_f0 and "voiced" in cols)))
+            out.append(None)
+        else:
+            out.append(Target(name, col, True))
+    if floats:
+        rng = np.random.default_rng(seed)
+        samples = {i: fs.Reservoir(QUANTILE_SAMPLE, rng) for i, _ in floats}
+        encoders = {i: fs.LabelEncoder(t.column) for i, t in floats if not t.is_f0}
+        extra = ["voiced"] if any(t.voiced_column for _, t in floats) else []
+        for _, _, chunk in fs.iter_chunks(store, [c for c in extra], raw=[t.column for _, t in floats]):
+            for i, t in floats:
+                if i in encoders:
+                    raw = chunk["raw:" + t.column]
+                    try:
+                        encoders[i].ids(fs.Factorized(*_factorize_numeric(raw)))
+                    except CodeclensError:
+                        del encoders[i]  # a measurement: continuous
+                v = continuous_values(chunk, t)
+                samples[i].add(v=v[np.isfinite(v)])
+        for i, t in floats:
+            if i in encoders:
+                out[i] = Target(t.name, t.column, True)
+                continue
+            sample = samples[i].items.get("v", np.zeros(0))
+            if samples[i].seen < 20:
+                raise CodeclensError(f"{store.path}: target '{t.name}' ({t.column}) has only {samples[i].seen} "
+                                     "usable frames")
+            edges = np.unique(np.quantile(sample, np.linspace(0, 1, n_bins + 1)[1:-1]))
+            out[i] = dataclasses.replace(t, edges=edges, n_valid=samples[i].seen)
+    return [t for t in out if t is not None]
+
+
+def _factorize_numeric(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    return np.asarray(codes, np.int64), np.asarray(uniques)
+
+
+def heldout_utterances(store: Any, seed: int) -> np.ndarray:
+    """Held-out flag per utterance: the store's ``split_utt`` (not train), or a seeded 20% when
+    that split leaves fewer than 10 frames on either side."""
     u = store.utterances
+    n = u["n_frames"].to_numpy()
     if "split_utt" in u.columns:
-        split = u["split_utt"].astype(str).to_numpy()[utt]
-        tr, te = rows[split == "train"], rows[split != "train"]
-        if len(tr) >= 10 and len(te) >= 10:
-            return tr, te
-    rng = np.random.default_rng(seed)
-    held = rng.random(len(u)) < 0.2
-    tr, te = rows[~held[utt]], rows[held[utt]]
-    if len(tr) < 10 or len(te) < 10:
-        raise CodeclensError(f"{store.path}: too few frames to split into training and held-out utterances")
-    return tr, te
+        held = u["split_utt"].astype(str).to_numpy() != "train"
+        if n[~held].sum() >= 10 and n[held].sum() >= 10:
+            return held
+    return np.random.default_rng(seed).random(len(u)) < 0.2
 
 
-def _subsample(rows: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    return rows if len(rows) <= n else np.sort(rng.choice(rows, size=n, replace=False))
+@dataclasses.dataclass
+class _Counted:
+    """What one streamed pass gathers for a target: count tables per layer and the bracket's sample."""
+
+    tables: list[np.ndarray]
+    train: dict[str, np.ndarray]
+    test: dict[str, np.ndarray]
+    n_classes: int
+
+
+def count_targets(store: Any, layers: Sequence[int], targets: Sequence[Target], cfg: "MIConfig") -> list[_Counted]:
+    """One streamed pass over codes and labels: per target, ``[codes, classes]`` tables for every
+    layer, and seeded uniform samples of at most ``max_train`` training / ``max_test`` held-out frames."""
+    cols = [l - 1 for l in layers]
+    sizes = [store.codebook_sizes[l - 1] for l in layers]
+    counters = [fs.CodeCounter(layers, sizes) for _ in targets]
+    encoders = [fs.LabelEncoder(t.column, max_classes=1 << 62) if t.discrete else None for t in targets]
+    rng = np.random.default_rng(cfg.seed)
+    res_tr = [fs.Reservoir(cfg.max_train, rng) for _ in targets]
+    res_te = [fs.Reservoir(cfg.max_test, rng) for _ in targets]
+    held = heldout_utterances(store, cfg.seed)
+    ends = fs.utterance_ends(store)
+    disc = [t.column for t in targets if t.discrete]
+    if any(t.voiced_column for t in targets):
+        disc.append("voiced")
+    raw = [t.column for t in targets if not t.discrete]
+    for a, b, chunk in fs.iter_chunks(store, disc, raw=raw):
+        codes = fs.code_rows(store, a, b, cols)
+        utt = fs.utt_of_rows(ends, a, b)
+        for j, t in enumerate(targets):
+            if t.discrete:
+                ids = encoders[j].ids(chunk[t.column])
+                n_cls = encoders[j].n
+                y = ids
+            else:
+                v = continuous_values(chunk, t)
+                ids = np.where(np.isfinite(v), np.searchsorted(t.edges, np.nan_to_num(v), side="right"), -1)
+                n_cls = t.n_classes
+                y = v
+            keep = ids >= 0
+            counters[j].add(codes[keep], ids[keep], n_cls)
+            rows = np.flatnonzero(keep)
+            h = held[utt[rows]]
+            # The sample keeps its frames' codes too: the bracket's vectors are lookups of them, so the
+            # fits never touch the memory-mapped codes (whose pages would stay resident).
+            res_tr[j].add(row=rows[~h] + a, y=y[rows[~h]], codes=codes[rows[~h]])
+            res_te[j].add(row=rows[h] + a, y=y[rows[h]], codes=codes[rows[h]])
+    out = []
+    for j, t in enumerate(targets):
+        tr, te = res_tr[j].sorted_by("row"), res_te[j].sorted_by("row")
+        if t.discrete:
+            classes, new = encoders[j].finish()
+            if len(classes) < 2:
+                raise CodeclensError(f"{store.path}: target '{t.name}' ({t.column}) has fewer than 2 classes")
+            for part in (tr, te):
+                if part:
+                    part["y"] = new[part["y"].astype(np.int64)]
+            tables, n_cls = counters[j].tables(len(classes), new), len(classes)
+        else:
+            tables, n_cls = counters[j].tables(t.n_classes), t.n_classes
+        out.append(_Counted(tables, tr, te, n_cls))
+    return out
+
+
+def _lookup(store: Any, codes: np.ndarray, counted_layers: list[int], layer: int, cumulative: bool) -> np.ndarray:
+    """``layer:k`` (or ``cumulative:k``) vectors of sampled frames from their codes, as ``Store.materialize``
+    computes them (same float32 sums in the same order)."""
+    ls = list(range(1, layer + 1)) if cumulative else [layer]
+    out = store.tables[ls[0] - 1][codes[:, counted_layers.index(ls[0])].astype(np.int64)].copy()
+    for l in ls[1:]:
+        out += store.tables[l - 1][codes[:, counted_layers.index(l)].astype(np.int64)]
+    return out
 
 
 @ANALYSES.register("mi")
@@ -170,19 +282,26 @@ class MIAnalysis(Analysis):
         disc_rows, club_rows = [], []
         for store, title in zip(stores, titles):
             layers = parse_layers(cfg.layers, store.n_layers)
-            targets = [resolve_target(store, t, cfg.f0_bins) for t in cfg.targets]
-            jobs = [(layer, t) for layer in layers for t in targets]
+            targets = resolve_targets(store, cfg.targets, cfg.f0_bins, cfg.seed)
+            # cumulative:k's cap needs the code counts of layers 1..k too
+            counted_layers = list(range(1, max(layers) + 1)) if cfg.club and cfg.repr == "cumulative" else layers
+            counted = count_targets(store, counted_layers, targets, cfg)
+            jobs = [(layer, t, c) for layer in layers for t, c in zip(targets, counted)]
             bar = tqdm(jobs, desc=f"mi {title}", disable=not progress, leave=False)
-            for layer, tgt in bar:
-                disc_rows.append({"store": title, "layer": layer, **self._discrete(store, layer, tgt, cfg)})
+            for layer, tgt, cnt in bar:
+                table = cnt.tables[counted_layers.index(layer)]
+                disc_rows.append({"store": title, "layer": layer, **self._discrete(table, layer, tgt, cfg)})
                 if cfg.club:
-                    club_rows.append({"store": title, "layer": layer, **self._bracket(store, layer, tgt, cfg, device)})
+                    club_rows.append({"store": title, "layer": layer,
+                                      **self._bracket(store, layer, tgt, cnt, counted_layers, cfg, device)})
         disc = pd.DataFrame(disc_rows)
         save_csv(disc, out / "mi_discrete.csv")
         arts = [Artifact(
             "mi_discrete.csv", "Plug-in MI (bits) between each layer's codes and each attribute: raw, "
-            "Miller-Madow corrected, and the mean/sd of the same estimators on shuffled labels; continuous "
-            f"attributes in {cfg.f0_bins} quantile bins.", "table")]
+            f"Miller-Madow corrected, the mean/sd of the same estimators over {cfg.n_shuffles} shuffled-label tables "
+            "(same code and label counts, labels permuted across frames: the estimator's value without "
+            "information), mi_corrected_bits = raw - shuffled mean, and above_null (raw above the shuffled mean by "
+            f"more than {Z_NULL:g} shuffled sd); continuous attributes in {cfg.f0_bins} quantile bins.", "table")]
         club = pd.DataFrame(club_rows)
         if cfg.club:
             save_csv(club, out / "mi_club.csv")
@@ -202,48 +321,49 @@ class MIAnalysis(Analysis):
 
     # -- estimates ----------------------------------------------------------------
     @staticmethod
-    def _discrete(store, layer: int, tgt: Target, cfg: MIConfig) -> dict[str, Any]:
-        codes = layer_codes(store, layer)[tgt.rows]
-        K = int(store.codebook_sizes[layer - 1])
-        counts = it.cooccurrence(codes, tgt.ids, K, tgt.n_classes)
+    def _discrete(counts: np.ndarray, layer: int, tgt: Target, cfg: MIConfig) -> dict[str, Any]:
         sh_plug, sh_mm = [], []
-        for c in it.shuffled_cooccurrences(codes, tgt.ids, K, tgt.n_classes, cfg.n_shuffles, cfg.seed + layer):
+        for c in it.null_tables(counts, cfg.n_shuffles, cfg.seed + layer):
             sh_plug.append(it.mutual_information(c))
             sh_mm.append(it.mutual_information(c, miller_madow=True))
         b = 1.0 / it.LN2
         nan = float("nan")
+        plug = it.mutual_information(counts)
+        mean_plug = float(np.mean(sh_plug)) if sh_plug else nan
+        sd_plug = float(np.std(sh_plug, ddof=1)) if len(sh_plug) > 1 else nan
         return {
-            "target": tgt.name, "column": tgt.column, "binned": not tgt.discrete, "n_frames": int(len(codes)),
-            "n_codes_used": int((counts.sum(axis=1) > 0).sum()), "n_classes": tgt.n_classes,
+            "target": tgt.name, "column": tgt.column, "binned": not tgt.discrete, "n_frames": int(counts.sum()),
+            "n_codes_used": int((counts.sum(axis=1) > 0).sum()), "n_classes": int(counts.shape[1]),
             "h_target_bits": it.entropy(counts.sum(axis=0)) * b,
-            "mi_plugin_bits": it.mutual_information(counts) * b,
+            "mi_plugin_bits": plug * b,
             "mi_mm_bits": it.mutual_information(counts, miller_madow=True) * b,
-            "shuffle_plugin_mean_bits": float(np.mean(sh_plug)) * b if sh_plug else nan,
+            "shuffle_plugin_mean_bits": mean_plug * b,
+            "shuffle_plugin_sd_bits": sd_plug * b,
             "shuffle_mm_mean_bits": float(np.mean(sh_mm)) * b if sh_mm else nan,
-            "shuffle_mm_sd_bits": float(np.std(sh_mm)) * b if sh_mm else nan,
+            "shuffle_mm_sd_bits": float(np.std(sh_mm, ddof=1)) * b if len(sh_mm) > 1 else nan,
+            "mi_corrected_bits": (plug - mean_plug) * b,
+            "above_null": bool(plug - mean_plug > Z_NULL * max(sd_plug, 1e-12)) if sh_plug else True,
         }
 
     @staticmethod
-    def _bracket(store, layer: int, tgt: Target, cfg: MIConfig, device) -> dict[str, Any]:
-        rng = np.random.default_rng(cfg.seed + 1000 * layer)
-        tr, te = split_rows(store, tgt.rows, cfg.seed)
-        tr, te = _subsample(tr, cfg.max_train, rng), _subsample(te, cfg.max_test, rng)
-        # tgt.rows is sorted, so searchsorted maps frame rows back to target positions.
-        i_tr, i_te = np.searchsorted(tgt.rows, tr), np.searchsorted(tgt.rows, te)
+    def _bracket(store, layer: int, tgt: Target, cnt: _Counted, counted_layers: list[int], cfg: MIConfig,
+                 device) -> dict[str, Any]:
+        tr, te = cnt.train.get("row", np.zeros(0, np.int64)), cnt.test.get("row", np.zeros(0, np.int64))
+        if len(tr) < 10 or len(te) < 10:
+            raise CodeclensError(f"{store.path}: too few frames to split into training and held-out utterances")
         rep = f"{cfg.repr}:{layer}"
-        x_tr, x_te = store.materialize(rep, tr), store.materialize(rep, te)
+        x_tr, x_te = (_lookup(store, part["codes"], counted_layers, layer, cfg.repr == "cumulative")
+                      for part in (cnt.train, cnt.test))
+        y_tr, y_te = cnt.train["y"], cnt.test["y"]
         if tgt.discrete:
-            y_tr, y_te = tgt.ids[i_tr], tgt.ids[i_te]
-        else:
-            y_tr, y_te = tgt.values[i_tr], tgt.values[i_te]
-        # X is a function of the codes, so I(X; Y) <= H(codes) caps CLUB (Miller-Madow: errs high, stays a cap).
+            y_tr, y_te = y_tr.astype(np.int64), y_te.astype(np.int64)
+        # X is a function of the codes, so I(X; Y) <= H(codes) caps CLUB (Miller-Madow: errs high, stays a cap);
+        # for cumulative:k, H(codes 1..k) <= sum of the layers' entropies, which streams.
         k = layer if cfg.repr == "cumulative" else 1
-        cols = np.arange(layer - k, layer)
-        codes = np.asarray(store.codes[tgt.rows][:, cols], dtype=np.int64)
-        _, code_ids = np.unique(codes, axis=0, return_inverse=True)
-        h_x = it.miller_madow_entropy(np.bincount(code_ids.ravel()))
+        h_x = sum(it.miller_madow_entropy(cnt.tables[counted_layers.index(l)].sum(axis=1))
+                  for l in range(layer - k + 1, layer + 1))
         br = mi_bracket(x_tr, y_tr, x_te, y_te, tgt.discrete, cfg.bracket, device, upper_cap=h_x,
-                        groups=store.frame_utt[tr])
+                        groups=fs.utt_of_rows_at(fs.utterance_ends(store), tr))
         b = 1.0 / it.LN2
         return {
             "target": tgt.name, "column": tgt.column, "repr": rep, "kind": "discrete" if tgt.discrete else "continuous",
@@ -299,13 +419,23 @@ class MIAnalysis(Analysis):
     def _summary(disc: pd.DataFrame, club: pd.DataFrame, cfg: MIConfig) -> str:
         parts = []
         for (store, target), d in disc.groupby(["store", "target"], sort=False):
-            best = d.loc[d["mi_mm_bits"].idxmax()]
-            s = (f"{store}/{target}: code MI peaks at layer {int(best['layer'])} ({best['mi_mm_bits']:.2f} bits, "
-                 f"shuffled {best['shuffle_mm_mean_bits']:.3f})")
+            key = "mi_corrected_bits" if cfg.n_shuffles > 0 else "mi_mm_bits"
+            best = d.loc[d[key].idxmax()]
+            shuffled = f"shuffled {best['shuffle_plugin_mean_bits']:.3f}"
+            if cfg.n_shuffles > 0 and not d["above_null"].any():
+                s = (f"{store}/{target}: no layer above the shuffled-label baseline (code MI peaks at layer "
+                     f"{int(best['layer'])} with {best['mi_plugin_bits']:.3f} bits raw, equal to its {shuffled})")
+            else:
+                what = "bias-corrected code MI" if cfg.n_shuffles > 0 else "code MI (Miller-Madow, no null)"
+                s = (f"{store}/{target}: {what} peaks at layer {int(best['layer'])} ({best[key]:.2f} bits; raw "
+                     f"{best['mi_plugin_bits']:.2f}, {shuffled})")
             if cfg.club and len(club):
                 c = club[(club["store"] == store) & (club["target"] == target)]
                 cb = c.loc[c["lower_bits"].idxmax()]
-                s += (f"; variational bracket largest at layer {int(cb['layer'])} "
-                      f"[{cb['lower_bits']:.2f}, {cb['upper_bits']:.2f}] bits")
+                if cb["lower_bits"] <= 0:
+                    s += "; variational lower bound 0 at every layer"
+                else:
+                    s += (f"; variational bracket largest at layer {int(cb['layer'])} "
+                          f"[{cb['lower_bits']:.2f}, {cb['upper_bits']:.2f}] bits")
             parts.append(s + ".")
         return " ".join(parts)

@@ -66,8 +66,8 @@ def frame_phone_classes(store: Any) -> np.ndarray | None:
     elif "phone" in cols:
         ph = pd.Series(store.frame_column("phone"), dtype=object)
         codes, uniques = pd.factorize(ph, use_na_sentinel=True)
-        names = [None if it.is_missing(np.array([p], dtype=object))[0] else phone_class(normalize_phone(str(p)))
-                 for p in uniques]
+        canon = [None if it.is_missing(np.array([p], dtype=object))[0] else normalize_phone(str(p)) for p in uniques]
+        names = [None if c is None else phone_class(c) for c in canon]  # noise markers: missing
         v = np.array(names + [None], dtype=object)[codes]
     else:
         return None

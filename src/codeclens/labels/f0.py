@@ -21,6 +21,14 @@ Methods:
 Both also mark frames quieter than ``silence_db`` (RMS dBFS over the analysis
 window, default -60) unvoiced, so silence and empty audio are all unvoiced.
 
+The pitch window is long (64 ms for ``fmin`` = 50 Hz), so from inside a pause it
+still reaches the neighbouring vowel. The voicing of a codec frame is therefore
+confirmed **locally**, on a window of one codec frame around its centre (at least
+two periods of its F0): the frame stays voiced only if that window is louder than
+``silence_db`` and periodic at the frame's F0 (normalised autocorrelation at the
+period at least ``periodicity``, default 0.5; see :func:`local_voicing`). Silence
+next to a vowel is unvoiced.
+
 Frame columns: ``f0_hz`` (float, NaN unvoiced), ``f0_cents`` (cents re 55 Hz,
 ``1200*log2(f0/55)``, NaN unvoiced), ``voiced`` (bool). Utterance columns:
 ``f0_median_hz`` (median over voiced analysis frames, NaN if none) and
@@ -28,7 +36,7 @@ Frame columns: ``f0_hz`` (float, NaN unvoiced), ``f0_cents`` (cents re 55 Hz,
 
 Options: ``method``, ``fmin`` (Hz, default 50), ``fmax`` (default 600),
 ``resolution`` (pyin), ``threshold``, ``model``, ``device`` (crepe),
-``silence_db``, ``hop`` (seconds, default 0.01), ``refine`` (default true: sharpen the
+``silence_db``, ``periodicity``, ``hop`` (seconds, default 0.01), ``refine`` (default true: sharpen the
 bin-centre F0 of either method to a sub-sample period by parabolic interpolation of the
 squared-difference function, see :func:`refine_f0`).
 """
@@ -110,6 +118,48 @@ def track_to_frames(track: PitchTrack, times: np.ndarray, frame_rate: float) -> 
     return f0, voiced
 
 
+def local_voicing(
+    x: np.ndarray, sr: int, times: np.ndarray, f0: np.ndarray, frame_rate: float, silence_db: float,
+    min_periodicity: float,
+) -> np.ndarray:
+    """Which frames are voiced by their own audio: loud enough and periodic at their F0.
+
+    For each frame centred at ``times`` (s) with a finite ``f0``, the window is one
+    codec frame (``1/frame_rate``) or two periods, whichever is longer. Loudness: RMS
+    over that window >= ``silence_db`` dBFS. Periodicity: the normalised
+    autocorrelation ``sum(a*b) / sqrt(sum(a^2) sum(b^2))`` of the window ``a`` and
+    the same window one period later ``b`` (best of the two integer lags around the
+    period), >= ``min_periodicity``. Digital silence scores 0, noise about 0, a
+    steady vowel close to 1. Frames without F0 are False.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    times = np.asarray(times, dtype=np.float64)
+    out = np.zeros(len(times), dtype=bool)
+    ok = np.flatnonzero(np.isfinite(f0) & (f0 > 0))
+    if len(ok) == 0 or len(x) == 0:
+        return out
+    period = sr / np.asarray(f0, dtype=np.float64)[ok]
+    frame = max(int(round(sr / float(frame_rate))), 1)
+    win = int(max(frame, 2 * np.ceil(period.max())))
+    centers = np.round(times[ok] * sr).astype(np.int64)
+    loud = frame_rms_db(x, centers, max(frame // 2, 1)) >= silence_db
+    pad = win + int(np.ceil(period.max())) + 2
+    xp = np.pad(x, (pad, pad))
+    start = centers - win // 2 + pad
+    j = np.arange(win)
+    a = xp[start[:, None] + j[None, :]]
+    ea = (a * a).sum(axis=1)
+    best = np.zeros(len(ok))
+    for lag in (np.floor(period), np.ceil(period)):
+        b = xp[start[:, None] + j[None, :] + lag.astype(np.int64)[:, None]]
+        den = np.sqrt(ea * (b * b).sum(axis=1))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = np.where(den > 0, (a * b).sum(axis=1) / den, 0.0)
+        best = np.maximum(best, r)
+    out[ok] = loud & (best >= min_periodicity)
+    return out
+
+
 def refine_f0(x: np.ndarray, centers: np.ndarray, f0: np.ndarray, sr: int, window: int) -> np.ndarray:
     """Sharpen pitch-bin F0 estimates to sub-sample periods.
 
@@ -169,7 +219,8 @@ def _import_torchcrepe():
 class F0Labeller(Labeller):
     """F0 (Hz and cents) and voicing per codec frame."""
 
-    options = ("method", "fmin", "fmax", "resolution", "threshold", "model", "device", "silence_db", "hop", "refine")
+    options = ("method", "fmin", "fmax", "resolution", "threshold", "model", "device", "silence_db", "periodicity",
+               "hop", "refine")
 
     def __init__(self, spec):
         super().__init__(spec)
@@ -181,6 +232,7 @@ class F0Labeller(Labeller):
         self.model = spec.get("model", "full")
         self.device = spec.get("device", "auto")
         self.silence_db = spec.get("silence_db", -60.0, float)
+        self.periodicity = spec.get("periodicity", 0.5, float)
         self.hop = spec.get("hop", 0.01, float)
         self.refine = spec.get("refine", True, bool)
         if self.method not in ("pyin", "crepe"):
@@ -195,9 +247,11 @@ class F0Labeller(Labeller):
             raise CodeclensError("f0: resolution must be in (0, 1] semitones")
         if not 0 <= self.threshold <= 1:
             raise CodeclensError("f0: threshold must be in [0, 1]")
+        if not 0 <= self.periodicity < 1:
+            raise CodeclensError("f0: periodicity must be in [0, 1)")
         if not 0.001 <= self.hop <= 0.05:
             raise CodeclensError("f0: hop must be between 0.001 and 0.05 s")
-        self._cache: tuple[Any, PitchTrack] | None = None
+        self._cache: tuple[Any, PitchTrack, np.ndarray] | None = None
 
     # -- analysis track ------------------------------------------------------
     def track(self, audio: np.ndarray, sample_rate: int) -> PitchTrack:
@@ -260,16 +314,25 @@ class F0Labeller(Labeller):
         return _fit(f0, n_frames, np.nan), _fit(per >= self.threshold, n_frames, False), 1024
 
     def _cached_track(self, utt: Utterance, audio: np.ndarray, sample_rate: int) -> PitchTrack:
+        return self._cached(utt, audio, sample_rate)[0]
+
+    def _cached(self, utt: Utterance, audio: np.ndarray, sample_rate: int) -> tuple[PitchTrack, np.ndarray]:
+        """(track, 16 kHz audio) of an utterance, computed once for its frame and utterance labels."""
         key = (utt.id, utt.path, len(audio), int(sample_rate))
         if self._cache is not None and self._cache[0] == key:
-            return self._cache[1]
+            return self._cache[1], self._cache[2]
         tr = self.track(audio, sample_rate)
-        self._cache = (key, tr)
-        return tr
+        x = resample(np.asarray(audio, dtype=np.float32), int(sample_rate), ANALYSIS_SR)
+        self._cache = (key, tr, x)
+        return tr, x
 
     # -- labeller contract ---------------------------------------------------
     def frame_labels(self, utt, audio, sample_rate, times, frame_rate) -> dict[str, np.ndarray]:
-        f0, voiced = track_to_frames(self._cached_track(utt, audio, sample_rate), times, frame_rate)
+        track, x = self._cached(utt, audio, sample_rate)
+        f0, voiced = track_to_frames(track, times, frame_rate)
+        # The track's window reaches neighbouring vowels from inside a pause: confirm at the frame.
+        voiced &= local_voicing(x, ANALYSIS_SR, times, f0, frame_rate, self.silence_db, self.periodicity)
+        f0 = np.where(voiced, f0, np.nan)
         return {"f0_hz": f0, "f0_cents": hz_to_cents(f0), "voiced": voiced.astype(bool)}
 
     def utterance_labels(self, utt, audio, sample_rate) -> dict[str, Any]:
@@ -283,6 +346,7 @@ class F0Labeller(Labeller):
     def describe(self) -> dict[str, Any]:
         return {
             "spec": str(self.spec), "method": self.method, "fmin": self.fmin, "fmax": self.fmax,
+            "silence_db": self.silence_db, "periodicity": self.periodicity,
             "columns": ["f0_hz", "f0_cents", "voiced"], "cents_reference_hz": CENTS_REF_HZ,
         }
 

@@ -21,8 +21,12 @@ Normalisation (:func:`normalize_phone`):
   ``t͡ʃ`` -> ``tʃ``, ``tʰ`` -> ``t``, ``n̩`` -> ``n``); eSpeak's accent variants
   map to the phoneme they stand for (table :data:`IPA_ALIASES`, e.g. ``ɐ`` ->
   ``ə``, ``əʊ`` -> ``oʊ``, ``ɪɹ`` -> ``ɪə``, ``r`` -> ``ɹ``, syllabic ``əl`` -> ``l``);
-* silence and non-speech (``""``, ``sil``, ``sp``, ``spn``, ``<eps>``, ``_``,
-  ``pau``, ``h#``...) is one class, ``sil``;
+* silence and pauses (``""``, ``sil``, ``sp``, ``<eps>``, ``_``, ``pau``,
+  ``h#``...) are one class, ``sil``;
+* spoken-noise and noise markers (MFA's and LibriSpeech's ``spn``, ``<unk>``,
+  ``[noise]``, ``<SPOKEN_NOISE>``, ``nsn``, laughter...) are out-of-vocabulary
+  speech or non-speech sounds, neither a phone nor silence: they normalise to
+  ``None``, so their frames have no phone label (missing, never counted as ``sil``);
 * a symbol outside the inventory is kept (after stripping) and gets class
   ``other`` rather than failing, so a new accent never stops a run.
 
@@ -154,10 +158,16 @@ Looked up first as written (so ``eː``, Scottish FACE, is not taken for ``e``), 
 with length marks and diacritics stripped."""
 
 SILENCE_LABELS = frozenset(
-    {"", "sil", "sp", "spn", "<eps>", "<sil>", "eps", "_", "#", "pau", "h#", "epi", "sils", "silence",
-     "<unk>", "<noise>", "noise", "nsn", "lau", "ns", "bg", "<p:>", "||", "|"}
+    {"", "sil", "sp", "<eps>", "<sil>", "eps", "_", "#", "pau", "h#", "epi", "sils", "silence", "<p:>", "||", "|"}
 )
-"""Labels meaning silence or non-speech (compared lower-cased)."""
+"""Labels meaning silence or a pause (compared lower-cased)."""
+
+NOISE_LABELS = frozenset(
+    {"spn", "<spn>", "<unk>", "unk", "[unk]", "<noise>", "[noise]", "noise", "nsn", "<nsn>", "<spoken_noise>",
+     "[spoken_noise]", "spoken_noise", "lau", "[laughter]", "<laughter>", "laughter", "ns", "bg", "<v-noise>",
+     "[vocalized-noise]", "<vocalized_noise>", "garbage", "<garbage>", "+noise+", "++noise++"}
+)
+"""Spoken-noise / noise markers (compared lower-cased): not a phone and not silence, so missing."""
 
 _ARPA_RE = re.compile(r"^([A-Z]{1,3})([012])?$")
 _STRIP = re.compile("[ːˑ:\u0361\u035c\u02b0\u02b7\u02b2\u02e0\u02e4\u02c0\u02c1\u1d4a\u207f\u02e1\u00b7.‖|]")
@@ -175,9 +185,12 @@ def _lookup(sym: str) -> str | None:
     return IPA_ALIASES.get(sym)
 
 
-def normalize_phone(label: str | None, keep_stress: bool = False) -> str:
-    """The canonical inventory symbol of an IPA or ARPAbet phone label (see module docs)."""
+def normalize_phone(label: str | None, keep_stress: bool = False) -> str | None:
+    """The canonical inventory symbol of an IPA or ARPAbet phone label (see module docs);
+    ``None`` for a spoken-noise / noise marker (:data:`NOISE_LABELS`)."""
     raw = (label or "").strip()
+    if raw.lower() in NOISE_LABELS:
+        return None
     if raw.lower() in SILENCE_LABELS:
         return SILENCE
     stress = ""
@@ -289,7 +302,8 @@ class PhoneLabeller(Labeller):
         return {"phone": np.array(labels, dtype=object), "phone_class": classes}
 
     def frame_phones(self, utt: Utterance, duration: float | None, times, frame_rate) -> list[str | None]:
-        """Canonical phone per frame (``None`` where there is no alignment)."""
+        """Canonical phone per frame (``None`` where there is no alignment, or where the interval of
+        largest overlap is a spoken-noise / noise marker)."""
         if not utt.phones:
             return [None] * len(times)
         ivs = list(utt.phones)

@@ -1,0 +1,312 @@
+"""Frame labels and code x label counts streamed from a store, in chunks of frames.
+
+The ``tokens`` and ``mi`` analyses only need co-occurrence counts (and, for the
+variational MI bracket, a bounded subsample of frames), so nothing here holds a
+per-frame array of the whole corpus: label columns are read from
+``frames.parquet`` one record batch at a time (dictionary-encoded, so a string
+column costs an int32 per frame of the batch, not a Python string), utterance
+columns are broadcast per chunk from the utterance table, codes are sliced from
+the memory-mapped ``codes.npy``, and each chunk is counted with one
+``np.bincount`` per layer. Peak memory is set by the chunk size and the count
+tables ``[layers, codes, classes]``, not by the number of frames.
+
+Missing labels never become a class: None, NaN, empty strings and the integer
+``-1`` ("no unit": unaligned frames, failed labelling) are dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..errors import CodeclensError
+from ..store import layout
+from .infotheory import missing_label
+
+CHUNK_FRAMES = 1 << 20
+"""Frames per streamed chunk (about 1 M: a few tens of MB of transient arrays)."""
+
+
+# -- columns -------------------------------------------------------------------------
+def frame_column_names(store: Any) -> list[str]:
+    """Columns of ``frames.parquet``, read from the schema (the table itself is not loaded)."""
+    import pyarrow.parquet as pq
+
+    return list(pq.read_schema(store.path / layout.FRAMES).names)
+
+
+def column_source(store: Any, name: str) -> str:
+    """``frame`` or ``utterance``: where a label column lives (frames first, like ``Store.frame_column``)."""
+    frame_cols = frame_column_names(store)
+    if name in frame_cols:
+        return "frame"
+    if name in store.utterances.columns:
+        return "utterance"
+    skip = {"utt", "frame", "time", "frame_offset", "n_frames", "path", "id"}
+    avail = [c for c in dict.fromkeys([*frame_cols, *store.utterances.columns]) if c not in skip]
+    raise CodeclensError(f"{store.path}: no label column '{name}'; available: {', '.join(avail)}")
+
+
+def column_is_float(store: Any, name: str) -> bool:
+    """True when the column holds floating-point values (a measurement, or ids upcast by NaN)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if column_source(store, name) == "utterance":
+        return store.utterances[name].dtype.kind == "f"
+    return pa.types.is_floating(pq.read_schema(store.path / layout.FRAMES).field(name).type)
+
+
+def utterance_ends(store: Any) -> np.ndarray:
+    """Exclusive end frame of every utterance (frames are stored utterance by utterance)."""
+    return np.cumsum(store.utterances["n_frames"].to_numpy().astype(np.int64))
+
+
+def utt_of_rows(ends: np.ndarray, a: int, b: int) -> np.ndarray:
+    """Utterance row of frames ``a..b-1``."""
+    return utt_of_rows_at(ends, np.arange(a, b))
+
+
+def utt_of_rows_at(ends: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Utterance row of the given frame rows."""
+    return np.searchsorted(ends, rows, side="right")
+
+
+@dataclasses.dataclass(frozen=True)
+class Factorized:
+    """A chunk of one column as ``uniques[index]``; index -1 is a null."""
+
+    index: np.ndarray
+    uniques: np.ndarray
+
+
+def _factorize_arrow(arr) -> Factorized:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    d = arr if pa.types.is_dictionary(arr.type) else pc.dictionary_encode(arr)
+    idx = d.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    return Factorized(idx, np.asarray(d.dictionary.to_numpy(zero_copy_only=False)))
+
+
+def iter_chunks(
+    store: Any, columns: Sequence[str], raw: Sequence[str] = (), chunk: int = CHUNK_FRAMES
+) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    """Yield ``(a, b, values)`` for consecutive frame ranges ``[a, b)``.
+
+    ``values[col]`` is a :class:`Factorized` chunk for the columns in ``columns``
+    and a float64 array for those in ``raw`` (measurements such as F0).
+    """
+    import pyarrow.parquet as pq
+
+    wanted = list(dict.fromkeys([*columns, *raw]))
+    src = {c: column_source(store, c) for c in wanted}
+    fcols = [c for c in wanted if src[c] == "frame"]
+    u = store.utterances
+    ufact = {c: pd.factorize(u[c], use_na_sentinel=True) for c in wanted if src[c] == "utterance" and c in columns}
+    uraw = {c: pd.to_numeric(u[c], errors="coerce").to_numpy(np.float64) for c in raw if src[c] == "utterance"}
+    ends = utterance_ends(store)
+    n = int(ends[-1]) if len(ends) else 0
+
+    def batches():
+        if fcols:
+            pf = pq.ParquetFile(store.path / layout.FRAMES)
+            yield from pf.iter_batches(batch_size=chunk, columns=fcols)
+        else:
+            for a in range(0, n, chunk):
+                yield min(chunk, n - a)
+
+    a = 0
+    for batch in batches():
+        m = batch if isinstance(batch, int) else batch.num_rows
+        b = a + m
+        out: dict[str, Any] = {}
+        utt = utt_of_rows(ends, a, b) if (ufact or uraw) else None
+        for c in wanted:
+            if src[c] == "frame":
+                col = batch.column(fcols.index(c))
+                if c in columns:
+                    out[c] = _factorize_arrow(col)
+                if c in raw:
+                    out["raw:" + c] = np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)
+            else:
+                if c in columns:
+                    codes, uniq = ufact[c]
+                    out[c] = Factorized(np.asarray(codes, np.int64)[utt], np.asarray(uniq, dtype=object))
+                if c in raw:
+                    out["raw:" + c] = uraw[c][utt]
+        yield a, b, out
+        a = b
+    if a != n:
+        raise CodeclensError(f"{store.path}: frames.parquet holds {a} frames but the utterances list {n}")
+
+
+# -- label ids -----------------------------------------------------------------------
+class LabelEncoder:
+    """Global integer ids of label values met chunk by chunk (-1: missing).
+
+    Floats with more than ``max_classes`` distinct values that are not all whole
+    numbers are a measurement (F0, loudness), not a label: :class:`CodeclensError`
+    (``real_message``), raised as soon as that is certain so a continuous column
+    never builds a dictionary per frame. Whole-number floats (ids upcast by NaN) stay labels.
+    """
+
+    def __init__(self, name: str = "label", max_classes: int = 20, real_message: str = ""):
+        self.index: dict[Any, int] = {}
+        self.values: list[Any] = []
+        self.max_classes = max_classes
+        self.name = name
+        self.real_message = real_message or f"label column '{name}' is real-valued, not a discrete label"
+        self.nonwhole = False
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    def ids(self, f: Factorized) -> np.ndarray:
+        """Global ids per row of a factorized chunk (-1 where missing)."""
+        g = np.empty(len(f.uniques) + 1, dtype=np.int64)
+        g[-1] = -1  # the null index
+        for i, v in enumerate(f.uniques):
+            v = v.item() if isinstance(v, np.generic) else v
+            if missing_label(v):
+                g[i] = -1
+                continue
+            j = self.index.get(v)
+            if j is None:
+                j = self.index[v] = len(self.values)
+                self.values.append(v)
+                if isinstance(v, float) and not v.is_integer():
+                    self.nonwhole = True
+                if self.nonwhole and len(self.values) > self.max_classes:
+                    raise CodeclensError(self.real_message)
+            g[i] = j
+        return g[f.index]
+
+    def finish(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(classes, new_id_of_old_id)``: classes sorted (as strings when the values are mixed)."""
+        vals = self.values
+        numeric = all(isinstance(v, (bool, int, float, np.number)) for v in vals)
+        order = sorted(range(len(vals)), key=(lambda i: vals[i]) if numeric else (lambda i: str(vals[i])))
+        new = np.empty(len(vals), dtype=np.int64)
+        new[order] = np.arange(len(vals))
+        classes = np.array([vals[i] for i in order]) if numeric else np.array([str(vals[i]) for i in order])
+        return classes, new
+
+
+# -- counting ------------------------------------------------------------------------
+class CodeCounter:
+    """Accumulates ``counts[layer][code, label]`` with one bincount per layer and chunk."""
+
+    def __init__(self, layers: Sequence[int], n_codes: Sequence[int]):
+        self.layers = list(layers)
+        self.n_codes = [int(k) for k in n_codes]
+        self.counts = [np.zeros((k, 0), dtype=np.int64) for k in self.n_codes]
+
+    def add(self, codes: np.ndarray, ids: np.ndarray, n_classes: int) -> None:
+        """``codes [n, len(layers)]`` of the chunk's rows with a label, ``ids`` their label ids."""
+        for j, k in enumerate(self.n_codes):
+            c = self.counts[j]
+            if c.shape[1] < n_classes:  # grow geometrically: new classes appear chunk by chunk
+                width = max(n_classes, 2 * c.shape[1])
+                c = self.counts[j] = np.pad(c, ((0, 0), (0, width - c.shape[1])))
+            if not len(ids):
+                continue
+            x = codes[:, j].astype(np.int64)
+            if x.min() < 0 or x.max() >= k:
+                raise CodeclensError(f"layer {self.layers[j]}: codes outside [0, {k})")
+            c[:, :n_classes] += np.bincount(x * n_classes + ids, minlength=k * n_classes).reshape(k, n_classes)
+
+    def tables(self, n_classes: int, new_id: np.ndarray | None = None) -> list[np.ndarray]:
+        """Final ``[codes, classes]`` tables, columns in the encoder's sorted class order."""
+        out = []
+        for c in self.counts:
+            c = c[:, :n_classes]
+            if new_id is not None:
+                t = np.empty_like(c)
+                t[:, new_id] = c
+                c = t
+            out.append(c)
+        return out
+
+
+def _codes_layout(path) -> tuple[int, np.dtype, tuple[int, ...]]:
+    """(data offset, dtype, shape) of a C-ordered ``.npy`` file."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(f)
+        if fortran:
+            raise CodeclensError(f"{path}: Fortran-ordered codes are not supported")
+        return f.tell(), dtype, shape
+
+
+def code_rows(store: Any, a: int, b: int, cols: Sequence[int]) -> np.ndarray:
+    """Codes of frames ``a..b-1`` for 0-based layer columns ``cols``.
+
+    One contiguous read from the file instead of the memory map: mapped pages count
+    towards the process's resident memory until unmapped, and over a whole corpus
+    that grows with the frames (2 bytes x layers per frame); read pages do not.
+    """
+    path = store.path / layout.CODES
+    offset, dtype, shape = _codes_layout(path)
+    n_layers = int(shape[1])
+    with open(path, "rb") as f:
+        f.seek(offset + a * n_layers * dtype.itemsize)
+        block = np.fromfile(f, dtype=dtype, count=(b - a) * n_layers).reshape(b - a, n_layers)
+    return block[:, list(cols)]
+
+
+def count_codes_by_label(
+    store: Any, layers: Sequence[int], column: str, chunk: int = CHUNK_FRAMES, real_message: str = ""
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """``(tables, classes)``: per 1-based layer a ``[codes, classes]`` count of the frames that have a label."""
+    sizes = [store.codebook_sizes[l - 1] for l in layers]
+    counter = CodeCounter(layers, sizes)
+    enc = LabelEncoder(column, real_message=real_message)
+    cols = [l - 1 for l in layers]
+    for a, b, v in iter_chunks(store, [column], chunk=chunk):
+        ids = enc.ids(v[column])
+        keep = ids >= 0
+        counter.add(code_rows(store, a, b, cols)[keep], ids[keep], enc.n)
+    classes, new = enc.finish()
+    return counter.tables(enc.n, new), classes
+
+
+class Reservoir:
+    """A uniform random sample of at most ``size`` items from a stream (smallest random keys win)."""
+
+    def __init__(self, size: int, rng: np.random.Generator):
+        self.size = int(size)
+        self.rng = rng
+        self.keys = np.zeros(0)
+        self.items: dict[str, np.ndarray] = {}
+        self.seen = 0
+
+    def add(self, **arrays: np.ndarray) -> None:
+        n = len(next(iter(arrays.values())))
+        self.seen += n
+        if n == 0:
+            if not self.items:
+                self.items = {k: np.asarray(v)[:0] for k, v in arrays.items()}
+            return
+        keys = np.concatenate([self.keys, self.rng.random(n)])
+        items = {k: np.concatenate([self.items[k], np.asarray(v)]) if k in self.items else np.asarray(v)
+                 for k, v in arrays.items()}
+        if len(keys) > self.size:
+            top = np.argpartition(keys, self.size - 1)[: self.size]
+            keys = keys[top]
+            items = {k: v[top] for k, v in items.items()}
+        self.keys, self.items = keys, items
+
+    def sorted_by(self, name: str) -> dict[str, np.ndarray]:
+        """The sample ordered by one of its arrays (frame rows: sorted reads of the memory map)."""
+        if not self.items:
+            return {}
+        o = np.argsort(self.items[name], kind="stable")
+        return {k: v[o] for k, v in self.items.items()}
