@@ -88,11 +88,10 @@ def save_csv(df: pd.DataFrame, path: Path) -> None:
 
 
 def save_figure(fig: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt
+    """PNG for the report, SVG and PDF for papers, in the run's figure style."""
+    from ..util.figures import save_figure as save
 
-    with atomic_path(path, path.suffix) as tmp:
-        fig.savefig(tmp, dpi=130, bbox_inches="tight", format=path.suffix.lstrip("."))
-    plt.close(fig)
+    save(fig, path)
 
 
 def pyplot():
@@ -100,6 +99,10 @@ def pyplot():
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from ..util.figures import use_style
+
+    use_style()
 
     return plt
 

@@ -120,20 +120,24 @@ def probe_findings(out: Path, source: str) -> list[Finding]:
 
 @finder("tokens")
 def token_findings(out: Path, source: str) -> list[Finding]:
-    """PNMI of layer-k codes with a label: the bias-corrected value where the analysis gives it."""
+    """PNMI of layer-k codes with a label: the chance-corrected value (raw against its
+    shuffled-label null) where the analysis gives it."""
     df = _read(out / "token_metrics.csv")
-    if df is None or df.empty or "pnmi" not in df.columns:
+    if df is None or df.empty:
         return []
-    col = next((c for c in ("pnmi_corrected", "pnmi_bc", "pnmi_adjusted") if c in df.columns), "pnmi")
-    null_col = next((c for c in ("pnmi_null", "pnmi_shuffled", "pnmi_shuffle_mean") if c in df.columns), None)
+    col = next((c for c in ("pnmi_corrected", "pnmi", "pnmi_raw") if c in df.columns), None)
+    if col is None:
+        return []
     rows = []
     for _, r in df.iterrows():
         v = _num(r[col])
-        base = _num(r[null_col]) if null_col and col == "pnmi" else 0.0
-        base = base if math.isfinite(base) else 0.0
+        if "above_null" in df.columns:
+            above = None if not math.isfinite(v) else bool(r["above_null"])
+        else:
+            above = None if not math.isfinite(v) else bool(v > 0.01)
         rows.append(Finding(str(r["store"]), str(r.get("codec", "")), int(r["layer"]), str(r["label"]),
-                            "PNMI (corrected)" if col != "pnmi" else "PNMI", v, float("nan"), float("nan"), base,
-                            None if not math.isfinite(v) else bool(v > base + 0.01), _clip01(v), source, 1))
+                            "PNMI (corrected)" if col == "pnmi_corrected" else "PNMI", v, float("nan"), float("nan"),
+                            0.0, above, _clip01(v), source, 1))
     return rows
 
 
@@ -150,8 +154,10 @@ def mi_findings(out: Path, source: str) -> list[Finding]:
         sd = _num(r.get("shuffle_mm_sd_bits"))
         h = _num(r.get("h_target_bits"))
         bar = (null if math.isfinite(null) else 0.0) + 3 * (sd if math.isfinite(sd) else 0.0)
+        above = bool(r["above_null"]) if "above_null" in df.columns and math.isfinite(v) else (
+            None if not math.isfinite(v) else bool(v > bar))
         rows.append(Finding(str(r["store"]), "", int(r["layer"]), str(r["target"]), "MI bits", v,
-                            float("nan"), float("nan"), float(bar), None if not math.isfinite(v) else bool(v > bar),
+                            float("nan"), float("nan"), float(bar), above,
                             _clip01(v / h) if math.isfinite(h) and h > 0 else 0.0, source, 2))
     return rows
 
