@@ -54,7 +54,9 @@ def train_lm(store, dim: int = 64, depth: int = 2, steps: int = 300, batch: int 
     codes = torch.from_numpy(np.asarray(store.codes, dtype=np.int64))
     model = TokenLM(store.codebook_sizes, dim, depth).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.1)
+    warm = max(1, steps // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then cosine decay to 0
+        opt, lambda i: min(1.0, (i + 1) / warm) * 0.5 * (1 + np.cos(np.pi * min(i, steps) / max(steps, 1))))
     model.train()
     for _ in range(steps):
         pick = torch.randint(len(offs), (batch,), generator=g).numpy()
