@@ -12,7 +12,7 @@ def add_parser(sub) -> None:
     p.add_argument("--force", action="append", default=[], metavar="STEP",
                    help="re-run this step even if it is up to date: a step id (extract:synth/dac), "
                         "a kind (corpus, fit, random, extract), or a study entry name (probes); repeatable")
-    p.add_argument("--check", action="store_true", help="only validate the study file and list its steps")
+    p.add_argument("--check", action="store_true", help="only validate the study file, list its steps and estimate the run time")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_cmd)
 
@@ -35,6 +35,9 @@ def execute(study, out: Path, force=(), progress: bool = True, check: bool = Fal
             deps = f"  <- {', '.join(s.deps)}" if s.deps else ""
             print(f"{s.id}{deps}")
         print(f"{study.path}: ok, {len(runner.steps)} steps")
+        from ..study.estimate import describe, estimate
+
+        print(describe(estimate(study)))
         return 0
     res = runner.run()
     print(f"report: {res.report}")
