@@ -115,21 +115,25 @@ def test_rerun_resumes_without_recomputing(run, store):
     shutil.rmtree(run / "store" / "audio" / "other_utt")
 
 
-def test_swapping_every_layer_gives_the_donor(store, tmp_path):
-    """Known answer: with all layers swapped (equal lengths after cropping) the edit *is* the donor's
-    codes, so its decode is the donor's decode and the similarity to the target is exactly 1."""
+def test_swapping_every_layer_gives_the_donor_and_is_never_best(store, tmp_path):
+    """Known answer: with all layers swapped (equal lengths after cropping, crop alignment) the edit *is*
+    the donor's codes, so its decode is the donor's decode and the similarity to the target is exactly 1.
+    That trivial conversion is listed but never ranked, never "best", never the published comparison."""
     from codeclens.analyses.ablate import ablate
 
     out = tmp_path / "vc"
-    ablate(store, out=out, interventions=("swap:1-4",), measures=("speaker",), n_utts=1, examples=1,
-           max_seconds=1.0, n_boot=50, progress=False)
-    vc = pd.read_csv(out / "store" / "voice_conversion.csv")
-    assert vc["cos_target"].iloc[0] == pytest.approx(1.0, abs=1e-5)
-    assert vc["cos_source"].iloc[0] == pytest.approx(vc["cos_source_vs_target_unedited"].iloc[0], abs=1e-5)
+    res = ablate(store, out=out, interventions=("swap:1-4", "swap:3-4"), measures=("speaker",), n_utts=1, examples=1,
+                 max_seconds=1.0, n_boot=50, donor_align="crop", progress=False)
+    vc = pd.read_csv(out / "store" / "voice_conversion.csv").set_index("intervention")
+    assert vc.loc["swap 1-4", "cos_target"] == pytest.approx(1.0, abs=1e-5)
+    assert vc.loc["swap 1-4", "cos_source"] == pytest.approx(vc.loc["swap 1-4", "cos_source_vs_target_unedited"], abs=1e-5)
+    assert vc.loc["swap 1-4", "all_layers"] and pd.isna(vc.loc["swap 1-4", "rank"]) and vc.loc["swap 3-4", "rank"] == 1
+    assert "'swap 3-4'" in res.summary and "'swap 1-4'" not in res.summary
     (d,) = list((out / "store" / "audio").iterdir())
     assert np.array_equal(sf.read(d / "swap_1-4.wav")[0], sf.read(d / "donor.wav")[0])
     pub = pd.read_csv(out / "published_vc.csv")
-    assert "source" in pub.columns and (pub["source"] == "ours").sum() == 1
+    ours = pub[pub["source"] == "ours"]
+    assert len(ours) == 1 and ours["system"].iloc[0].endswith("swap 3-4")
 
 
 @pytest.mark.parametrize("extra, needle", [

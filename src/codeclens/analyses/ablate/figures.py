@@ -150,24 +150,41 @@ def _profiles(e: pd.DataFrame, measures: list[str], none: dict, floor: float | N
     return path.name, f"{group}: every measurement against layer k for each intervention kind, with 95% bootstrap CIs and reference lines"
 
 
+def _bars(ax, x, vc: pd.DataFrame, col: str, **kw) -> None:
+    """Points with their CI; a missing interval draws no bar (NaN error widths would hide the point)."""
+    lo = (vc[col] - vc[f"{col}_lo"]).fillna(0).clip(lower=0)
+    hi = (vc[f"{col}_hi"] - vc[col]).fillna(0).clip(lower=0)
+    ax.errorbar(x, vc[col], yerr=[lo, hi], **kw)
+
+
 def vc_figure(vc: pd.DataFrame, out: Path, group: str) -> list[tuple[str, str]]:
     if vc.empty or vc["cos_target"].isna().all():
         return []
     vc = vc.reset_index(drop=True)
-    fig, ax = plt.subplots(figsize=(max(4.5, 0.55 * len(vc) + 2), 3.4))
+    content = "content_retention" in vc and vc["content_retention"].notna().any()
+    fig, axes = plt.subplots(1, 2 if content else 1, figsize=(max(4.5, 0.55 * len(vc) + 2) * (2 if content else 1), 3.4), squeeze=False)
+    ax = axes[0, 0]
     x = np.arange(len(vc))
-    ax.errorbar(x - 0.1, vc["cos_target"], yerr=[vc["cos_target"] - vc["cos_target_lo"], vc["cos_target_hi"] - vc["cos_target"]],
-                fmt="o", color="tab:orange", label="COS to target (donor)")
-    ax.errorbar(x + 0.1, vc["cos_source"], yerr=[vc["cos_source"] - vc["cos_source_lo"], vc["cos_source_hi"] - vc["cos_source"]],
-                fmt="s", color="tab:blue", label="COS to source")
+    _bars(ax, x - 0.1, vc, "cos_target", fmt="o", color="tab:orange", label="COS to target (donor)")
+    _bars(ax, x + 0.1, vc, "cos_source", fmt="s", color="tab:blue", label="COS to source")
     fl = vc["cos_source_vs_target_unedited"].iloc[0]
     if np.isfinite(fl):
         ax.axhline(fl, color="gray", ls=":", lw=1, label="source vs target, unedited")
-    ax.set_xticks(x, vc["swapped_layers"], rotation=45, fontsize=8)
-    ax.set_xlabel("layers swapped in from the donor (1-based)")
+    # Swaps of every layer are the donor itself: marked, never ranked.
+    ticks = [f"{t}{' (all)' if a else ''}" for t, a in zip(vc["swapped_layers"], vc["all_layers"])]
+    for a in axes[0]:
+        a.set_xticks(x, ticks, rotation=45, fontsize=8)
+        a.set_xlabel("layers swapped in from the donor (1-based)")
     ax.set_ylabel("speaker similarity (Resemblyzer cos)")
     ax.set_title(f"{group}: voice conversion by layer swap", fontsize=10)
     ax.legend(fontsize=7, loc="best")
+    if content:
+        _bars(axes[0, 1], x, vc, "content_retention", fmt="o", color="tab:green", label="content retention")
+        axes[0, 1].axhline(1.0, color="black", lw=0.8, ls="--")
+        axes[0, 1].set_ylabel("phone accuracy / unedited decode's")
+        axes[0, 1].set_title("content kept by the swap", fontsize=10)
+    fig.tight_layout()
     path = out / "voice_conversion.png"
     _save(fig, path)
-    return [(path.name, f"{group}: speaker similarity of swapped decodes to the donor (target) and to the source, 95% CIs")]
+    return [(path.name, f"{group}: speaker similarity of swapped decodes to the donor (target) and to the source"
+             + (", and content retention" if content else "") + ", 95% speaker-clustered bootstrap CIs (none from one speaker); '(all)': every layer swapped, i.e. the donor itself")]
