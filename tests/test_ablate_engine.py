@@ -93,7 +93,7 @@ def test_content_probe_never_sees_a_measured_speaker(tmp_path):
     probe, said = fit_phone_probe(s, measured, 2000, 0, "cpu")
     assert probe is not None and "disjoint from the 2 measured speakers" in said
     u = s.utterances
-    if "fit_probe" in probe.source:
+    if probe.source.startswith("probes.fit_probe"):
         # The shared probe learns from the speaker-disjoint split's train and val speakers only.
         fit = set(spk[u["split_spk"].isin(["train", "val"]).to_numpy()])
         assert not fit & {"s0", "s1"} and probe.train_speakers == len(fit)

@@ -127,6 +127,11 @@ def test_voice_conversion_excludes_full_swaps_and_ranks_on_both(per_utt):
         assert c in vc.columns
     text = " ".join(summary_sentences("s", pd.DataFrame(), vc.reset_index(), Checks()))
     assert "'swap 2-3'" in text and "swap 1-3" not in text
+    # A swap whose content is unmeasurable in most utterances is not ranked on a few.
+    df = per_utt.copy()
+    df.loc[df.index[df["intervention"] == "swap 2-3"][:8], "phone_acc"] = np.nan
+    vc = voice_conversion_table(df, n_layers=3, n_boot=100, seed=0).set_index("intervention")
+    assert pd.isna(vc.loc["swap 2-3", "rank"]) and vc.loc["swap 2", "rank"] == 1
 
 
 def test_summary_says_when_there_is_nothing_to_measure(per_utt):

@@ -194,6 +194,7 @@ def ablate_utterance(
 def ablate_store(store, cfg: AblateConfig, out: Path, progress: bool = True, notes: list[str] | None = None) -> dict[str, Any]:
     """Run the interventions on one store; returns per-utterance results and summaries."""
     from ...codecs import load_codec
+    from ...codecs.base import CodecAdapter
 
     notes = notes if notes is not None else []
     device = resolve_device(cfg.device)
@@ -201,6 +202,10 @@ def ablate_store(store, cfg: AblateConfig, out: Path, progress: bool = True, not
     if codec.n_layers != store.n_layers:
         raise CodeclensError(f"{store.path}: codec '{store.codec['spec']}' has {codec.n_layers} layers, the store {store.n_layers}")
     interventions = ivs.parse_interventions(list(cfg.interventions), codec.n_layers, cfg.layers, cfg.swap_mode)
+    if any(iv.kind == "mean" for iv in interventions) and type(codec).decode_quantized is CodecAdapter.decode_quantized:
+        # Fail before any work: mean ablation decodes a vector, which this codec cannot.
+        raise CodeclensError(f"codec '{store.codec['spec']}' cannot decode a quantized representation (no decode_quantized), "
+                             "so no mean ablation: leave 'mean' out of --interventions")
     chosen = choose_utterances(store, cfg.n_utts, cfg.seed)
     probe = None
     if "phone" in cfg.measures:
@@ -243,9 +248,9 @@ def ablate_store(store, cfg: AblateConfig, out: Path, progress: bool = True, not
     per_utt = _ordered(pd.DataFrame(all_rows))
     effects = effect_table(per_utt, cfg.n_boot, cfg.seed, cfg.cluster)
     checks = run_checks(per_utt, effects, cfg.min_codec_spk_sim, cfg.min_codec_stoi, cfg.n_boot, cfg.seed, cfg.cluster)
-    vc = voice_conversion_table(per_utt, codec.n_layers, cfg.n_boot, cfg.seed, cfg.cluster)
+    vc = voice_conversion_table(per_utt, codec.n_layers, cfg.n_boot, cfg.seed, cfg.cluster, cfg.min_defined)
     if checks.content_chance and not vc.empty:
-        vc = rank_swaps(vc, use_content=False)
+        vc = rank_swaps(vc, use_content=False, min_defined=cfg.min_defined)
     # This run's examples only: an earlier run into the same folder may have left other utterances'
     # or other interventions' audio behind.
     stems = ["original", "decode", "donor"] + [iv.slug for iv in interventions]

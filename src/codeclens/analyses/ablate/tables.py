@@ -163,7 +163,7 @@ def _rank_layers(per_utt: pd.DataFrame, effects: pd.DataFrame, kind: str, m: str
     e = effects[(effects["measure"] == m) & (effects["kind"] == kind)].dropna(subset=["layer"])
     if e.empty:
         return {}
-    ok = e[(e["n"] >= 2) & (e["undefined_rate"] <= 1 - min_defined)]
+    ok = e[(e["n"] >= 2) & (e["undefined_rate"] <= 1 - min_defined) & e["diff"].notna()]
     out: dict[str, Any] = {f"{prefix}_excluded": ", ".join(f"{int(r.layer)} ({int(r.n_undefined)}/{int(r.n + r.n_undefined)} undefined)"
                                                           for r in e.drop(index=ok.index).itertuples())}
     if ok.empty:
@@ -215,7 +215,7 @@ def layer_roles(per_utt: pd.DataFrame, effects: pd.DataFrame, n_boot: int = 1000
 
 
 def voice_conversion_table(per_utt: pd.DataFrame, n_layers: int, n_boot: int = 1000, seed: int = 0,
-                           cluster: str = "speaker") -> pd.DataFrame:
+                           cluster: str = "speaker", min_defined: float = 0.8) -> pd.DataFrame:
     """Swaps as voice conversion (Sadok et al. Table 1 control column), each with intervals:
     COS to the target (donor) and the source, content retention (per-utterance phone accuracy /
     the unedited decode's), and the joint score ``donor gain x retention`` they are ranked on, where
@@ -242,19 +242,22 @@ def voice_conversion_table(per_utt: pd.DataFrame, n_layers: int, n_boot: int = 1
                              "all_layers": len(str(g["layers"].iloc[0])) > 0 and _covers_all(str(g["layers"].iloc[0]), n_layers)}
         for k, e in est.items():
             r.update({k: e.mean, f"{k}_lo": e.lo, f"{k}_hi": e.hi})
+        for k in ("donor_gain", "joint"):
+            r[f"{k}_undefined_rate"] = est[k].undefined_rate
         r["cos_source_vs_target_unedited"] = float(np.nanmean(floor)) if np.isfinite(floor).any() else np.nan
         r["n"] = est["cos_target"].n
         rows.append(r)
-    return rank_swaps(pd.DataFrame(rows))
+    return rank_swaps(pd.DataFrame(rows), min_defined=min_defined)
 
 
-def rank_swaps(vc: pd.DataFrame, use_content: bool = True) -> pd.DataFrame:
+def rank_swaps(vc: pd.DataFrame, use_content: bool = True, min_defined: float = 0.8) -> pd.DataFrame:
     """Rank swaps (1 = best) on the joint score, or on donor gain alone when there is no
-    content measure (or it cannot be read); swaps of every layer get no rank."""
+    content measure (or it cannot be read); swaps of every layer, and swaps whose score is
+    undefined for more than ``1 - min_defined`` of the utterances, get no rank."""
     vc = vc.copy()
     score = "joint" if use_content and vc["joint"].notna().any() else "donor_gain"
     vc["ranked_on"] = score if vc[score].notna().any() else ""
-    elig = ~vc["all_layers"].astype(bool) & vc[score].notna()
+    elig = ~vc["all_layers"].astype(bool) & vc[score].notna() & (vc[f"{score}_undefined_rate"] <= 1 - min_defined)
     vc["rank"] = pd.array([pd.NA] * len(vc), dtype="Int64")
     vc.loc[elig, "rank"] = vc.loc[elig, score].rank(ascending=False, method="min").astype(int)
     return vc
