@@ -145,7 +145,7 @@ def test_summary_says_when_there_is_nothing_to_measure(per_utt):
     eff = effect_table(df, 200, 0)
     checks = run_checks(df, eff, 0.75, 0.75, 200, 0)
     assert "speaker similarity" in checks.codec_poor and "STOI" in checks.codec_poor
-    assert "not above chance" in checks.content_chance
+    assert "not shown above chance" in checks.content_chance
     text = " ".join(summary_sentences("s", layer_roles(df, eff, 200, 0), voice_conversion_table(df, 3, 200, 0), checks))
     assert "nothing to measure" in text and "hurts" not in text
     assert run_checks(per_utt, effect_table(per_utt, 200, 0), 0.75, 0.75, 200, 0) == Checks()

@@ -44,10 +44,11 @@ def run_checks(per_utt: pd.DataFrame, effects: pd.DataFrame, min_codec_spk_sim: 
         t = st.paired_test(none["phone_chance"].to_numpy(float), none["phone_acc"].to_numpy(float),
                            clusters_of(none, cluster), n_boot, seed)
         acc = st.cluster_bootstrap(none["phone_acc"].to_numpy(float), clusters_of(none, cluster), n_boot, seed)
-        if not (np.isfinite(t.diff.lo) and t.diff.lo > 0):
+        # Above chance means what an effect means here: a positive interval and a sign-flip p < alpha.
+        if not (np.isfinite(t.diff.lo) and t.diff.lo > 0 and t.p < ALPHA):
             why = "no interval (fewer than two speakers)" if not np.isfinite(t.diff.lo) else \
-                f"accuracy minus chance {fmt(t.diff.mean, t.diff.lo, t.diff.hi)}"
-            chance = (f"the content measure is not above chance on the unedited decode (phone accuracy "
+                f"accuracy minus chance {fmt(t.diff.mean, t.diff.lo, t.diff.hi)}, sign-flip p {t.p:.3g} over {t.diff.n_clusters} clusters"
+            chance = (f"the content measure is not shown above chance on the unedited decode (phone accuracy "
                       f"{fmt(acc.mean, acc.lo, acc.hi)}, majority-phone rate {np.nanmean(none['phone_chance']):.3f}; {why})")
     return Checks("; ".join(poor), chance)
 
