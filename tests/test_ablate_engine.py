@@ -73,7 +73,11 @@ def test_donors_prefer_the_same_sentence(tmp_path):
         assert u["sentence"].iloc[d.row] == u["sentence"].iloc[row] and u["speaker"].iloc[d.row] != u["speaker"].iloc[row]
     plain = _store(tmp_path / "b", sentence=False)
     assert not choose_donor(plain, 0, True, seed=0).same_sentence
-    assert not choose_donor(s, 0, True, seed=0, same_sentence=False).row == -1
+    # Without the preference donors come from any other speaker, and the flag says which share the sentence.
+    free = [choose_donor(s, row, True, seed=0, same_sentence=False) for row in range(s.n_utterances)]
+    u = s.utterances
+    assert all(d.same_sentence == (u["sentence"].iloc[d.row] == u["sentence"].iloc[r]) for r, d in enumerate(free))
+    assert not all(d.same_sentence for d in free)
 
 
 def test_align_donor_on_the_codes_lookups(tmp_path):

@@ -71,14 +71,18 @@ def choose_donor(store, row: int, different_speaker: bool, seed: int, same_sente
     pool = others[spk[others] != spk[row]]
     if not (different_speaker and len(pool)):
         pool = others
-    sent = _sentences(store) if same_sentence else None
-    if sent is not None and sent[row] is not None:
+    sent = _sentences(store)
+
+    def says_same(j) -> bool:
+        return bool(sent is not None and sent[row] is not None and sent[j] == sent[row])
+
+    if same_sentence and sent is not None and sent[row] is not None:
         same = pool[sent[pool] == sent[row]]
         if len(same):
             j = int(rng.choice(same))
             return Donor(j, bool(spk[j] != spk[row]), True)
     j = int(rng.choice(pool))
-    return Donor(j, bool(spk[j] != spk[row]), bool(sent is not None and sent[row] is not None and sent[j] == sent[row]))
+    return Donor(j, bool(spk[j] != spk[row]), says_same(j))
 
 
 def align_donor(tables, source_lt: np.ndarray, donor_lt: np.ndarray, method: str = "dtw") -> tuple[np.ndarray, ivs.Alignment]:
