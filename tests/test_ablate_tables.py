@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from codeclens.analyses.ablate.summary import Checks, run_checks, summary_sentences
-from codeclens.analyses.ablate.tables import effect_table, fmt, layer_roles, voice_conversion_table, wide_table
+from codeclens.analyses.ablate.tables import effect_table, fmt, layer_contrasts, layer_roles, voice_conversion_table, wide_table
 
 
 def _rows(n=12, seed=0, speakers=None):
@@ -94,6 +94,18 @@ def test_layer_roles_rest_on_paired_tests(per_utt):
     assert roles.loc["speaker", "drop_vs_runner_up"] == pytest.approx(0.7 - 0.93, abs=0.02)
     assert roles.loc["pitch", "drop_layer"] == 3 and roles.loc["content", "drop_layer"] == 1
     assert roles.loc["speaker", "best_single_layer"] == 2  # only 2 keeps the most similarity (1.6 - 0.7)
+
+
+def test_layer_contrasts_are_paired_and_holm_corrected(per_utt):
+    eff = effect_table(per_utt, n_boot=200, seed=0)
+    c = layer_contrasts(per_utt, eff, n_boot=200, seed=0)
+    r = c[(c["kind"] == "drop") & (c["measure"] == "f0_rmse_cents") & (c["layer_a"] == 1) & (c["layer_b"] == 3)].iloc[0]
+    assert r["diff_b_minus_a"] == pytest.approx(280, abs=1.5) and r["n"] == 12
+    fam = c[(c["kind"] == "drop") & (c["measure"] == "f0_rmse_cents")]
+    assert len(fam) == 3 and (fam["p_holm"] >= fam["p"]).all()
+    # Equal values for every layer (STOI 0.9 after any drop): zero difference, p = 1.
+    st = c[(c["kind"] == "drop") & (c["measure"] == "stoi")]
+    assert (st["diff_b_minus_a"] == 0).all() and (st["p"] == 1).all()
 
 
 def test_layers_with_equal_effects_are_not_separated():

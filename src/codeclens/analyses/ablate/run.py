@@ -32,7 +32,7 @@ from .engine import Engine, Measurer, UtteranceCache, cache_key, decode_codes, e
 from .phoneprobe import fit_phone_probe, has_phone_labels, majority_rate
 from .published import published_vc
 from .summary import run_checks, summary_sentences
-from .tables import COLUMNS, IDEAL, LABELS, effect_table, layer_roles, rank_swaps, voice_conversion_table, wide_table
+from .tables import COLUMNS, IDEAL, LABELS, effect_table, layer_contrasts, layer_roles, rank_swaps, voice_conversion_table, wide_table
 
 MEASURES = ("speaker", "pitch", "stoi", "mcd", "loudness", "phone")
 """Measure groups a user can pick (``wer`` is added when an ASR checkpoint is given)."""
@@ -259,6 +259,7 @@ def ablate_store(store, cfg: AblateConfig, out: Path, progress: bool = True, not
         "per_utterance": per_utt,
         "effects": effects,
         "roles": layer_roles(per_utt, effects, cfg.n_boot, cfg.seed, cfg.min_defined, cfg.cluster),
+        "contrasts": layer_contrasts(per_utt, effects, cfg.n_boot, cfg.seed, cfg.cluster),
         "vc": vc,
         "checks": checks,
         "interventions": pd.DataFrame([{"name": iv.name, "kind": iv.kind, "layers": iv.layer_text, "slug": iv.slug} for iv in interventions]),
@@ -320,6 +321,9 @@ class AblateAnalysis(Analysis):
                 roles_all.append(t["roles"].assign(store=g, codec=s.codec["spec"]))
                 _write_csv(t["roles"], d / "layer_roles.csv")
                 artifacts.append(Artifact(f"{sub}/layer_roles.csv", f"{g}: layer roles from paired tests: the layer whose drop (and mean ablation) hurts each property most, its paired effect and Holm-corrected tests against the unedited decode and every other layer, and the single layer that keeps most of it", "table", g))
+            if not t["contrasts"].empty:
+                _write_csv(t["contrasts"], d / "layer_contrasts.csv")
+                artifacts.append(Artifact(f"{sub}/layer_contrasts.csv", f"{g}: every pair of layers under the same edit, per measure: paired per-utterance difference with a {cfg.cluster}-clustered 95% CI, sign-flip p and Holm over the pairs", "table", g))
             if not t["vc"].empty:
                 _write_csv(t["vc"], d / "voice_conversion.csv")
                 artifacts.append(Artifact(f"{sub}/voice_conversion.csv", f"{g}: voice conversion by layer swap with 95% CIs: COS to target (donor) and source speaker, content retention (phone accuracy / the unedited decode's, per utterance), ranked on donor gain x retention; swaps of every layer are the donor itself and are not ranked", "table", g))

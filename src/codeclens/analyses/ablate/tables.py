@@ -190,6 +190,31 @@ def _rank_layers(per_utt: pd.DataFrame, effects: pd.DataFrame, kind: str, m: str
     return out
 
 
+def layer_contrasts(per_utt: pd.DataFrame, effects: pd.DataFrame, n_boot: int = 1000, seed: int = 0,
+                    cluster: str = "speaker", kinds: Sequence[str] = ("drop", "mean", "only")) -> pd.DataFrame:
+    """Every pair of layers (a < b) under the same edit kind, per measure: the per-utterance paired
+    difference (layer b's edit minus layer a's) with a clustered interval, sign-flip p, and Holm
+    over the pairs of that (kind, measure)."""
+    rows = []
+    for (kind, m), e in effects[effects["kind"].isin(list(kinds))].dropna(subset=["layer"]).groupby(["kind", "measure"], sort=False):
+        e = e.sort_values("layer")
+        fam = []
+        for i in range(len(e)):
+            for j in range(i + 1, len(e)):
+                a, b = e.iloc[i], e.iloc[j]
+                g = per_utt[per_utt["intervention"] == a["intervention"]].sort_values("utt")
+                utts = list(g["utt"])
+                t = st.paired_test(_values(per_utt, a["intervention"], m, utts), _values(per_utt, b["intervention"], m, utts),
+                                   clusters_of(g, cluster), n_boot, seed)
+                fam.append({"kind": kind, "measure": m, "layer_a": int(a["layer"]), "layer_b": int(b["layer"]),
+                            "diff_b_minus_a": t.diff.mean, "diff_lo": t.diff.lo, "diff_hi": t.diff.hi,
+                            "n": t.diff.n, "n_clusters": t.diff.n_clusters, "p": t.p})
+        for r, adj in zip(fam, st.holm([r["p"] for r in fam])):
+            r["p_holm"] = adj
+        rows += fam
+    return pd.DataFrame(rows)
+
+
 def layer_roles(per_utt: pd.DataFrame, effects: pd.DataFrame, n_boot: int = 1000, seed: int = 0,
                 min_defined: float = 0.8, cluster: str = "speaker") -> pd.DataFrame:
     """Per property: the layer whose drop (and mean ablation) hurts it most, with paired tests
