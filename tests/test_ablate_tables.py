@@ -168,3 +168,14 @@ def test_fmt_shows_enough_digits():
     assert fmt(300.2, 290.0, 310.0) == "300 [290, 310]"
     assert fmt(0.00803, 0.0071, 0.0089) == "0.0080 [0.0071, 0.0089]"
     assert "no interval" in fmt(0.5)
+
+
+def test_heatmap_shows_undefined_cells(per_utt, tmp_path):
+    from codeclens.analyses.ablate import figures
+    from codeclens.analyses.ablate.tables import IDEAL, LABELS
+
+    df = per_utt.copy()
+    df.loc[df.index[df["intervention"] == "drop 1"][:9], "f0_rmse_cents"] = np.nan
+    made = dict(figures.effect_figures(effect_table(df, 100, 0), tmp_path, "g", LABELS, IDEAL))
+    assert "heatmap.png" in made and "undefined" in made["heatmap.png"]
+    assert (tmp_path / "heatmap.png").stat().st_size > 0 and (tmp_path / "layer_profiles.svg").is_file()
