@@ -33,11 +33,11 @@ def test_ablate_runs_for_codec(kind, audio_folder, tmp_path):
     assert main(["extract", "--corpus", str(audio_folder), "--codec", spec, "--out", str(store), "--labels", "none",
                  "--limit", "3", "--quiet"]) == 0
     out = tmp_path / "out"
-    assert main(["ablate", "--store", str(store), "--out", str(out), "--interventions", "drop:1,swap:2,truncate:1,noise:2",
+    assert main(["ablate", "--store", str(store), "--out", str(out), "--interventions", "drop:1,mean:2,swap:2,truncate:1,noise:2",
                  "--measures", "stoi,loudness", "--n-utts", "1", "--examples", "1", "--max-seconds", "1.0",
                  "--n-boot", "20", "--quiet"]) == 0
     eff = pd.read_csv(out / "store" / "effects.csv")
-    assert {"none", "drop 1", "swap 2", "keep 1", "noise 2"} <= set(eff["intervention"])
+    assert {"none", "drop 1", "mean 2", "swap 2", "keep 1", "noise 2"} <= set(eff["intervention"])
     none = eff[(eff["intervention"] == "none") & (eff["measure"] == "stoi")]["mean"].iloc[0]
     assert none == pytest.approx(1.0)
     # Every edit reaches the decoder: a codec that ignored the layer mask or the edited codes

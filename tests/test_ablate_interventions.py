@@ -120,3 +120,49 @@ def test_apply_checks_inputs():
         ivs.drop_layers(c, [3])
     with pytest.raises(ValueError):
         ivs.Intervention("drop", ())
+
+
+def test_mean_ablation_edit_and_expected_vectors():
+    codes = _codes(L=3, T=6)
+    ed = ivs.apply(ivs.Intervention("mean", (1,)), codes)
+    assert ed.layers == (0, 2) and ed.mean_layers == (1,) and np.array_equal(ed.codes, codes)
+    assert [g.name for g in ivs.parse_interventions("mean", 3, "2-3")] == ["mean 2", "mean 3"]
+    tables = [np.arange(8, dtype=float).reshape(4, 2) + 10 * l for l in range(2)]
+    dists = [np.array([0.5, 0.5, 0.0, 0.0]), np.array([0.0, 0.0, 0.0, 1.0])]
+    ev = ivs.expected_vectors(tables, dists)
+    assert ev[0] == pytest.approx([1.0, 2.0]) and ev[1] == pytest.approx(tables[1][3])
+
+
+def test_dtw_undoes_a_time_stretch():
+    """Known answer: a donor that is the source with every frame said twice aligns back to the
+    source exactly, using every other donor frame (half skipped, none repeated)."""
+    feats = np.random.default_rng(0).standard_normal((12, 5))
+    donor = np.repeat(feats, 2, axis=0)
+    al = ivs.dtw_alignment(feats, donor)
+    assert np.array_equal(donor[al.index], feats)
+    assert al.method == "dtw" and al.repeat_frac == 0.0 and al.skip_frac == pytest.approx(0.5)
+    # The other way round: a donor at half speed repeats frames to fill the source.
+    al = ivs.dtw_alignment(donor, feats)
+    assert np.array_equal(feats[al.index], donor) and al.repeat_frac == pytest.approx(12 / 23)
+
+
+def test_crop_loop_alignment_records_the_loop():
+    al = ivs.crop_loop_alignment(10, 4)
+    assert list(al.index) == [0, 1, 2, 3, 0, 1, 2, 3, 0, 1] and al.repeat_frac == pytest.approx(0.6) and al.skip_frac == 0
+    al = ivs.crop_loop_alignment(3, 6)
+    assert list(al.index) == [0, 1, 2] and al.repeat_frac == 0 and al.skip_frac == pytest.approx(0.5)
+
+
+def test_dtw_path_cost_matches_the_textbook_recursion():
+    rng = np.random.default_rng(2)
+    for t, u in ((7, 9), (9, 4), (1, 5)):
+        c = rng.random((t, u))
+        d = np.full((t + 1, u + 1), np.inf)
+        d[0, 0] = 0.0
+        for i in range(1, t + 1):
+            for j in range(1, u + 1):
+                d[i, j] = c[i - 1, j - 1] + min(d[i - 1, j - 1], d[i - 1, j], d[i, j - 1])
+        path = ivs.dtw_path(c)
+        assert path[0] == (0, 0) and path[-1] == (t - 1, u - 1)
+        assert all(0 <= a2 - a1 <= 1 and 0 <= b2 - b1 <= 1 for (a1, b1), (a2, b2) in zip(path, path[1:]))
+        assert sum(c[p] for p in path) == pytest.approx(d[t, u])

@@ -139,18 +139,6 @@ def test_a_different_voice_is_less_similar_than_the_same_voice(voices):
     assert min(same) > max(diff), (same, diff)
 
 
-def test_bootstrap_ci():
-    c = ms.bootstrap_ci([0.7] * 10)
-    assert (c.mean, c.lo, c.hi, c.n) == (0.7, 0.7, 0.7, 10)
-    assert ms.bootstrap_ci([np.nan, 2.0]).n == 1
-    assert np.isnan(ms.bootstrap_ci([]).mean)
-    x = np.random.default_rng(0).normal(5.0, 2.0, 400)
-    c = ms.bootstrap_ci(x, n_boot=2000)
-    half = 1.96 * x.std(ddof=1) / np.sqrt(len(x))  # normal-theory 95% half width
-    assert c.lo < 5.0 < c.hi
-    assert (c.hi - c.lo) / 2 == pytest.approx(half, rel=0.15)
-
-
 def test_word_error_rate():
     assert ms.word_error_rate("the cat sat", "the cat sat") == 0.0
     assert ms.word_error_rate("the cat sat", "a cat sat down") == pytest.approx(2 / 3)

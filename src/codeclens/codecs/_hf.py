@@ -387,6 +387,10 @@ class TorchCodec:
     def decode(self, codes: torch.Tensor, layers=None) -> torch.Tensor:
         return self._decode_quantized(self.quantized(codes.to(self.device), layers))
 
+    @torch.no_grad()
+    def decode_quantized(self, q: torch.Tensor) -> torch.Tensor:
+        return self._decode_quantized(q.to(self.device, torch.float32))
+
     def save(self, out: str | Path) -> Path:
         return save_pretrained_atomic(self.model, out)
 

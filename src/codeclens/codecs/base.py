@@ -66,6 +66,10 @@ class CodecAdapter(abc.ABC):
     def decode(self, codes: torch.Tensor, layers: Sequence[int] | None = None) -> torch.Tensor:
         """``codes [B, L, T]`` -> ``waves [B, N]``; layers not in ``layers`` contribute nothing."""
 
+    def decode_quantized(self, q: torch.Tensor) -> torch.Tensor:
+        """``q [B, T, D]`` in the space of ``quantized`` -> waves (optional; ablate's mean ablation uses it)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot decode a quantized representation")
+
     # -- conveniences shared by all adapters ---------------------------------
 
     @property

@@ -209,7 +209,10 @@ class MelRVQ(CodecAdapter):
         return out
 
     def decode(self, codes, layers=None):
-        logmel = self.quantized(codes, layers).cpu().numpy()
+        return self.decode_quantized(self.quantized(codes, layers))
+
+    def decode_quantized(self, q):
+        logmel = q.cpu().numpy()
         waves = []
         for m in logmel:
             mel = np.maximum(np.exp(m.T) - 1e-5, 0.0)
@@ -228,7 +231,7 @@ class MelRVQ(CodecAdapter):
             )
             y = y[hop // 2 : hop // 2 + t * hop]
             waves.append(torch.from_numpy(y.astype(np.float32)))
-        return torch.stack(waves).to(codes.device)
+        return torch.stack(waves).to(q.device)
 
 
 def fit_melrvq(

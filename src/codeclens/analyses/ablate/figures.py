@@ -11,10 +11,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-KIND_LABEL = {"drop": "drop k", "truncate": "keep 1..k", "only": "only k", "noise": "noise k", "swap": "swap k"}
+KIND_LABEL = {"drop": "drop k", "mean": "mean k", "truncate": "keep 1..k", "only": "only k", "noise": "noise k", "swap": "swap k"}
 BOUNDED = ("spk_sim", "voicing_agree", "stoi")
 """Measures in [0, 1] with 1 for identical audio: coloured by the absolute change."""
-KIND_COLOR = {"drop": "tab:red", "truncate": "tab:blue", "only": "tab:green", "noise": "tab:purple", "swap": "tab:orange"}
+KIND_COLOR = {"drop": "tab:red", "mean": "tab:brown", "truncate": "tab:blue", "only": "tab:green", "noise": "tab:purple", "swap": "tab:orange"}
 
 
 def _save(fig, path: Path) -> None:
@@ -64,11 +64,16 @@ def _heatmap(e: pd.DataFrame, measures: list[str], none: dict, path: Path, group
     if not rows:
         return None
     vals = np.full((len(rows), len(measures)), np.nan)
+    undef = np.zeros((len(rows), len(measures)))
+    counts = [["" for _ in measures] for _ in rows]
     for i, (kind, layer) in enumerate(rows):
-        sub = e[(e["kind"] == kind) & (e["layer"] == layer)].set_index("measure")["mean"]
+        sub = e[(e["kind"] == kind) & (e["layer"] == layer)].set_index("measure")
         for j, m in enumerate(measures):
             if m in sub.index:
-                vals[i, j] = sub[m]
+                vals[i, j] = sub.loc[m, "mean"]
+                if "undefined_rate" in sub.columns and sub.loc[m, "n_undefined"] > 0:
+                    undef[i, j] = sub.loc[m, "undefined_rate"]
+                    counts[i][j] = f"{int(sub.loc[m, 'n_undefined'])}/{int(sub.loc[m, 'n'] + sub.loc[m, 'n_undefined'])} undef"
     dmg = np.column_stack([_damage(vals[:, j], m, none, ideal) for j, m in enumerate(measures)])
     # Bounded measures on their own scale (a 0.01 change stays pale); unbounded ones
     # (cents, dB) relative to the largest change in the column.
@@ -80,21 +85,30 @@ def _heatmap(e: pd.DataFrame, measures: list[str], none: dict, path: Path, group
             scale[j] = none.get(m, np.nan)
     scale[~np.isfinite(scale) | (scale == 0)] = 1.0
     norm = dmg / scale
-    fig, ax = plt.subplots(figsize=(1.5 + 1.35 * len(measures), 0.9 + 0.32 * len(rows)))
-    im = ax.imshow(np.clip(norm, 0, 1), aspect="auto", cmap="Reds", vmin=0, vmax=1)
+    # The undefined rate is a column of its own: a cell whose mean rests on few utterances is not an effect.
+    shown = np.column_stack([np.clip(norm, 0, 1), undef.max(axis=1)])
+    fig, ax = plt.subplots(figsize=(1.5 + 1.35 * (len(measures) + 1), 0.9 + 0.36 * len(rows)))
+    im = ax.imshow(shown, aspect="auto", cmap="Reds", vmin=0, vmax=1)
     for i in range(len(rows)):
         for j in range(len(measures)):
-            if np.isfinite(vals[i, j]):
-                ax.text(j, i, f"{vals[i, j]:.2g}", ha="center", va="center", fontsize=7,
-                        color="white" if norm[i, j] > 0.6 else "black")
-    ax.set_xticks(range(len(measures)), [labels.get(m, m) for m in measures], rotation=30, ha="right", fontsize=8)
+            txt = f"{vals[i, j]:.3g}" if np.isfinite(vals[i, j]) else "undef"
+            if counts[i][j]:
+                txt += f"\n{counts[i][j]}"
+                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="gray", lw=0))
+            ax.text(j, i, txt, ha="center", va="center", fontsize=6 if counts[i][j] else 7,
+                    color="white" if norm[i, j] > 0.6 else "black")
+        ax.text(len(measures), i, f"{shown[i, -1]:.0%}", ha="center", va="center", fontsize=7,
+                color="white" if shown[i, -1] > 0.6 else "black")
+    ax.axvline(len(measures) - 0.5, color="black", lw=1)
+    ax.set_xticks(range(len(measures) + 1), [labels.get(m, m) for m in measures] + ["undefined rate (max)"], rotation=30, ha="right", fontsize=8)
     ax.set_yticks(range(len(rows)), [f"{KIND_LABEL[k].replace('k', str(l))}" if k != "truncate" else f"keep 1..{l}" for k, l in rows], fontsize=7)
     ax.set_xlabel("measurement (against the unedited decode)")
     ax.set_ylabel("intervention (layer, 1-based)")
-    ax.set_title(f"{group}: effect of each layer intervention\n(colour: change from identical audio; cos, voicing, STOI absolute;\nphone accuracy relative to unedited; cents, dB relative to column max. Text: mean)", fontsize=9)
+    ax.set_title(f"{group}: effect of each layer intervention\n(colour: change from identical audio; cos, voicing, STOI absolute;\nphone accuracy relative to unedited; cents, dB relative to column max. Text: mean;\nhatched: some utterances undefined, last column: share undefined)", fontsize=9)
     fig.colorbar(im, ax=ax, label="relative change (0 = none)")
     _save(fig, path)
-    return path.name, (f"{group}: layer x measurement effects (numbers: means over utterances). Colour: the change from "
+    return path.name, (f"{group}: layer x measurement effects (numbers: means over the utterances where the measure is defined; "
+                       "hatched cells and the last column: the share of utterances where it is undefined). Colour: the change from "
                        "identical audio; absolute for similarity, voicing and STOI, relative to the unedited decode for phone "
                        "accuracy, relative to the largest change in the column for cents and dB")
 
@@ -136,23 +150,41 @@ def _profiles(e: pd.DataFrame, measures: list[str], none: dict, floor: float | N
     return path.name, f"{group}: every measurement against layer k for each intervention kind, with 95% bootstrap CIs and reference lines"
 
 
+def _bars(ax, x, vc: pd.DataFrame, col: str, **kw) -> None:
+    """Points with their CI; a missing interval draws no bar (NaN error widths would hide the point)."""
+    lo = (vc[col] - vc[f"{col}_lo"]).fillna(0).clip(lower=0)
+    hi = (vc[f"{col}_hi"] - vc[col]).fillna(0).clip(lower=0)
+    ax.errorbar(x, vc[col], yerr=[lo, hi], **kw)
+
+
 def vc_figure(vc: pd.DataFrame, out: Path, group: str) -> list[tuple[str, str]]:
     if vc.empty or vc["cos_target"].isna().all():
         return []
-    fig, ax = plt.subplots(figsize=(max(4.5, 0.55 * len(vc) + 2), 3.4))
+    vc = vc.reset_index(drop=True)
+    content = "content_retention" in vc and vc["content_retention"].notna().any()
+    fig, axes = plt.subplots(1, 2 if content else 1, figsize=(max(4.5, 0.55 * len(vc) + 2) * (2 if content else 1), 3.4), squeeze=False)
+    ax = axes[0, 0]
     x = np.arange(len(vc))
-    ax.errorbar(x - 0.1, vc["cos_target"], yerr=[vc["cos_target"] - vc["cos_target_lo"], vc["cos_target_hi"] - vc["cos_target"]],
-                fmt="o", color="tab:orange", label="COS to target (donor)")
-    ax.errorbar(x + 0.1, vc["cos_source"], yerr=[vc["cos_source"] - vc["cos_source_lo"], vc["cos_source_hi"] - vc["cos_source"]],
-                fmt="s", color="tab:blue", label="COS to source")
+    _bars(ax, x - 0.1, vc, "cos_target", fmt="o", color="tab:orange", label="COS to target (donor)")
+    _bars(ax, x + 0.1, vc, "cos_source", fmt="s", color="tab:blue", label="COS to source")
     fl = vc["cos_source_vs_target_unedited"].iloc[0]
     if np.isfinite(fl):
         ax.axhline(fl, color="gray", ls=":", lw=1, label="source vs target, unedited")
-    ax.set_xticks(x, vc["swapped_layers"], rotation=45, fontsize=8)
-    ax.set_xlabel("layers swapped in from the donor (1-based)")
+    # Swaps of every layer are the donor itself: marked, never ranked.
+    ticks = [f"{t}{' (all)' if a else ''}" for t, a in zip(vc["swapped_layers"], vc["all_layers"])]
+    for a in axes[0]:
+        a.set_xticks(x, ticks, rotation=45, fontsize=8)
+        a.set_xlabel("layers swapped in from the donor (1-based)")
     ax.set_ylabel("speaker similarity (Resemblyzer cos)")
     ax.set_title(f"{group}: voice conversion by layer swap", fontsize=10)
     ax.legend(fontsize=7, loc="best")
+    if content:
+        _bars(axes[0, 1], x, vc, "content_retention", fmt="o", color="tab:green", label="content retention")
+        axes[0, 1].axhline(1.0, color="black", lw=0.8, ls="--")
+        axes[0, 1].set_ylabel("phone accuracy / unedited decode's")
+        axes[0, 1].set_title("content kept by the swap", fontsize=10)
+    fig.tight_layout()
     path = out / "voice_conversion.png"
     _save(fig, path)
-    return [(path.name, f"{group}: speaker similarity of swapped decodes to the donor (target) and to the source, 95% CIs")]
+    return [(path.name, f"{group}: speaker similarity of swapped decodes to the donor (target) and to the source"
+             + (", and content retention" if content else "") + ", 95% speaker-clustered bootstrap CIs (none from one speaker); '(all)': every layer swapped, i.e. the donor itself")]

@@ -8,7 +8,10 @@ An edit returns :class:`Edited`: the new codes plus the layers that still
 contribute to the decode. Removing a layer cannot be written into the codes
 (every code value is some vector), so "drop" and "keep only" edit the layer
 mask that :meth:`CodecAdapter.decode` takes, while "swap" and "noise" replace
-code values and keep every layer.
+code values and keep every layer. "mean" (mean ablation) removes a layer from the
+mask and names it in ``Edited.mean_layers``: the decode adds that layer's
+expected table vector under its code distribution (:func:`expected_vectors`),
+the on-distribution counterpart of dropping it to zero.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import numpy as np
 
 from ...errors import CodeclensError
 
-KINDS = ("drop", "truncate", "only", "swap", "noise")
+KINDS = ("drop", "mean", "truncate", "only", "swap", "noise")
 """Intervention kinds, in display order."""
 
 
@@ -33,6 +36,8 @@ class Edited:
     """``[..., L, T]`` codes (a new array; the input is never modified)."""
     layers: tuple[int, ...]
     """0-based layers that contribute (the decoder's layer mask)."""
+    mean_layers: tuple[int, ...] = ()
+    """0-based layers replaced by their expected table vector (mean ablation; not in ``layers``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +45,7 @@ class Intervention:
     """One edit: a kind and the 0-based layer set it acts on."""
 
     kind: str
-    """none | drop | truncate | only | swap | noise"""
+    """none | drop | mean | truncate | only | swap | noise"""
     layers: tuple[int, ...] = ()
     """0-based layers edited (for truncate: the kept prefix 0..k-1)."""
 
@@ -59,7 +64,7 @@ class Intervention:
 
     @property
     def name(self) -> str:
-        """Display name: ``drop 3``, ``keep 1-4`` (truncate), ``only 2``, ``swap 2-8``, ``noise 1``."""
+        """Display name: ``drop 3``, ``mean 3``, ``keep 1-4`` (truncate), ``only 2``, ``swap 2-8``, ``noise 1``."""
         if self.kind == "none":
             return "none"
         label = "keep" if self.kind == "truncate" else self.kind
@@ -135,7 +140,7 @@ def parse_interventions(
     ``truncate`` -> keep 1..k, ``only`` -> only k, ``noise`` -> noise k, ``swap`` ->
     swap k and/or swap k..L (``swap_mode`` single | suffix | both). ``kind:SET``
     (``swap:2-8``, ``drop:1,4-5``) is one intervention on that whole set;
-    ``truncate:k`` keeps layers 1..k. Items may be one comma-separated string: a
+    ``truncate:k`` keeps layers 1..k; ``mean`` sweeps like ``drop``. Items may be one comma-separated string: a
     piece that starts with a digit continues the previous item's layer set.
     """
     if swap_mode not in ("single", "suffix", "both"):
@@ -200,6 +205,17 @@ def drop_layers(codes: np.ndarray, layers: Sequence[int]) -> Edited:
     return Edited(codes.copy(), tuple(l for l in range(n) if l not in gone))
 
 
+def mean_layers(codes: np.ndarray, layers: Sequence[int]) -> Edited:
+    """Mean ablation: ``layers`` contribute their expected table vector instead of their codes."""
+    ed = drop_layers(codes, layers)
+    return Edited(ed.codes, ed.layers, tuple(sorted(set(int(l) for l in layers))))
+
+
+def expected_vectors(tables: Sequence[np.ndarray], distributions: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """``E[table_k[c]]`` under layer k's code distribution, one ``[D]`` vector per layer."""
+    return [np.asarray(p, np.float64) @ np.asarray(t, np.float64) for t, p in zip(tables, distributions)]
+
+
 def keep_first(codes: np.ndarray, k: int) -> Edited:
     """Truncation: keep layers 0..k-1 (the codec at a lower bitrate)."""
     codes, n = _check(codes, [k - 1])
@@ -224,6 +240,78 @@ def align_time(codes: np.ndarray, n_frames: int) -> np.ndarray:
         return codes[..., :n_frames].copy()
     idx = np.arange(n_frames) % t
     return codes[..., idx]
+
+
+@dataclasses.dataclass(frozen=True)
+class Alignment:
+    """How donor frames were mapped onto the source's frames."""
+
+    index: np.ndarray
+    """Donor frame used at each source frame (``[T_source]``)."""
+    method: str
+    """dtw | crop/loop"""
+    repeat_frac: float
+    """Source frames that reuse the donor frame of the frame before (donor stretched, or looped)."""
+    skip_frac: float
+    """Donor frames never used (donor compressed, or cropped)."""
+
+
+def _alignment(index: np.ndarray, n_donor: int, method: str) -> Alignment:
+    index = np.asarray(index, dtype=np.int64)
+    rep = float(np.mean(index[1:] == index[:-1])) if len(index) > 1 else 0.0
+    skip = 1.0 - len(np.unique(index)) / n_donor if n_donor else 0.0
+    if method == "crop/loop":
+        # A loop restarts the donor: count the frames past its end as repeated material.
+        rep = float(max(0, len(index) - n_donor) / len(index)) if len(index) else 0.0
+    return Alignment(index, method, rep, skip)
+
+
+def crop_loop_alignment(n_source: int, n_donor: int) -> Alignment:
+    """Donor frame t mod T_donor at source frame t (crop when longer, loop when shorter)."""
+    if n_donor == 0:
+        raise ValueError("cannot align an empty code sequence")
+    return _alignment(np.arange(n_source) % n_donor, n_donor, "crop/loop")
+
+
+def dtw_path(cost: np.ndarray) -> list[tuple[int, int]]:
+    """Minimum-cost monotone path through a ``[T, U]`` cost matrix from (0, 0) to (T-1, U-1),
+    steps (1,1), (1,0), (0,1); ties prefer the diagonal."""
+    c = np.asarray(cost, dtype=np.float64)
+    t, u = c.shape
+    acc = np.empty_like(c)
+    # Row by row: D[i, j] = min(a_j, c_ij + D[i, j-1]) with a_j = c_ij + min(D[i-1, j-1], D[i-1, j])
+    # unrolls to cumsum(c_i) + running min of (a - cumsum(c_i)): no inner Python loop.
+    cs = np.cumsum(c[0])
+    acc[0] = cs
+    for i in range(1, t):
+        prev = acc[i - 1]
+        a = c[i] + np.minimum(np.concatenate([[np.inf], prev[:-1]]), prev)
+        cs = np.cumsum(c[i])
+        acc[i] = cs + np.minimum.accumulate(a - cs)
+    path = [(t - 1, u - 1)]
+    i, j = t - 1, u - 1
+    while i > 0 or j > 0:
+        steps = [(i - 1, j - 1), (i - 1, j), (i, j - 1)]
+        best = min((acc[p] if p[0] >= 0 and p[1] >= 0 else np.inf, n) for n, p in enumerate(steps))
+        i, j = steps[best[1]]
+        path.append((i, j))
+    return path[::-1]
+
+
+def dtw_alignment(source: np.ndarray, donor: np.ndarray) -> Alignment:
+    """Dynamic time warping of ``[T', D]`` donor features onto ``[T, D]`` source features
+    (cosine distance); each source frame takes the first donor frame the optimal path pairs it with."""
+    s, d = np.asarray(source, np.float64), np.asarray(donor, np.float64)
+    if len(s) == 0 or len(d) == 0:
+        raise ValueError("cannot align an empty sequence")
+    # Zero frames have no direction: their cosine distance to anything is 1.
+    sn = s / np.maximum(np.linalg.norm(s, axis=1, keepdims=True), 1e-12)
+    dn = d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
+    index = np.full(len(s), -1, dtype=np.int64)
+    for i, j in dtw_path(1.0 - sn @ dn.T):
+        if index[i] < 0:
+            index[i] = j
+    return _alignment(index, len(d), "dtw")
 
 
 def swap_layers(codes: np.ndarray, donor: np.ndarray, layers: Sequence[int]) -> Edited:
@@ -281,6 +369,8 @@ def apply(
         return Edited(codes.copy(), tuple(range(codes.shape[-2])))
     if iv.kind == "drop":
         return drop_layers(codes, iv.layers)
+    if iv.kind == "mean":
+        return mean_layers(codes, iv.layers)
     if iv.kind == "truncate":
         return keep_first(codes, len(iv.layers))
     if iv.kind == "only":

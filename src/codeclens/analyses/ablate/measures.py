@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Sequence
-
 import numpy as np
 import scipy.fft
 
@@ -225,28 +223,3 @@ class AsrScorer:
     def transcribe(self, audio: np.ndarray, sr: int) -> str:
         out = self.pipe({"raw": to_measure_rate(audio, sr).astype(np.float32), "sampling_rate": MEASURE_SR})
         return str(out.get("text", "")).strip()
-
-
-# -- statistics ----------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class CI:
-    mean: float
-    lo: float
-    hi: float
-    n: int
-
-
-def bootstrap_ci(values: Sequence[float], n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> CI:
-    """Mean and percentile-bootstrap (1 - alpha) interval over utterances; NaNs ignored."""
-    x = np.asarray(values, dtype=np.float64)
-    x = x[np.isfinite(x)]
-    if len(x) == 0:
-        return CI(float("nan"), float("nan"), float("nan"), 0)
-    m = float(x.mean())
-    if len(x) == 1 or n_boot < 1:
-        return CI(m, m, m, len(x))
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(axis=1)
-    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
-    return CI(m, float(lo), float(hi), len(x))

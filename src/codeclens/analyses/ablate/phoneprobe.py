@@ -3,10 +3,11 @@
 Content retention after an edit is measured by re-encoding the decoded audio
 with the same codec and asking a phone classifier on ``cumulative:L`` (all
 layers summed: the codec's quantized representation) which phone each frame
-is. The probe comes from the probes analysis (:func:`codeclens.analyses.probes.fit_probe`,
-trained on the store's train split); when that cannot fit (e.g. a store too small
-for its train/val/test splits), a scikit-learn logistic regression on the given
-training utterances stands in. Both sit behind :func:`fit_phone_probe`.
+is. The probe never sees a measured utterance's speaker: it comes from the probes
+analysis (:func:`codeclens.analyses.probes.fit_probe`, on the speaker-disjoint
+split) when that split's train/val speakers are all unmeasured, and otherwise
+from a scikit-learn logistic regression on the other speakers' utterances. Both
+sit behind :func:`fit_phone_probe`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,15 @@ PHONE_COLUMN = "phone"
 def _valid(labels: np.ndarray) -> np.ndarray:
     labels = np.asarray(labels).astype(str)
     return (labels != "") & (labels != "None") & (labels != "nan")
+
+
+def majority_rate(labels: np.ndarray) -> float:
+    """Accuracy of always answering the most frequent valid label (NaN without labels)."""
+    labels = np.asarray(labels).astype(str)
+    labels = labels[_valid(labels)]
+    if len(labels) == 0:
+        return float("nan")
+    return float(np.unique(labels, return_counts=True)[1].max() / len(labels))
 
 
 def has_phone_labels(store) -> bool:
@@ -48,6 +58,8 @@ class PhoneProbe:
     n_classes: int = 0
     key: str = ""
     """Identifies the fit (cached results are reused only for the same probe)."""
+    train_speakers: int = 0
+    """Speakers it was trained on (none of them measured)."""
 
     def predict(self, codes_tl: np.ndarray, tables: Sequence[np.ndarray]) -> np.ndarray:
         return np.asarray(self.predict_fn(np.asarray(codes_tl, np.int64), tables)).astype(str)
@@ -64,27 +76,57 @@ class PhoneProbe:
         return float(np.mean(self.predict(codes_tl[:n], tables)[keep] == labels[keep]))
 
 
-def fit_phone_probe(store, train_rows: Sequence[int], max_frames: int = 20000, seed: int = 0,
-                    device: str = "auto") -> PhoneProbe | None:
-    """The content probe for ``store`` (None when it has no phone labels)."""
-    if not has_phone_labels(store):
-        return None
-    why = ""
-    # The shared probe picks its L2 on the val split; a store too small for one gets a fixed L2.
-    for extra, label in (({}, "train split"), ({"l2": (1e-3,)}, "train split, fixed L2 1e-3: no val split")):
-        try:
-            from ..probes import fit_probe
+FIT_SPLITS = ("train", "val")
+"""Rows of the speaker-disjoint split the shared probe learns from (val picks its L2)."""
 
-            fp = fit_probe(store, PHONE_COLUMN, f"cumulative:{store.n_layers}", seed=seed, device=str(device),
-                           max_train_frames=max_frames, lookup=False, **extra)
-            return PhoneProbe(fp.predict_codes, f"probes.fit_probe ({label})", 0, len(fp.classes),
-                              f"probes:{seed}:{max_frames}:{extra}")
-        except Exception as e:  # any failure of the shared probe: fall back, and say why
-            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+
+def fit_phone_probe(store, measured_rows: Sequence[int], max_frames: int = 20000, seed: int = 0,
+                    device: str = "auto") -> tuple[PhoneProbe | None, str]:
+    """The content probe for ``store``, trained only on speakers none of ``measured_rows`` has,
+    and a sentence saying what it was trained on (or why there is none).
+
+    The shared probe (:func:`codeclens.analyses.probes.fit_probe` on the speaker-disjoint split)
+    is used when its train/val speakers are disjoint from the measured ones; otherwise a
+    scikit-learn logistic regression is trained on the utterances of the other speakers."""
+    from .donors import speakers
+
+    if not has_phone_labels(store):
+        return None, "no phone labels in the store, so no phone accuracy (extract with a phone labeller)"
+    spk = speakers(store)
+    measured = set(spk[list(measured_rows)])
+    u = store.utterances
+    why = ""
+    fit_spk = set(spk[u["split_spk"].isin(FIT_SPLITS).to_numpy()]) if "split_spk" in u.columns else set()
+    if fit_spk and not fit_spk & measured:
+        # The shared probe picks its L2 on the val split; a store too small for one gets a fixed L2.
+        for extra, label in (({}, "speaker-disjoint split"), ({"l2": (1e-3,)}, "speaker-disjoint split, fixed L2 1e-3: no val split")):
+            try:
+                from ..probes import fit_probe
+
+                fp = fit_probe(store, PHONE_COLUMN, f"cumulative:{store.n_layers}", seed=seed, device=str(device),
+                               max_train_frames=max_frames, lookup=False, split="spk", **extra)
+                probe = PhoneProbe(fp.predict_codes, f"probes.fit_probe ({label})", 0, len(fp.classes),
+                                   f"probes:spk:{seed}:{max_frames}:{extra}", len(fit_spk))
+                return probe, _said(probe, measured)
+            except Exception as e:  # any failure of the shared probe: fall back, and say why
+                why = str(e).splitlines()[0] if str(e) else type(e).__name__
+    else:
+        why = "its split shares speakers with the measured utterances" if fit_spk else "no speaker-disjoint split"
+    train_rows = [i for i in range(store.n_utterances) if spk[i] not in measured]
+    if not train_rows:
+        return None, (f"every speaker of the store is among the {len(measured)} measured, so no content probe can be "
+                      "trained on other speakers: no phone accuracy (measure fewer utterances)")
     fb = _fit_sklearn(store, train_rows, max_frames, seed)
-    if fb is not None:
-        fb.source = f"scikit-learn logistic regression on the other utterances (probes.fit_probe could not fit: {why})"
-    return fb
+    if fb is None:
+        return None, "fewer than two phone classes among the other speakers' frames, no phone probe"
+    fb.source = f"scikit-learn logistic regression on the other speakers' utterances (probes.fit_probe not used: {why})"
+    fb.train_speakers = len(set(spk[train_rows]))
+    return fb, _said(fb, measured)
+
+
+def _said(probe: PhoneProbe, measured: set) -> str:
+    return (f"phone accuracy from {probe.source}, trained on {probe.train_speakers} speakers disjoint from the "
+            f"{len(measured)} measured speakers")
 
 
 def _fit_sklearn(store, train_rows: Sequence[int], max_frames: int, seed: int) -> PhoneProbe | None:

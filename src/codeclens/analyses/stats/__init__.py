@@ -1,0 +1,1 @@
+"""Statistics shared by analyses (paired effects of interventions: :mod:`.paired`)."""
