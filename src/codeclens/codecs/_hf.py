@@ -314,18 +314,31 @@ def variance_preserving_init(*modules: torch.nn.Module) -> None:
                         m.bias.zero_()
 
 
+FrameCount = Callable[[int], int]
+
+
+def _frame_count(hop: int | FrameCount) -> FrameCount:
+    if callable(hop):
+        return hop
+    return lambda n: math.ceil(n / hop)
+
+
 def encode_items(
-    encode_one: Callable[[torch.Tensor], torch.Tensor], waves: torch.Tensor, lengths: torch.Tensor, hop: int
+    encode_one: Callable[[torch.Tensor], torch.Tensor], waves: torch.Tensor, lengths: torch.Tensor,
+    hop: int | FrameCount,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Encode each item alone. ``encode_one(x [1, N]) -> codes [L, T]``.
 
     Valid frames per item: ``ceil(N / hop)`` (the last, partial frame is kept; the codec
-    pads it). Checked against what the model returns, so a mismatch is a bug, not a shift.
+    pads it), or ``hop(N)`` when ``hop`` is a function (a chunked codec's exact rule). The
+    model must return exactly that many: more or fewer means a wrong hop, and frames
+    would be silently dropped or every label misaligned.
     """
+    count = _frame_count(hop)
     outs, n_frames = [], []
     for w, n in zip(waves, lengths.tolist()):
-        c, want = _one_item(encode_one, w, int(n), hop, -1)
-        outs.append(c[:, :want])
+        c, want = _one_item(encode_one, w, int(n), count, -1)
+        outs.append(c)
         n_frames.append(want)
     t = max(n_frames)
     codes = torch.zeros(len(outs), outs[0].shape[0], t, dtype=torch.long, device=waves.device)
@@ -334,16 +347,14 @@ def encode_items(
     return codes, torch.tensor(n_frames, dtype=torch.long, device=waves.device)
 
 
-def _one_item(fn: Callable[[torch.Tensor], torch.Tensor], w: torch.Tensor, n: int, hop: int, time_axis: int):
-    """``(fn(w[:n][None]), ceil(n / hop))``, checking the model gave exactly that many frames
-    (a codec that returns more or fewer has a wrong hop: frames would be silently dropped
-    or misplaced, and every label misaligned)."""
+def _one_item(fn: Callable[[torch.Tensor], torch.Tensor], w: torch.Tensor, n: int, count: FrameCount, time_axis: int):
+    """``(fn(w[:n][None]), count(n))``, checking the model gave exactly that many frames."""
     if n <= 0:
         raise CodeclensError("cannot encode an empty utterance")
     out = fn(w[:n][None])
-    want = math.ceil(n / hop)
+    want = int(count(n))
     if out.shape[time_axis] != want:
-        raise CodeclensError(f"codec returned {out.shape[time_axis]} frames for {n} samples, expected ceil({n}/{hop}) = {want}")
+        raise CodeclensError(f"codec returned {out.shape[time_axis]} frames for {n} samples, expected exactly {want}")
     return out, want
 
 
@@ -354,13 +365,15 @@ def pad_to_hop(x: torch.Tensor, hop: int) -> torch.Tensor:
 
 
 def latent_items(
-    latent_one: Callable[[torch.Tensor], torch.Tensor], waves: torch.Tensor, lengths: torch.Tensor, hop: int
+    latent_one: Callable[[torch.Tensor], torch.Tensor], waves: torch.Tensor, lengths: torch.Tensor,
+    hop: int | FrameCount,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Like :func:`encode_items` for a float latent: ``latent_one(x) -> [T, D]``."""
+    count = _frame_count(hop)
     outs, n_frames = [], []
     for w, n in zip(waves, lengths.tolist()):
-        z, want = _one_item(latent_one, w, int(n), hop, 0)
-        outs.append(z[:want])
+        z, want = _one_item(latent_one, w, int(n), count, 0)
+        outs.append(z)
         n_frames.append(want)
     t = max(n_frames)
     out = torch.zeros(len(outs), t, outs[0].shape[-1], device=waves.device)
@@ -424,15 +437,19 @@ class TorchCodec:
                 self._table_cache = [t.detach().float().contiguous() for t in self._compute_tables()]
         return self._table_cache
 
+    def frames_for(self, n_samples: int) -> int:
+        """Exact number of frames the codec gives an utterance of ``n_samples``."""
+        return math.ceil(n_samples / self.hop)
+
     @torch.no_grad()
     def encode(self, waves: torch.Tensor, lengths: torch.Tensor):
         waves = waves.to(self.device, torch.float32)
-        return encode_items(self._encode_one, waves, lengths, self.hop)
+        return encode_items(self._encode_one, waves, lengths, self.frames_for)
 
     @torch.no_grad()
     def latent(self, waves: torch.Tensor, lengths: torch.Tensor):
         waves = waves.to(self.device, torch.float32)
-        return latent_items(self._latent_one, waves, lengths, self.hop)
+        return latent_items(self._latent_one, waves, lengths, self.frames_for)
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor, layers=None) -> torch.Tensor:

@@ -54,9 +54,18 @@ def parse_target(target: str) -> float:
     return float(m.group(1))
 
 
+#: Frame-centre offsets of the two halves (s). The acoustic (DAC) half is centred; the
+#: semantic half's HuBERT/WavLM frame k sees samples [320k - 160, 320k + 240) of the input
+#: (padded by hop/2 = 160 each side, 400-sample receptive field, stride 320), centred at
+#: 320k + 40: 120 samples = 7.5 ms before the nominal centre 320k + 160. Measured in tests.
+HALF_OFFSETS = {"acoustic": 0.0, "semantic": -0.0075}
+
+
 @CODECS.register("xcodec")
 class XCodec(TorchCodec, CodecAdapter):
     options = ("size",)
+    #: A frame mixes both halves: its centre is taken midway between theirs.
+    frame_offset = 0.5 * (HALF_OFFSETS["acoustic"] + HALF_OFFSETS["semantic"])
 
     def __init__(self, model, bandwidth: float, device: torch.device):
         cfg = model.config
@@ -100,6 +109,17 @@ class XCodec(TorchCodec, CodecAdapter):
         else:
             ac = m.acoustic_encoder(x)
         return ac, sem
+
+    def semantic_frames(self, x: torch.Tensor) -> torch.Tensor:
+        """``[T, C]`` output of the self-supervised model's convolutional feature encoder on
+        the padded input, as ``_extract_semantic_features`` pads it: what fixes the
+        semantic half's timing (its transformer then mixes frames)."""
+        m = self.model
+        x = F.pad(pad_to_hop(x, self.hop), (m.pad, m.pad))
+        return m.semantic_model.feature_extractor(x)[0].T
+
+    def describe(self):
+        return {**super().describe(), "frame_offset_halves_s": dict(HALF_OFFSETS)}
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         """The RVQ input ``[B, D, T]``, computed as ``XcodecModel.encode`` does before quantizing."""
