@@ -244,8 +244,18 @@ def want_random(spec: Spec) -> bool:
     return bool(spec.get("random_init", False, bool))
 
 
-def calibration_batch(sample_rate: int, seed: int, seconds: float = CALIBRATION_SECONDS) -> torch.Tensor:
+def calibration_option(spec: Spec) -> float | None:
+    """``calibration=SECONDS``: length of the calibration signal a random_init control's
+    codebooks are drawn from (default 8 s; Mimi 24 s). Shorter is faster on full-size models."""
+    sec = spec.get("calibration", None, float)
+    if sec is not None and not sec > 0:
+        raise CodeclensError(f"{spec.kind}: calibration must be > 0 seconds (got {sec:g})")
+    return sec
+
+
+def calibration_batch(sample_rate: int, seed: int, seconds: float | None = None) -> torch.Tensor:
     """``[1, N]`` calibration signal for codebook initialisation."""
+    seconds = CALIBRATION_SECONDS if seconds is None else seconds
     return torch.from_numpy(calibration_audio(sample_rate, seconds, seed))[None]
 
 
@@ -429,6 +439,8 @@ class TorchCodec:
     model: torch.nn.Module
     device: torch.device
     hop: int
+    #: Seconds of calibration signal for random_init (None: the adapter's default).
+    calibration_seconds: float | None = None
     _table_cache: list[torch.Tensor] | None = None
 
     def tables(self) -> list[torch.Tensor]:

@@ -21,6 +21,7 @@ from ..errors import CodeclensError
 from ..spec import Spec
 from . import CODECS
 from ._hf import (
+    calibration_option,
     TorchCodec, calibration_batch, hf_class, check_size, init_residual_codebooks, load_hf_config, load_hf_model, pad_to_hop,
     seeded, variance_preserving_init, want_random,
 )
@@ -47,7 +48,7 @@ def builtin_config(variant: str, size: str):
 
 @CODECS.register("dac")
 class DAC(TorchCodec, CodecAdapter):
-    options = ("size",)
+    options = ("size", "calibration")
 
     def __init__(self, model, device: torch.device):
         self.model = model.to(device).eval()
@@ -77,6 +78,7 @@ class DAC(TorchCodec, CodecAdapter):
                 model = DacModel(config)
                 _variance_preserving_init(model)
             adapter = cls(model, device)
+            adapter.calibration_seconds = calibration_option(spec)
             adapter.init_codebooks(seed)
             return adapter
         model = load_hf_model(DacModel, DacConfig, ckpt or VARIANTS[variant]["hub"], what)
@@ -115,7 +117,7 @@ class DAC(TorchCodec, CodecAdapter):
     def init_codebooks(self, seed: int) -> None:
         """random_init: each layer's 8-d codebook is a sample of its input projection of the
         residual encoder frames of the calibration signal."""
-        x = calibration_batch(self.sample_rate, seed).to(self.device)
+        x = calibration_batch(self.sample_rate, seed, self.calibration_seconds).to(self.device)
         resid = self._embed(x)[0].T
 
         def layer_fns(q):

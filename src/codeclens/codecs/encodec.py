@@ -29,6 +29,7 @@ from ..errors import CodeclensError
 from ..spec import Spec
 from . import CODECS
 from ._hf import (
+    calibration_option,
     ema_codebook_setter,
     TorchCodec, calibration_batch, hf_class, check_size, init_residual_codebooks, load_hf_config, load_hf_model, seeded,
     want_random,
@@ -68,7 +69,7 @@ def builtin_config(sample_rate: int, size: str):
 
 @CODECS.register("encodec")
 class EnCodec(TorchCodec, CodecAdapter):
-    options = ("size",)
+    options = ("size", "calibration")
 
     def __init__(self, model, bandwidth: float, device: torch.device):
         self.model = model.to(device).eval()
@@ -95,6 +96,7 @@ class EnCodec(TorchCodec, CodecAdapter):
             with seeded(seed):
                 model = EncodecModel(config)
             adapter = cls(model, _check(config, sr, bw, what), device)
+            adapter.calibration_seconds = calibration_option(spec)
             adapter.init_codebooks(seed)
             return adapter
         model = load_hf_model(EncodecModel, EncodecConfig, ckpt or HUB[sr], what)
@@ -211,7 +213,7 @@ class EnCodec(TorchCodec, CodecAdapter):
     def init_codebooks(self, seed: int) -> None:
         """random_init: every layer's codebook is a sample of residual encoder frames of the
         calibration signal (so codes are spread over the codebook, not all 0)."""
-        x = calibration_batch(self.sample_rate, seed).to(self.device)
+        x = calibration_batch(self.sample_rate, seed, self.calibration_seconds).to(self.device)
         resid = self._embed(x)[0].T
         k = self.model.config.codebook_size
 

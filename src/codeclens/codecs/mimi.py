@@ -20,6 +20,7 @@ from ..errors import CodeclensError
 from ..spec import Spec
 from . import CODECS
 from ._hf import (
+    calibration_option,
     TorchCodec, calibration_batch, check_size, hf_class, init_residual_codebooks, load_hf_config, load_hf_model,
     seeded, want_random,
 )
@@ -42,7 +43,7 @@ def builtin_config(size: str):
 
 @CODECS.register("mimi")
 class Mimi(TorchCodec, CodecAdapter):
-    options = ("size", "layers")
+    options = ("size", "layers", "calibration")
 
     def __init__(self, model, n_layers: int, device: torch.device):
         self.model = model.to(device).eval()
@@ -74,6 +75,7 @@ class Mimi(TorchCodec, CodecAdapter):
                 model = MimiModel(config)
                 _tie_projections(model)
             adapter = cls(model, n, device)
+            adapter.calibration_seconds = calibration_option(spec)
             adapter.init_codebooks(seed)
             return adapter
         return cls(load_hf_model(MimiModel, MimiConfig, ckpt or HUB, "mimi"), n, device)
@@ -129,7 +131,7 @@ class Mimi(TorchCodec, CodecAdapter):
     def init_codebooks(self, seed: int) -> None:
         """random_init: both RVQs quantize the same latent; each one's codebooks are sampled
         from its own projected residual frames of the calibration signal."""
-        x = calibration_batch(self.sample_rate, seed, seconds=24.0).to(self.device)
+        x = calibration_batch(self.sample_rate, seed, self.calibration_seconds or 24.0).to(self.device)
         z = self.model.encoder(x[:, None]).latents  # [1, D, T]
         for j, rvq in enumerate(self._rvqs):
             resid = (rvq.input_proj(z) if rvq.input_proj is not None else z)[0].T

@@ -24,6 +24,7 @@ from ..errors import CodeclensError
 from ..spec import Spec
 from . import CODECS
 from ._hf import (
+    calibration_option,
     ema_codebook_setter,
     TorchCodec, calibration_batch, check_size, hf_class, init_residual_codebooks, load_hf_config, load_hf_model,
     pad_to_hop, seeded, variance_preserving_init, want_random,
@@ -63,7 +64,7 @@ HALF_OFFSETS = {"acoustic": 0.0, "semantic": -0.0075}
 
 @CODECS.register("xcodec")
 class XCodec(TorchCodec, CodecAdapter):
-    options = ("size",)
+    options = ("size", "calibration")
     #: A frame mixes both halves: its centre is taken midway between theirs.
     frame_offset = 0.5 * (HALF_OFFSETS["acoustic"] + HALF_OFFSETS["semantic"])
 
@@ -93,6 +94,7 @@ class XCodec(TorchCodec, CodecAdapter):
                 model = XcodecModel(config)
                 _variance_preserving_init(model)
             adapter = cls(model, bw, device)
+            adapter.calibration_seconds = calibration_option(spec)
             adapter.balance_branches(seed)
             adapter.init_codebooks(seed)
             return adapter
@@ -156,7 +158,7 @@ class XCodec(TorchCodec, CodecAdapter):
         (scaling the acoustic encoder's output convolution), and the decoder output the input's
         RMS (scaling its last convolution), so neither half dominates the mixed latent and
         decodes are at the input's level."""
-        x = calibration_batch(self.sample_rate, seed).to(self.device)
+        x = calibration_batch(self.sample_rate, seed, self.calibration_seconds).to(self.device)
         ac, sem = self.halves(x)
         out_conv = self.model.acoustic_encoder.conv2
         out_conv.weight.mul_(_rms(sem) / _rms(ac))
@@ -170,7 +172,7 @@ class XCodec(TorchCodec, CodecAdapter):
 
     @torch.no_grad()
     def init_codebooks(self, seed: int) -> None:
-        x = calibration_batch(self.sample_rate, seed).to(self.device)
+        x = calibration_batch(self.sample_rate, seed, self.calibration_seconds).to(self.device)
         resid = self._embed(x)[0].T
 
         def layer_fns(vq):
