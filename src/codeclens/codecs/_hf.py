@@ -162,8 +162,9 @@ def _from_dir(model_cls, d: Path, shown: Path, what: str):
     try:
         model, info = model_cls.from_pretrained(str(d), local_files_only=True, dtype=torch.float32,
                                                 output_loading_info=True)
-    except (OSError, ValueError, RuntimeError) as e:
-        raise CodeclensError(f"{what}: cannot load checkpoint '{shown}': {_first_line(e)}") from None
+    except Exception as e:  # noqa: BLE001 - safetensors, torch and transformers raise many types
+        kind = "a safetensors weights file beside its config.json" if shown.is_file() else "a save_pretrained directory"
+        raise CodeclensError(f"{what}: cannot load '{shown}' (expected {kind}): {_first_line(e)}") from None
     missing, unexpected = info.get("missing_keys") or [], info.get("unexpected_keys") or []
     mismatched = info.get("mismatched_keys") or []
     if missing or unexpected or mismatched:
