@@ -54,12 +54,7 @@ ALL_CHECKS = ENCODER_CHECKS + ["decode = model decode", "dropped layers", "batch
 CALIBRATION, SECONDS = 1.0, 0.5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -60,7 +60,8 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp(min=1e-12))
 
 
-def _batch(items: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def batch_of(items: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-padded ``[B, N]`` waves and their lengths."""
     lengths = torch.tensor([len(x) for x in items])
     waves = torch.zeros(len(items), int(lengths.max()))
     for i, x in enumerate(items):
@@ -82,8 +83,8 @@ def check_frame_rate(codec: CodecAdapter, seconds: float, seed: int) -> CheckRes
     n1 = max(1, int(seconds * codec.sample_rate) // 2 // hop) * hop
     n2 = n1 + 8 * hop
     x = _audio(codec, n2 / codec.sample_rate + 0.01, seed)
-    t1 = int(codec.encode(*_batch([x[:n1]]))[1][0])
-    t2 = int(codec.encode(*_batch([x[:n2]]))[1][0])
+    t1 = int(codec.encode(*batch_of([x[:n1]]))[1][0])
+    t2 = int(codec.encode(*batch_of([x[:n2]]))[1][0])
     rate = (t2 - t1) * codec.sample_rate / (n2 - n1)
     ok = abs(rate - codec.frame_rate) < 1e-6 * codec.frame_rate
     return CheckResult("frame rate", ok, f"{rate:g} Hz ({t2 - t1} frames per {n2 - n1} samples)",
@@ -99,7 +100,7 @@ def check_frame_counts(codec: CodecAdapter, seconds: float, seed: int) -> CheckR
     got, want = [], []
     for n in lengths:
         try:
-            codes, nf = codec.encode(*_batch([x[:n]]))
+            codes, nf = codec.encode(*batch_of([x[:n]]))
             got.append((int(nf[0]), int(codes.shape[-1])))
         except Exception as e:  # noqa: BLE001 - a codec that refuses its own frame count fails here
             return CheckResult("frame count", False, f"N={n}: {str(e).splitlines()[0][:120]}", "exact")
@@ -112,7 +113,7 @@ def check_frame_counts(codec: CodecAdapter, seconds: float, seed: int) -> CheckR
 @torch.no_grad()
 def check_lookup(codec: CodecAdapter, seconds: float, seed: int) -> CheckResult:
     x = _audio(codec, seconds, seed)
-    codes, _ = codec.encode(*_batch([x]))
+    codes, _ = codec.encode(*batch_of([x]))
     g = torch.Generator().manual_seed(seed)
     arbitrary = torch.stack([torch.randint(0, k, (1, codes.shape[2]), generator=g) for k in codec.codebook_sizes], 1)
     subset = sorted({0, codec.n_layers - 1})
@@ -128,14 +129,14 @@ def check_decode(codec: CodecAdapter, seconds: float, seed: int) -> CheckResult:
     ref = getattr(codec, "reference_decode", None)
     if ref is None:
         return CheckResult("decode = model decode", None, "no reference_decode()", "-")
-    codes, _ = codec.encode(*_batch([_audio(codec, seconds, seed)]))
+    codes, _ = codec.encode(*batch_of([_audio(codec, seconds, seed)]))
     e = rel_err(codec.decode(codes), ref(codes))
     return CheckResult("decode = model decode", e < REL_TOL, f"max rel err {e:.1e}", f"< {REL_TOL:g}")
 
 
 @torch.no_grad()
 def check_dropped_layers(codec: CodecAdapter, seconds: float, seed: int) -> CheckResult:
-    codes, _ = codec.encode(*_batch([_audio(codec, seconds, seed)]))
+    codes, _ = codec.encode(*batch_of([_audio(codec, seconds, seed)]))
     full = codec.decode(codes)
     if codec.n_layers == 1:
         silent = codec.decode(codes, layers=[])
@@ -157,8 +158,8 @@ def check_batch_independence(codec: CodecAdapter, seconds: float, seed: int) -> 
     hop = _hop(codec)
     short = _audio(codec, seconds * 0.4 + 0.01, seed + 1)[: max(hop, int(seconds * 0.4 * codec.sample_rate)) + 11]
     long = _audio(codec, seconds, seed + 2)
-    alone, n_alone = codec.encode(*_batch([short]))
-    waves, lengths = _batch([long, short])
+    alone, n_alone = codec.encode(*batch_of([short]))
+    waves, lengths = batch_of([long, short])
     both, n_both = codec.encode(waves, lengths)
     t = int(n_alone[0])
     waves2 = waves.clone()
