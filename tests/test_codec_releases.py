@@ -142,6 +142,8 @@ def test_encodec_48khz_is_chunked_exactly_as_the_model(built):
     assert float((unit - own).abs().max() / own.abs().max()) > 0.1
     # Frame times: chunk c starts at c * 47520 samples; frame 150 is chunk 1's first frame.
     t = codec.frame_times(int(nf[0])) * 48000
+    d = codec.describe()  # what the store manifest records
+    assert (d["chunk_samples"], d["chunk_stride_samples"], d["frame_offset_s"]) == (48000, 47520, 0.0)
     assert t[0] == 160 and t[149] == 149 * 320 + 160 and t[150] == 47520 + 160
 
 

@@ -94,6 +94,9 @@ def run_info(args) -> int:
     print(f"layers       {d['n_layers']}")
     print(f"codebooks    {sizes[0] if len(set(sizes)) == 1 else ','.join(map(str, sizes))} codes per layer")
     print(f"table dim    {d['dim']}")
+    print(f"frame offset {d['frame_offset_s'] * 1000:+g} ms (labels are read at frame centres plus this)")
+    if "chunk_samples" in d:
+        print(f"chunks       {d['chunk_samples']} samples every {d['chunk_stride_samples']} (frame times follow them)")
     return 0
 
 

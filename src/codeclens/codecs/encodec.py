@@ -128,6 +128,13 @@ class EnCodec(TorchCodec, CodecAdapter):
             start = c * float(self.model.config.chunk_stride) + j * self.hop
         return (start + 0.5 * self.hop) / self.sample_rate + float(self.frame_offset)
 
+    def describe(self):
+        d = super().describe()
+        cfg = self.model.config
+        if cfg.chunk_length is not None:  # frame times are not uniform: say how they are laid out
+            d.update(chunk_samples=int(cfg.chunk_length), chunk_stride_samples=int(cfg.chunk_stride))
+        return d
+
     def _stereo(self, x: torch.Tensor) -> torch.Tensor:
         return x[:, None].expand(-1, self.model.config.audio_channels, -1)
 
