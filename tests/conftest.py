@@ -45,12 +45,23 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(0)
 
 
-@pytest.fixture
-def one_thread():
-    """One torch intra-op thread while a test trains (the shared CI machine is small and busy)."""
+def _one_thread():
     import torch
 
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch intra-op thread while a test trains (the shared CI machine is small and busy)."""
+    yield from _one_thread()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small models: one intra-op thread beats two fighting over a shared CPU
+    (opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``)."""
+    yield from _one_thread()

@@ -17,6 +17,7 @@ import torch
 from codeclens.cli import main
 from codeclens.codecs import load_codec
 from codeclens.codecs.calibration import calibration_audio
+from codeclens.codecs.check import batch_of as _batch
 from codeclens.codecs.testing import random_spec, reload_spec, save_random_checkpoint
 from codeclens.errors import CodeclensError
 
@@ -31,13 +32,7 @@ ADAPTERS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: one intra-op thread is faster than two fighting over a shared CPU."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="session")
@@ -71,14 +66,6 @@ def reloaded(saved):
 
 def _speech(sr: int, seconds: float, seed: int) -> torch.Tensor:
     return torch.from_numpy(calibration_audio(sr, seconds, seed))
-
-
-def _batch(items: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    lengths = torch.tensor([len(x) for x in items])
-    waves = torch.zeros(len(items), int(lengths.max()))
-    for i, x in enumerate(items):
-        waves[i, : len(x)] = x
-    return waves, lengths
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -1,4 +1,4 @@
-"""``codeclens codec list | info SPEC | save-random --codec SPEC --out DIR``."""
+"""``codeclens codec list | info SPEC | check SPEC | save-random --codec SPEC --out DIR``."""
 
 from __future__ import annotations
 
@@ -35,6 +35,15 @@ def add_parser(sub) -> None:
     info.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(func=run_info)
+
+    ck = s.add_parser("check", help="run the adapter invariants on a codec and print a pass/fail table")
+    ck.add_argument("spec", help="codec spec: built-in, hub id, local checkpoint or python:package.module:Class")
+    ck.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    ck.add_argument("--seconds", type=float, default=1.0, help="seconds of test audio (default: 1)")
+    ck.add_argument("--seed", type=int, default=0, help="seed of the test audio and random codes (default: 0)")
+    ck.add_argument("--only", default=None, help="comma-separated check names (default: all)")
+    ck.add_argument("--json", action="store_true", help="print JSON")
+    ck.set_defaults(func=run_check)
 
     sr = s.add_parser("save-random", help="save a random-weight checkpoint (a probing control, or for tests)")
     add_dataclass_args(sr, SaveRandomConfig)
@@ -85,7 +94,36 @@ def run_info(args) -> int:
     print(f"layers       {d['n_layers']}")
     print(f"codebooks    {sizes[0] if len(set(sizes)) == 1 else ','.join(map(str, sizes))} codes per layer")
     print(f"table dim    {d['dim']}")
+    print(f"frame offset {d['frame_offset_s'] * 1000:+g} ms (labels are read at frame centres plus this)")
+    if "chunk_samples" in d:
+        print(f"chunks       {d['chunk_samples']} samples every {d['chunk_stride_samples']} (frame times follow them)")
     return 0
+
+
+def run_check(args) -> int:
+    """Exit 0 when every applicable check passes, 1 when one fails (2: bad input)."""
+    from ..codecs import load_codec
+    from ..codecs.check import CHECKS, format_table, run_checks
+
+    if not args.seconds > 0:
+        raise CodeclensError(f"--seconds must be > 0 (got {args.seconds:g})")
+    only = None
+    if args.only:
+        only = [c.strip() for c in args.only.split(",") if c.strip()]
+        bad = [c for c in only if c not in CHECKS]
+        if bad:
+            raise CodeclensError(f"--only: unknown check(s) {', '.join(bad)}; known: {', '.join(CHECKS)}")
+    codec = load_codec(args.spec, args.device)
+    results = run_checks(codec, seconds=args.seconds, seed=args.seed, only=only)
+    failed = [r.name for r in results if r.passed is False]
+    if args.json:
+        print(json.dumps({"codec": codec.describe(), "checks": [dataclasses.asdict(r) for r in results],
+                          "passed": not failed}, indent=2))
+    else:
+        print(f"codec {codec.describe()['spec']}  ({codec.n_layers} layers, {codec.frame_rate:g} Hz)")
+        print(format_table(results))
+        print(f"{len(failed)} of {len(results)} checks failed: {', '.join(failed)}" if failed else "all checks passed")
+    return 1 if failed else 0
 
 
 def run_save_random(args) -> int:

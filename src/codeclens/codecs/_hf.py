@@ -128,36 +128,63 @@ def load_state_file(path: Path) -> dict[str, torch.Tensor]:
 
 def load_hf_model(model_cls, config_cls, checkpoint: str, what: str):
     """A transformers model from a ``save_pretrained`` directory, a weights file beside a
-    ``config.json``, or a hub id (from the local cache, else downloaded when online)."""
+    ``config.json``, or a hub id (from the local cache, else downloaded when online).
+
+    A weights file is loaded through ``from_pretrained`` too (from a temporary folder that
+    links it as ``model.safetensors`` beside its ``config.json``), so transformers' own
+    key conversion applies: Mimi's saved keys, for one, differ from its module names.
+    Weights are always loaded as float32, whatever dtype the checkpoint was saved in.
+    """
     p = Path(checkpoint).expanduser()
     with quiet_transformers():
         if p.is_dir():
             check_model_type(p / "config.json", config_cls, what)
-            try:
-                return model_cls.from_pretrained(str(p), local_files_only=True)
-            except (OSError, ValueError, RuntimeError) as e:
-                raise CodeclensError(f"{what}: cannot load checkpoint '{p}': {_first_line(e)}") from None
+            return _from_dir(model_cls, p, p, what)
         if p.is_file():
             check_model_type(p.parent / "config.json", config_cls, what)
-            config = config_cls.from_pretrained(str(p.parent), local_files_only=True)
-            model = model_cls(config)
-            load_strict(model, load_state_file(p), what)
-            return model
+            if p.suffix != ".safetensors":
+                config = config_cls.from_pretrained(str(p.parent), local_files_only=True)
+                model = model_cls(config)
+                load_strict(model, load_state_file(p), what)
+                return model.float()
+            import tempfile
+
+            with tempfile.TemporaryDirectory(prefix="codeclens-ckpt-") as tmp:
+                os.symlink(p.resolve(), Path(tmp) / "model.safetensors")
+                os.symlink((p.parent / "config.json").resolve(), Path(tmp) / "config.json")
+                return _from_dir(model_cls, Path(tmp), p, what)
         if checkpoint.startswith((".", "/", "~")) or checkpoint.count("/") > 1:
             raise CodeclensError(f"{what}: checkpoint not found: {checkpoint}")
         return _from_hub(model_cls, checkpoint, what)
 
 
+def _from_dir(model_cls, d: Path, shown: Path, what: str):
+    try:
+        model, info = model_cls.from_pretrained(str(d), local_files_only=True, dtype=torch.float32,
+                                                output_loading_info=True)
+    except Exception as e:  # noqa: BLE001 - safetensors, torch and transformers raise many types
+        kind = "a safetensors weights file beside its config.json" if shown.is_file() else "a save_pretrained directory"
+        raise CodeclensError(f"{what}: cannot load '{shown}' (expected {kind}): {_first_line(e)}") from None
+    missing, unexpected = info.get("missing_keys") or [], info.get("unexpected_keys") or []
+    mismatched = info.get("mismatched_keys") or []
+    if missing or unexpected or mismatched:
+        raise CodeclensError(
+            f"{what}: '{shown}' does not match its config.json (missing {len(missing)} keys e.g. {sorted(missing)[:2]}, "
+            f"unexpected {len(unexpected)} e.g. {sorted(unexpected)[:2]}, wrong shape {len(mismatched)})"
+        )
+    return model.float()
+
+
 def _from_hub(model_cls, hub_id: str, what: str):
     hint = "pass checkpoint=DIR (a local save_pretrained directory) or random_init=1"
     try:
-        return model_cls.from_pretrained(hub_id, local_files_only=True)
+        return model_cls.from_pretrained(hub_id, local_files_only=True, dtype=torch.float32).float()
     except Exception:  # noqa: BLE001 - not in the local cache
         pass
     if offline() or not hub_reachable():
         raise CodeclensError(f"{what}: '{hub_id}' is not in the local Hugging Face cache and the hub is not reachable; {hint}")
     try:
-        return model_cls.from_pretrained(hub_id)
+        return model_cls.from_pretrained(hub_id, dtype=torch.float32).float()
     except Exception as e:  # noqa: BLE001 - hub errors come in many types
         raise CodeclensError(f"{what}: cannot load '{hub_id}' from the hub ({_first_line(e)}); {hint}") from None
 
@@ -218,8 +245,18 @@ def want_random(spec: Spec) -> bool:
     return bool(spec.get("random_init", False, bool))
 
 
-def calibration_batch(sample_rate: int, seed: int, seconds: float = CALIBRATION_SECONDS) -> torch.Tensor:
+def calibration_option(spec: Spec) -> float | None:
+    """``calibration=SECONDS``: length of the calibration signal a random_init control's
+    codebooks are drawn from (default 8 s; Mimi 24 s). Shorter is faster on full-size models."""
+    sec = spec.get("calibration", None, float)
+    if sec is not None and not sec > 0:
+        raise CodeclensError(f"{spec.kind}: calibration must be > 0 seconds (got {sec:g})")
+    return sec
+
+
+def calibration_batch(sample_rate: int, seed: int, seconds: float | None = None) -> torch.Tensor:
     """``[1, N]`` calibration signal for codebook initialisation."""
+    seconds = CALIBRATION_SECONDS if seconds is None else seconds
     return torch.from_numpy(calibration_audio(sample_rate, seconds, seed))[None]
 
 
@@ -264,18 +301,55 @@ def ema_codebook_setter(cb) -> Callable[[torch.Tensor], None]:
     return set_rows
 
 
+def variance_preserving_init(*modules: torch.nn.Module) -> None:
+    """Kaiming-style weights (std ``1/sqrt(fan_in)``) and zero biases for every convolution and
+    linear layer in ``modules``.
+
+    transformers initialises these codecs' convolutions with std 0.02, which at random makes
+    the signal vanish layer after layer (DAC's latents come out ~1e-6, X-codec's acoustic
+    half ~2000x below its semantic half), so a random control would carry nothing through
+    that branch. With ``1/sqrt(fan_in)`` each layer roughly preserves the signal's variance.
+    A transposed convolution's fan-in per output sample is ``in_channels * kernel / stride``.
+    """
+    for module in modules:
+        for m in module.modules():
+            if isinstance(m, (torch.nn.Conv1d, torch.nn.ConvTranspose1d, torch.nn.Linear)):
+                w = m.weight
+                if isinstance(m, torch.nn.ConvTranspose1d):
+                    fan_in = w.shape[0] * w.shape[2] // max(m.stride[0], 1)
+                else:
+                    fan_in = w[0].numel()
+                with torch.no_grad():
+                    w.normal_(0.0, max(fan_in, 1) ** -0.5)
+                    if m.bias is not None:
+                        m.bias.zero_()
+
+
+FrameCount = Callable[[int], int]
+
+
+def _frame_count(hop: int | FrameCount) -> FrameCount:
+    if callable(hop):
+        return hop
+    return lambda n: math.ceil(n / hop)
+
+
 def encode_items(
-    encode_one: Callable[[torch.Tensor], torch.Tensor], waves: torch.Tensor, lengths: torch.Tensor, hop: int
+    encode_one: Callable[[torch.Tensor], torch.Tensor], waves: torch.Tensor, lengths: torch.Tensor,
+    hop: int | FrameCount,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Encode each item alone. ``encode_one(x [1, N]) -> codes [L, T]``.
 
     Valid frames per item: ``ceil(N / hop)`` (the last, partial frame is kept; the codec
-    pads it). Checked against what the model returns, so a mismatch is a bug, not a shift.
+    pads it), or ``hop(N)`` when ``hop`` is a function (a chunked codec's exact rule). The
+    model must return exactly that many: more or fewer means a wrong hop, and frames
+    would be silently dropped or every label misaligned.
     """
+    count = _frame_count(hop)
     outs, n_frames = [], []
     for w, n in zip(waves, lengths.tolist()):
-        c, want = _one_item(encode_one, w, int(n), hop, -1)
-        outs.append(c[:, :want])
+        c, want = _one_item(encode_one, w, int(n), count, -1)
+        outs.append(c)
         n_frames.append(want)
     t = max(n_frames)
     codes = torch.zeros(len(outs), outs[0].shape[0], t, dtype=torch.long, device=waves.device)
@@ -284,15 +358,14 @@ def encode_items(
     return codes, torch.tensor(n_frames, dtype=torch.long, device=waves.device)
 
 
-def _one_item(fn: Callable[[torch.Tensor], torch.Tensor], w: torch.Tensor, n: int, hop: int, time_axis: int):
-    """``(fn(w[:n][None]), ceil(n / hop))``, checking the model gave at least that many frames
-    (latents and codes of one utterance must have the same valid frames)."""
+def _one_item(fn: Callable[[torch.Tensor], torch.Tensor], w: torch.Tensor, n: int, count: FrameCount, time_axis: int):
+    """``(fn(w[:n][None]), count(n))``, checking the model gave exactly that many frames."""
     if n <= 0:
         raise CodeclensError("cannot encode an empty utterance")
     out = fn(w[:n][None])
-    want = math.ceil(n / hop)
-    if out.shape[time_axis] < want:
-        raise RuntimeError(f"codec returned {out.shape[time_axis]} frames for {n} samples, expected {want}")
+    want = int(count(n))
+    if out.shape[time_axis] != want:
+        raise CodeclensError(f"codec returned {out.shape[time_axis]} frames for {n} samples, expected exactly {want}")
     return out, want
 
 
@@ -303,13 +376,15 @@ def pad_to_hop(x: torch.Tensor, hop: int) -> torch.Tensor:
 
 
 def latent_items(
-    latent_one: Callable[[torch.Tensor], torch.Tensor], waves: torch.Tensor, lengths: torch.Tensor, hop: int
+    latent_one: Callable[[torch.Tensor], torch.Tensor], waves: torch.Tensor, lengths: torch.Tensor,
+    hop: int | FrameCount,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Like :func:`encode_items` for a float latent: ``latent_one(x) -> [T, D]``."""
+    count = _frame_count(hop)
     outs, n_frames = [], []
     for w, n in zip(waves, lengths.tolist()):
-        z, want = _one_item(latent_one, w, int(n), hop, 0)
-        outs.append(z[:want])
+        z, want = _one_item(latent_one, w, int(n), count, 0)
+        outs.append(z)
         n_frames.append(want)
     t = max(n_frames)
     out = torch.zeros(len(outs), t, outs[0].shape[-1], device=waves.device)
@@ -365,6 +440,8 @@ class TorchCodec:
     model: torch.nn.Module
     device: torch.device
     hop: int
+    #: Seconds of calibration signal for random_init (None: the adapter's default).
+    calibration_seconds: float | None = None
     _table_cache: list[torch.Tensor] | None = None
 
     def tables(self) -> list[torch.Tensor]:
@@ -373,15 +450,19 @@ class TorchCodec:
                 self._table_cache = [t.detach().float().contiguous() for t in self._compute_tables()]
         return self._table_cache
 
+    def frames_for(self, n_samples: int) -> int:
+        """Exact number of frames the codec gives an utterance of ``n_samples``."""
+        return math.ceil(n_samples / self.hop)
+
     @torch.no_grad()
     def encode(self, waves: torch.Tensor, lengths: torch.Tensor):
         waves = waves.to(self.device, torch.float32)
-        return encode_items(self._encode_one, waves, lengths, self.hop)
+        return encode_items(self._encode_one, waves, lengths, self.frames_for)
 
     @torch.no_grad()
     def latent(self, waves: torch.Tensor, lengths: torch.Tensor):
         waves = waves.to(self.device, torch.float32)
-        return latent_items(self._latent_one, waves, lengths, self.hop)
+        return latent_items(self._latent_one, waves, lengths, self.frames_for)
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor, layers=None) -> torch.Tensor:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import abc
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from ..spec import Spec
@@ -38,6 +39,10 @@ class CodecAdapter(abc.ABC):
     codebook_sizes: list[int]
     device: torch.device
     spec: Spec
+    #: Seconds by which a frame's effective centre lies after its nominal centre
+    #: ``(k + 0.5) / frame_rate`` (negative: earlier). Measured per adapter with
+    #: :func:`codeclens.codecs.check.measure_frame_offset`; see docs/labels.md.
+    frame_offset: float = 0.0
 
     @classmethod
     @abc.abstractmethod
@@ -92,6 +97,11 @@ class CodecAdapter(abc.ABC):
     def samples_per_frame(self) -> float:
         return self.sample_rate / self.frame_rate
 
+    def frame_times(self, n_frames: int) -> np.ndarray:
+        """Effective centre (seconds from the utterance start) of each of ``n_frames`` frames:
+        where labels are read. Uniform by default; a chunked codec overrides it."""
+        return (np.arange(n_frames, dtype=np.float64) + 0.5) / float(self.frame_rate) + float(self.frame_offset)
+
     def describe(self) -> dict[str, Any]:
         """What a store's manifest records about this codec."""
         return {
@@ -102,6 +112,7 @@ class CodecAdapter(abc.ABC):
             "n_layers": int(self.n_layers),
             "codebook_sizes": [int(k) for k in self.codebook_sizes],
             "dim": self.dim,
+            "frame_offset_s": float(self.frame_offset),
         }
 
 

@@ -7,7 +7,9 @@ is ``out_proj(codebook)``, bias included, and the sum of one row per layer is ex
 ``quantizer.from_codes``. A dropped layer contributes neither its vector nor its bias.
 
 Input is zero-padded to a whole number of hops (as DAC's own preprocessing does):
-an utterance of N samples has ``ceil(N / hop)`` frames. Frame rates: 50 Hz
+an utterance of N samples has exactly ``ceil(N / hop)`` frames, ``hop`` being the
+product of ``downsampling_ratios`` (never the config's ``hop_length``, stale in two
+released configs: see :func:`architecture_hop`). Frame rates: 50 Hz
 (16 kHz, hop 320), 75 Hz (24 kHz, hop 320), 86.13 Hz (44.1 kHz, hop 512).
 """
 
@@ -19,8 +21,9 @@ from ..errors import CodeclensError
 from ..spec import Spec
 from . import CODECS
 from ._hf import (
+    calibration_option,
     TorchCodec, calibration_batch, hf_class, check_size, init_residual_codebooks, load_hf_config, load_hf_model, pad_to_hop,
-    seeded, want_random,
+    seeded, variance_preserving_init, want_random,
 )
 from .base import CodecAdapter
 
@@ -45,14 +48,14 @@ def builtin_config(variant: str, size: str):
 
 @CODECS.register("dac")
 class DAC(TorchCodec, CodecAdapter):
-    options = ("size",)
+    options = ("size", "calibration")
 
     def __init__(self, model, device: torch.device):
         self.model = model.to(device).eval()
         self.device = device
         cfg = model.config
         self.sample_rate = int(cfg.sampling_rate)
-        self.hop = int(cfg.hop_length)
+        self.hop = architecture_hop(cfg)
         self.frame_rate = self.sample_rate / self.hop
         self.n_layers = int(cfg.n_codebooks)
         self.codebook_sizes = [int(cfg.codebook_size)] * self.n_layers
@@ -75,6 +78,7 @@ class DAC(TorchCodec, CodecAdapter):
                 model = DacModel(config)
                 _variance_preserving_init(model)
             adapter = cls(model, device)
+            adapter.calibration_seconds = calibration_option(spec)
             adapter.init_codebooks(seed)
             return adapter
         model = load_hf_model(DacModel, DacConfig, ckpt or VARIANTS[variant]["hub"], what)
@@ -113,7 +117,7 @@ class DAC(TorchCodec, CodecAdapter):
     def init_codebooks(self, seed: int) -> None:
         """random_init: each layer's 8-d codebook is a sample of its input projection of the
         residual encoder frames of the calibration signal."""
-        x = calibration_batch(self.sample_rate, seed).to(self.device)
+        x = calibration_batch(self.sample_rate, seed, self.calibration_seconds).to(self.device)
         resid = self._embed(x)[0].T
 
         def layer_fns(q):
@@ -130,20 +134,20 @@ class DAC(TorchCodec, CodecAdapter):
         self._table_cache = None
 
 
+def architecture_hop(cfg) -> int:
+    """Samples per frame: the product of the encoder's strides. The released
+    ``descript/dac_16khz`` and ``dac_24khz`` config.json files carry a stale
+    ``"hop_length": 512`` (the 44.1 kHz value) although their strides give 320, and
+    transformers lets that key override the derived one; the strides are the truth."""
+    hop = 1
+    for r in cfg.downsampling_ratios:
+        hop *= int(r)
+    return hop
+
+
 def _variance_preserving_init(model: torch.nn.Module) -> None:
-    """transformers initialises DAC's convolutions with std 0.02, which at random makes the
-    signal vanish through the encoder (latents ~1e-6), so every layer's vectors would be
-    numerically nil. A random control should carry the input through: Kaiming-style
-    weights (std 1/sqrt(fan_in)) and zero biases, for encoder, decoder and projections."""
-    for m in model.modules():
-        if isinstance(m, (torch.nn.Conv1d, torch.nn.ConvTranspose1d)):
-            fan_in = m.weight.shape[1] * m.weight.shape[2]
-            if isinstance(m, torch.nn.ConvTranspose1d):
-                fan_in = m.weight.shape[0] * m.weight.shape[2] // max(m.stride[0], 1)
-            with torch.no_grad():
-                m.weight.normal_(0.0, fan_in ** -0.5)
-                if m.bias is not None:
-                    m.bias.zero_()
+    """Convolutions: see :func:`variance_preserving_init` (at std 0.02 DAC's latents are ~1e-6)."""
+    variance_preserving_init(model)
     # Each quantizer's projections: in_proj has orthonormal rows and out_proj is its
     # transpose, so a layer removes the residual's component in its own random subspace
     # (as a trained DAC roughly learns to). Independent random projections would instead

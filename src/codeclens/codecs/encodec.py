@@ -5,22 +5,31 @@ The bandwidth decides how many RVQ layers are used: ``floor(kbps * 1000 /
 kbps at 24 kHz (75 Hz) and 2/4/8/16 for 3/6/12/24 kbps at 48 kHz (150 Hz).
 Tables are the codebooks themselves (no projections), in the decoder's input space.
 
-The 48 kHz model is stereo and normalises its input; mono input is duplicated to
-both channels, each utterance is encoded as one chunk (transformers cuts it into
-1 s chunks with their own scales, which would make the frame sequence overlap)
-and ``decode`` returns the channel mean at unit scale.
+The 48 kHz model is stereo and, exactly as its own ``encode`` does, cuts an utterance
+into 1 s chunks (48000 samples) every ``chunk_stride`` = 47520 samples (1 % overlap),
+each normalised by its own RMS ``scale``. Mono input is duplicated to both channels.
+Codes are the chunks' codes one after the other: an utterance of N samples has
+``sum_c ceil(len_c / 320)`` frames over its chunks (150 per full chunk, so consecutive
+chunks share 1.5 frames' worth of audio), and :meth:`EnCodec.frame_times` gives each
+frame's true time. ``decode(codes, scales=...)`` is the model's own chunked decode with
+linear overlap-add, scaled back by each chunk's ``scale`` (from :meth:`EnCodec.scales`);
+without ``scales`` it decodes the normalised audio (unit scale). The output is the
+channel mean.
 """
 
 from __future__ import annotations
 
+import math
 import re
 
+import numpy as np
 import torch
 
 from ..errors import CodeclensError
 from ..spec import Spec
 from . import CODECS
 from ._hf import (
+    calibration_option,
     ema_codebook_setter,
     TorchCodec, calibration_batch, hf_class, check_size, init_residual_codebooks, load_hf_config, load_hf_model, seeded,
     want_random,
@@ -60,7 +69,7 @@ def builtin_config(sample_rate: int, size: str):
 
 @CODECS.register("encodec")
 class EnCodec(TorchCodec, CodecAdapter):
-    options = ("size",)
+    options = ("size", "calibration")
 
     def __init__(self, model, bandwidth: float, device: torch.device):
         self.model = model.to(device).eval()
@@ -87,6 +96,7 @@ class EnCodec(TorchCodec, CodecAdapter):
             with seeded(seed):
                 model = EncodecModel(config)
             adapter = cls(model, _check(config, sr, bw, what), device)
+            adapter.calibration_seconds = calibration_option(spec)
             adapter.init_codebooks(seed)
             return adapter
         model = load_hf_model(EncodecModel, EncodecConfig, ckpt or HUB[sr], what)
@@ -94,19 +104,77 @@ class EnCodec(TorchCodec, CodecAdapter):
 
     # -- the model's own code paths -------------------------------------------
 
+    def chunks(self, n_samples: int) -> list[tuple[int, int]]:
+        """``(offset, length)`` of the chunks the model's own ``encode`` cuts ``n_samples`` into."""
+        cfg = self.model.config
+        if cfg.chunk_length is None:
+            return [(0, n_samples)]
+        return [(o, min(cfg.chunk_length, n_samples - o)) for o in range(0, n_samples, cfg.chunk_stride)]
+
+    def frames_for(self, n_samples: int) -> int:
+        return sum(math.ceil(n / self.hop) for _, n in self.chunks(n_samples))
+
+    @property
+    def _chunk_frames(self) -> int | None:
+        cl = self.model.config.chunk_length
+        return None if cl is None else math.ceil(cl / self.hop)
+
+    def frame_times(self, n_frames: int) -> np.ndarray:
+        """Frame centres in seconds; a chunk starts every ``chunk_stride`` samples (48 kHz)."""
+        k = np.arange(n_frames, dtype=np.float64)
+        start = k * self.hop
+        if self._chunk_frames is not None:
+            c, j = np.divmod(np.arange(n_frames), self._chunk_frames)
+            start = c * float(self.model.config.chunk_stride) + j * self.hop
+        return (start + 0.5 * self.hop) / self.sample_rate + float(self.frame_offset)
+
+    def describe(self):
+        d = super().describe()
+        cfg = self.model.config
+        if cfg.chunk_length is not None:  # frame times are not uniform: say how they are laid out
+            d.update(chunk_samples=int(cfg.chunk_length), chunk_stride_samples=int(cfg.chunk_stride))
+        return d
+
+    def _stereo(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, None].expand(-1, self.model.config.audio_channels, -1)
+
+    def _scale(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The model's per-chunk scale of ``x [B, C, N]`` (its ``_encode_frame`` formula), or None."""
+        if not self.model.config.normalize:
+            return None
+        mono = torch.sum(x, 1, keepdim=True) / x.shape[1]
+        return mono.pow(2).mean(dim=-1, keepdim=True).sqrt() + 1e-8
+
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        """``x [B, N]`` -> encoder output ``[B, D, T]`` (normalised first, as the model does)."""
-        x = x[:, None].expand(-1, self.model.config.audio_channels, -1)
-        if self.model.config.normalize:
-            scale = x.mean(1, keepdim=True).pow(2).mean(-1, keepdim=True).sqrt() + 1e-8
-            x = x / scale
-        return self.model.encoder(x)
+        """One chunk ``x [B, N]`` -> encoder output ``[B, D, T]`` (normalised first, as the model does)."""
+        x = self._stereo(x)
+        scale = self._scale(x)
+        return self.model.encoder(x if scale is None else x / scale)
+
+    def _per_chunk(self, fn, x: torch.Tensor) -> torch.Tensor:
+        """``fn`` on each chunk of ``x [1, N]``, outputs concatenated on their last axis."""
+        return torch.cat([fn(x[:, o:o + n]) for o, n in self.chunks(x.shape[-1])], dim=-1)
 
     def _encode_one(self, x):
-        return self.model.quantizer.encode(self._embed(x), self.bandwidth)[:, 0]
+        # The model's own per-chunk encoder (normalisation, encoder, quantizer).
+        return self._per_chunk(lambda c: self.model._encode_frame(self._stereo(c), self.bandwidth)[0][0], x)
 
     def _latent_one(self, x):
-        return self._embed(x)[0].T
+        return self._per_chunk(self._embed, x)[0].T
+
+    @torch.no_grad()
+    def scales(self, waves: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor | None:
+        """``[B, n_chunks]`` per-chunk input scales (what ``decode`` multiplies back), or None
+        for a model that does not normalise (24 kHz). Items with fewer chunks are padded with 1."""
+        if not self.model.config.normalize:
+            return None
+        waves = waves.to(self.device, torch.float32)
+        per = [[float(self._scale(self._stereo(w[None, o:o + n]))) for o, n in self.chunks(int(m))]
+               for w, m in zip(waves, lengths.tolist())]
+        out = torch.ones(len(per), max(len(p) for p in per), device=self.device)
+        for i, p in enumerate(per):
+            out[i, : len(p)] = torch.tensor(p)
+        return out
 
     def _compute_tables(self):
         return [layer.codebook.embed for layer in self.model.quantizer.layers[: self.n_layers]]
@@ -121,16 +189,38 @@ class EnCodec(TorchCodec, CodecAdapter):
     def _decode_quantized(self, q):
         return self.model.decoder(q.transpose(1, 2)).mean(1)
 
-    def reference_decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """transformers' own ``EncodecModel.decode`` of ``codes [B, L, T]`` (channel mean)."""
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor, layers=None, scales: torch.Tensor | None = None) -> torch.Tensor:
+        """The model's own decode: per chunk (48 kHz), times the chunk's scale, linear overlap-add."""
+        codes = codes.to(self.device)
+        step = self._chunk_frames or codes.shape[-1]
+        outs = []
+        for i, a in enumerate(range(0, codes.shape[-1], step)):
+            y = self.model.decoder(self.quantized(codes[..., a:a + step], layers).transpose(1, 2))
+            if scales is not None:
+                y = y * scales[:, i].to(y)[:, None, None]
+            outs.append(y)
+        if len(outs) == 1:
+            return outs[0].mean(1)
+        return self.model._linear_overlap_add(outs, self.model.config.chunk_stride).mean(1)
+
+    def reference_decode(self, codes: torch.Tensor, scales: torch.Tensor | None = None) -> torch.Tensor:
+        """transformers' own ``EncodecModel.decode`` of ``codes [B, L, T]`` (channel mean),
+        the codes regrouped into its ``[chunks, B, L, frames]`` layout with the last chunk padded."""
+        codes = codes.to(self.device)
+        step = self._chunk_frames or codes.shape[-1]
+        parts = list(codes.split(step, dim=-1))
+        pad = step - parts[-1].shape[-1]
+        parts[-1] = torch.nn.functional.pad(parts[-1], (0, pad))
+        s = [None] * len(parts) if scales is None else [scales[:, i:i + 1].to(self.device) for i in range(len(parts))]
         with torch.no_grad():
-            return self.model.decode(codes.to(self.device)[None], [None])[0].mean(1)
+            return self.model.decode(torch.stack(parts), s, last_frame_pad_length=pad)[0].mean(1)
 
     @torch.no_grad()
     def init_codebooks(self, seed: int) -> None:
         """random_init: every layer's codebook is a sample of residual encoder frames of the
         calibration signal (so codes are spread over the codebook, not all 0)."""
-        x = calibration_batch(self.sample_rate, seed).to(self.device)
+        x = calibration_batch(self.sample_rate, seed, self.calibration_seconds).to(self.device)
         resid = self._embed(x)[0].T
         k = self.model.config.codebook_size
 

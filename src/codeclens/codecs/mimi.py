@@ -20,6 +20,7 @@ from ..errors import CodeclensError
 from ..spec import Spec
 from . import CODECS
 from ._hf import (
+    calibration_option,
     TorchCodec, calibration_batch, check_size, hf_class, init_residual_codebooks, load_hf_config, load_hf_model,
     seeded, want_random,
 )
@@ -42,7 +43,7 @@ def builtin_config(size: str):
 
 @CODECS.register("mimi")
 class Mimi(TorchCodec, CodecAdapter):
-    options = ("size", "layers")
+    options = ("size", "layers", "calibration")
 
     def __init__(self, model, n_layers: int, device: torch.device):
         self.model = model.to(device).eval()
@@ -72,7 +73,9 @@ class Mimi(TorchCodec, CodecAdapter):
             config = load_hf_config(MimiConfig, ckpt, "mimi") if ckpt else builtin_config(size)
             with seeded(seed):
                 model = MimiModel(config)
+                _tie_projections(model)
             adapter = cls(model, n, device)
+            adapter.calibration_seconds = calibration_option(spec)
             adapter.init_codebooks(seed)
             return adapter
         return cls(load_hf_model(MimiModel, MimiConfig, ckpt or HUB, "mimi"), n, device)
@@ -128,7 +131,7 @@ class Mimi(TorchCodec, CodecAdapter):
     def init_codebooks(self, seed: int) -> None:
         """random_init: both RVQs quantize the same latent; each one's codebooks are sampled
         from its own projected residual frames of the calibration signal."""
-        x = calibration_batch(self.sample_rate, seed, seconds=24.0).to(self.device)
+        x = calibration_batch(self.sample_rate, seed, self.calibration_seconds or 24.0).to(self.device)
         z = self.model.encoder(x[:, None]).latents  # [1, D, T]
         for j, rvq in enumerate(self._rvqs):
             resid = (rvq.input_proj(z) if rvq.input_proj is not None else z)[0].T
@@ -147,3 +150,26 @@ class Mimi(TorchCodec, CodecAdapter):
             init_residual_codebooks(resid, [layer_fns(vq) for vq in rvq.layers], self.model.config.codebook_size,
                                     seed + 7919 * j)
         self._table_cache = None
+
+
+def _tie_projections(model) -> None:
+    """random_init: each RVQ's output projection is the transpose of its input projection,
+    and both input projections have orthonormal rows spanning complementary subspaces of the
+    latent (when they fit: 2 x 256 <= 512 for the released size), so semantic + acoustic
+    quantized outputs reconstruct the latent as a trained Mimi's roughly do. Independent
+    random projections leave the quantized output unrelated to the latent."""
+    q = model.quantizer
+    rvqs = [r for r in (q.semantic_residual_vector_quantizer, q.acoustic_residual_vector_quantizer)
+            if r.input_proj is not None]
+    if not rvqs:
+        return
+    d_code, d_model = rvqs[0].input_proj.weight.shape[:2]
+    if d_code * len(rvqs) <= d_model:
+        basis, _ = torch.linalg.qr(torch.randn(d_model, d_model))
+        parts = [basis[:, i * d_code:(i + 1) * d_code] for i in range(len(rvqs))]
+    else:
+        parts = [torch.linalg.qr(torch.randn(d_model, d_code))[0] for _ in rvqs]
+    with torch.no_grad():
+        for rvq, w in zip(rvqs, parts):  # w: [D, d], orthonormal columns
+            rvq.input_proj.weight.copy_(w.T[:, :, None])
+            rvq.output_proj.weight.copy_(w[:, :, None])

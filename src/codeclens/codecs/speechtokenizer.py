@@ -35,6 +35,7 @@ from ..spec import Spec
 from ..util.atomic import atomic_dir
 from . import CODECS
 from ._hf import (
+    calibration_option,
     ema_codebook_setter,
     TorchCodec, calibration_batch, check_size, init_residual_codebooks, load_state_file, load_strict, seeded,
     want_random,
@@ -137,6 +138,15 @@ def _resolve_checkpoint(ckpt: str, config: str | None) -> tuple[dict, Path | Non
     raise CodeclensError(f"speechtokenizer: checkpoint not found: {ckpt}")
 
 
+def _architecture(ckpt: str, config: str | None) -> dict:
+    """Only the config of a checkpoint (for random_init): no weights file is needed."""
+    p = Path(ckpt).expanduser()
+    cfg_path = Path(config) if config else (p / CONFIG if p.is_dir() else p.parent / CONFIG)
+    if cfg_path.is_file():
+        return _read_config(cfg_path)
+    return _resolve_checkpoint(ckpt, config)[0]
+
+
 def _from_hub() -> tuple[dict, Path]:
     from ._hf import hub_reachable, offline
 
@@ -166,7 +176,7 @@ def _from_hub() -> tuple[dict, Path]:
 
 @CODECS.register("speechtokenizer")
 class SpeechTokenizerCodec(TorchCodec, CodecAdapter):
-    options = ("size", "config")
+    options = ("size", "config", "calibration")
 
     def __init__(self, model, config: dict, device: torch.device):
         self.model = model.to(device).eval()
@@ -189,10 +199,11 @@ class SpeechTokenizerCodec(TorchCodec, CodecAdapter):
         model_cls = _model_class()
         if want_random(spec):
             seed = spec.get("seed", 0, int)
-            config = _resolve_checkpoint(ckpt, spec.get("config"))[0] if ckpt else (TINY_CONFIG if size == "tiny" else FULL_CONFIG)
+            config = _architecture(ckpt, spec.get("config")) if ckpt else (TINY_CONFIG if size == "tiny" else FULL_CONFIG)
             with seeded(seed):
                 model = _build(model_cls, config)
             adapter = cls(model, config, device)
+            adapter.calibration_seconds = calibration_option(spec)
             adapter.init_codebooks(seed)
             return adapter
         config, weights = _resolve_checkpoint(ckpt, spec.get("config")) if ckpt else _from_hub()
@@ -233,7 +244,7 @@ class SpeechTokenizerCodec(TorchCodec, CodecAdapter):
 
     @torch.no_grad()
     def init_codebooks(self, seed: int) -> None:
-        x = calibration_batch(self.sample_rate, seed).to(self.device)
+        x = calibration_batch(self.sample_rate, seed, self.calibration_seconds).to(self.device)
         resid = self._embed(x)[0].T
 
         def layer_fns(layer):

@@ -18,7 +18,7 @@ from ..spec import Spec, parse_spec
 from . import load_codec
 
 #: Options that only shape how a random model is built; the saved checkpoint holds them.
-BUILD_OPTIONS = ("random_init", "size", "seed", "checkpoint", "device")
+BUILD_OPTIONS = ("random_init", "size", "seed", "checkpoint", "device", "calibration")
 
 
 def random_spec(spec: str | Spec, seed: int | None = None) -> Spec:

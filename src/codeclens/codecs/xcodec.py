@@ -24,9 +24,10 @@ from ..errors import CodeclensError
 from ..spec import Spec
 from . import CODECS
 from ._hf import (
+    calibration_option,
     ema_codebook_setter,
     TorchCodec, calibration_batch, check_size, hf_class, init_residual_codebooks, load_hf_config, load_hf_model,
-    pad_to_hop, seeded, want_random,
+    pad_to_hop, seeded, variance_preserving_init, want_random,
 )
 from .base import CodecAdapter
 
@@ -54,9 +55,18 @@ def parse_target(target: str) -> float:
     return float(m.group(1))
 
 
+#: Frame-centre offsets of the two halves (s). The acoustic (DAC) half is centred; the
+#: semantic half's HuBERT/WavLM frame k sees samples [320k - 160, 320k + 240) of the input
+#: (padded by hop/2 = 160 each side, 400-sample receptive field, stride 320), centred at
+#: 320k + 40: 120 samples = 7.5 ms before the nominal centre 320k + 160. Measured in tests.
+HALF_OFFSETS = {"acoustic": 0.0, "semantic": -0.0075}
+
+
 @CODECS.register("xcodec")
 class XCodec(TorchCodec, CodecAdapter):
-    options = ("size",)
+    options = ("size", "calibration")
+    #: A frame mixes both halves: its centre is taken midway between theirs.
+    frame_offset = 0.5 * (HALF_OFFSETS["acoustic"] + HALF_OFFSETS["semantic"])
 
     def __init__(self, model, bandwidth: float, device: torch.device):
         cfg = model.config
@@ -82,13 +92,17 @@ class XCodec(TorchCodec, CodecAdapter):
             config = load_hf_config(XcodecConfig, ckpt, "xcodec") if ckpt else builtin_config(size)
             with seeded(seed):
                 model = XcodecModel(config)
+                _variance_preserving_init(model)
             adapter = cls(model, bw, device)
+            adapter.calibration_seconds = calibration_option(spec)
+            adapter.balance_branches(seed)
             adapter.init_codebooks(seed)
             return adapter
         return cls(load_hf_model(XcodecModel, XcodecConfig, ckpt or HUB, "xcodec"), bw, device)
 
-    def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        """The RVQ input ``[B, D, T]``, computed as ``XcodecModel.encode`` does before quantizing."""
+    def halves(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(acoustic, semantic)`` encoder outputs ``[B, D_a, T]``, ``[B, D_s, T]`` of ``x [B, N]``,
+        computed as ``XcodecModel.encode`` does before concatenating them."""
         m = self.model
         x = pad_to_hop(x, self.hop)[:, None]
         sem = m.encoder_semantic(m._extract_semantic_features(x).transpose(1, 2))
@@ -96,8 +110,23 @@ class XCodec(TorchCodec, CodecAdapter):
             ac = m.acoustic_encoder(F.pad(x, (m.pad, m.pad)))
         else:
             ac = m.acoustic_encoder(x)
-        emb = torch.cat([ac, sem], dim=1)
-        return m.fc(emb.transpose(1, 2)).transpose(1, 2)
+        return ac, sem
+
+    def semantic_frames(self, x: torch.Tensor) -> torch.Tensor:
+        """``[T, C]`` output of the self-supervised model's convolutional feature encoder on
+        the padded input, as ``_extract_semantic_features`` pads it: what fixes the
+        semantic half's timing (its transformer then mixes frames)."""
+        m = self.model
+        x = F.pad(pad_to_hop(x, self.hop), (m.pad, m.pad))
+        return m.semantic_model.feature_extractor(x)[0].T
+
+    def describe(self):
+        return {**super().describe(), "frame_offset_halves_s": dict(HALF_OFFSETS)}
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The RVQ input ``[B, D, T]``, computed as ``XcodecModel.encode`` does before quantizing."""
+        emb = torch.cat(self.halves(x), dim=1)
+        return self.model.fc(emb.transpose(1, 2)).transpose(1, 2)
 
     def _encode_one(self, x):
         return self.model.encode(pad_to_hop(x, self.hop)[:, None], bandwidth=self.bandwidth).audio_codes[0]
@@ -124,8 +153,26 @@ class XCodec(TorchCodec, CodecAdapter):
             return self.model.decode(codes.to(self.device)).audio_values.squeeze(1)
 
     @torch.no_grad()
+    def balance_branches(self, seed: int) -> None:
+        """random_init: give the acoustic half the semantic half's RMS on the calibration signal
+        (scaling the acoustic encoder's output convolution), and the decoder output the input's
+        RMS (scaling its last convolution), so neither half dominates the mixed latent and
+        decodes are at the input's level."""
+        x = calibration_batch(self.sample_rate, seed, self.calibration_seconds).to(self.device)
+        ac, sem = self.halves(x)
+        out_conv = self.model.acoustic_encoder.conv2
+        out_conv.weight.mul_(_rms(sem) / _rms(ac))
+        if out_conv.bias is not None:
+            out_conv.bias.mul_(_rms(sem) / _rms(ac))
+        last = [m for m in self.model.acoustic_decoder.modules() if isinstance(m, (torch.nn.Conv1d, torch.nn.ConvTranspose1d))][-1]
+        y = self._decode_quantized(self._embed(x).transpose(1, 2))
+        last.weight.mul_(_rms(x) / _rms(y))
+        if last.bias is not None:
+            last.bias.mul_(_rms(x) / _rms(y))
+
+    @torch.no_grad()
     def init_codebooks(self, seed: int) -> None:
-        x = calibration_batch(self.sample_rate, seed).to(self.device)
+        x = calibration_batch(self.sample_rate, seed, self.calibration_seconds).to(self.device)
         resid = self._embed(x)[0].T
 
         def layer_fns(vq):
@@ -134,3 +181,17 @@ class XCodec(TorchCodec, CodecAdapter):
         init_residual_codebooks(resid, [layer_fns(q) for q in self.model.quantizer.quantizers],
                                 self.model.config.codebook_size, seed)
         self._table_cache = None
+
+
+def _variance_preserving_init(model) -> None:
+    """At transformers' std-0.02 init the acoustic (DAC) branch's output is ~2000x smaller
+    than the semantic branch's (RMS ~0.006 vs ~12 on speech-like input, full size), so the
+    random control would be "random HuBERT only". Every convolution and linear layer outside
+    the self-supervised model gets the variance-preserving init DAC's control has; the
+    self-supervised model (layer-normed transformer) keeps its own init."""
+    variance_preserving_init(model.acoustic_encoder, model.acoustic_decoder, model.encoder_semantic,
+                             model.decoder_semantic, model.fc, model.fc1, model.fc2)
+
+
+def _rms(x: torch.Tensor) -> float:
+    return float(x.double().pow(2).mean().sqrt().clamp(min=1e-12))

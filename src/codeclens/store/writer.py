@@ -363,7 +363,8 @@ def write_shard(
     for j, (u, audio) in enumerate(loaded):
         c, z = results[u.id]
         n = c.shape[0]
-        times = frame_times(n, codec.frame_rate)
+        # The codec's own frame centres (offset, chunking: docs/labels.md#frame-timing).
+        times = codec.frame_times(n) if hasattr(codec, "frame_times") else frame_times(n, codec.frame_rate)
         row = dict(u.meta)
         row["duration"] = len(audio) / codec.sample_rate
         row["n_frames"] = n

@@ -37,22 +37,3 @@ def kl_per_frame(clean: np.ndarray, patched: np.ndarray, groups: list[int]) -> n
     for a, b in zip(_split(clean, groups), _split(patched, groups)):
         out += np.maximum(np.sum(np.exp(a) * (a - b), axis=-1), 0.0)
     return out
-
-
-def cluster_bootstrap(values: np.ndarray, clusters: np.ndarray, n_boot: int = 1000, seed: int = 0,
-                      level: float = 0.95) -> tuple[float, float]:
-    """Percentile interval of the mean, resampling clusters (speakers) with replacement; each
-    replicate is the mean over the utterances of the drawn speakers. NaN with < 2 clusters."""
-    values = np.asarray(values, dtype=np.float64)
-    ok = np.isfinite(values)
-    values, clusters = values[ok], np.asarray(clusters)[ok]
-    ids, inv = np.unique(clusters, return_inverse=True)
-    if len(ids) < 2 or n_boot <= 0:
-        return float("nan"), float("nan")
-    sums = np.bincount(inv, weights=values, minlength=len(ids))
-    counts = np.bincount(inv, minlength=len(ids)).astype(np.float64)
-    rng = np.random.default_rng(seed)
-    w = rng.multinomial(len(ids), np.full(len(ids), 1.0 / len(ids)), size=n_boot).astype(np.float64)
-    reps = (w @ sums) / (w @ counts)
-    a = (1 - level) / 2
-    return float(np.quantile(reps, a)), float(np.quantile(reps, 1 - a))

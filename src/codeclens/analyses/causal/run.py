@@ -30,6 +30,7 @@ from ...errors import CodeclensError
 from ...util.atomic import atomic_path
 from .. import ANALYSES
 from ..base import Analysis, AnalysisResult, Artifact
+from ..stats.paired import cluster_bootstrap, holm, sign_flip_pvalue
 from . import effects as E
 from .consumers import as_batch, groups_of, load_consumer
 from .decoder import DECODER_MEASURES, Reference, coalition_codes, decode
@@ -152,16 +153,27 @@ def utt_codes(store, row: int, max_frames: int | None = None) -> np.ndarray:
     return np.asarray(store.codes[off : off + n], dtype=np.int64)
 
 
-def _ci_rows(df: pd.DataFrame, keys: list[str], value: str, cluster: str, cfg: CausalConfig) -> pd.DataFrame:
+def _ci_rows(df: pd.DataFrame, keys: list[str], value: str, cluster: str, cfg: CausalConfig,
+             family: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Mean per group with a speaker-clustered bootstrap interval and a sign-flip p-value against
+    0, Holm-corrected within each ``family`` (e.g. the layers of one measure), from the shared
+    paired statistics."""
     rows = []
     for k, g in df.groupby(keys, sort=False):
         v = g[value].to_numpy(float)
-        lo, hi = E.cluster_bootstrap(v, g[cluster].to_numpy(), cfg.n_boot, cfg.seed)
-        ok = np.isfinite(v)
-        rows.append({**dict(zip(keys, k if isinstance(k, tuple) else (k,))), "value": float(np.mean(v[ok])) if ok.any() else np.nan,
-                     "ci_low": lo, "ci_high": hi, "n": int(ok.sum()), "n_undefined": int((~ok).sum()),
-                     "n_speakers": int(g.loc[ok, cluster].nunique()) if ok.any() else 0})
-    return pd.DataFrame(rows)
+        est = cluster_bootstrap(v, g[cluster].to_numpy(), cfg.n_boot, cfg.seed)
+        p = sign_flip_pvalue(v, g[cluster].to_numpy(), seed=cfg.seed) if est.n_clusters >= 2 else float("nan")
+        rows.append({**dict(zip(keys, k if isinstance(k, tuple) else (k,))), "value": est.mean, "ci_low": est.lo,
+                     "ci_high": est.hi, "p_value": p, "n": est.n, "n_undefined": est.n_undefined,
+                     "n_speakers": est.n_clusters})
+    out = pd.DataFrame(rows)
+    if len(out):
+        out["p_holm"] = np.nan
+        for _, g in (out.groupby(list(family), sort=False) if family else [(None, out)]):
+            g = g[g["p_value"].notna()]
+            if len(g):
+                out.loc[g.index, "p_holm"] = holm(g["p_value"].to_numpy())
+    return out
 
 
 # -- consumers ---------------------------------------------------------------------------
@@ -227,12 +239,15 @@ def consumer_effects(store, cfg: CausalConfig, rows: np.ndarray, log=print) -> d
         per = pd.DataFrame(eff)
         tidy = per.melt(id_vars=["consumer", "mode", "layer", "utt", "speaker"], value_vars=list(E.MEASURES),
                         var_name="measure", value_name="v")
-        out["consumer_effects"] = _ci_rows(tidy, ["consumer", "mode", "layer", "measure"], "v", "speaker", cfg)
+        out["consumer_effects"] = _ci_rows(tidy, ["consumer", "mode", "layer", "measure"], "v", "speaker", cfg,
+                                           family=("consumer", "mode", "measure"))
         out["consumer_per_utterance"] = per
     if shap:
-        out["consumer_shapley"] = _ci_rows(pd.DataFrame(shap), ["consumer", "layer"], "shapley", "speaker", cfg)
+        out["consumer_shapley"] = _ci_rows(pd.DataFrame(shap), ["consumer", "layer"], "shapley", "speaker", cfg,
+                                          family=("consumer",))
     if offs:
-        out["consumer_offsets"] = _ci_rows(pd.DataFrame(offs), ["consumer", "mode", "layer", "offset"], "kl", "speaker", cfg)
+        out["consumer_offsets"] = _ci_rows(pd.DataFrame(offs), ["consumer", "mode", "layer", "offset"], "kl", "speaker", cfg,
+                                          family=("consumer", "mode", "layer"))
     return out
 
 
@@ -298,11 +313,12 @@ def decoder_attribution(store, codec, cfg: CausalConfig, rows: np.ndarray, log=p
     out = {}
     if shap:
         per = pd.DataFrame(shap)
-        out["decoder_shapley"] = _ci_rows(per, ["absent", "measure", "layer"], "shapley", "speaker", cfg)
+        out["decoder_shapley"] = _ci_rows(per, ["absent", "measure", "layer"], "shapley", "speaker", cfg,
+                                          family=("absent", "measure"))
         out["decoder_shapley_per_utterance"] = per
     if inter:
         out["decoder_interactions"] = _ci_rows(pd.DataFrame(inter), ["absent", "measure", "layer_a", "layer_b"],
-                                               "interaction", "speaker", cfg)
+                                               "interaction", "speaker", cfg, family=("absent", "measure"))
     if cfg.interchange_sets:
         out["interchange"] = interchange(store, codec, cfg, rows, refs, full_audio, enc, maxf)
     log(f"decoder: {n_decodes} coalition decodes")
@@ -386,8 +402,8 @@ def interchange(store, codec, cfg: CausalConfig, rows, refs, full_audio, enc, ma
                "looped_fraction": float(g["looped_fraction"].mean())}
         for col in ("follows_donor", "f0_follows_donor", "spectrum_follows_donor", "cos_donor", "cos_source"):
             v = g[col].to_numpy(float)
-            lo, hi = E.cluster_bootstrap(v, g["speaker"].to_numpy(), cfg.n_boot, cfg.seed)
-            row.update({col: float(np.nanmean(v)), f"{col}_ci_low": lo, f"{col}_ci_high": hi})
+            est = cluster_bootstrap(v, g["speaker"].to_numpy(), cfg.n_boot, cfg.seed)
+            row.update({col: est.mean, f"{col}_ci_low": est.lo, f"{col}_ci_high": est.hi})
         row["n"] = len(g)
         out.append(row)
     return pd.DataFrame(out)
@@ -461,12 +477,13 @@ class CausalAnalysis(Analysis):
 
 
 def summarise(name: str, res: dict[str, pd.DataFrame], cfg: CausalConfig) -> list[str]:
-    """One line per finding; a layer is named only when its interval excludes 0."""
+    """One line per finding; a layer is named only when its interval excludes 0 and its
+    Holm-corrected sign-flip test (resampling speakers) rejects 0 at 5%."""
     lines = []
     d = res.get("decoder_shapley")
     if d is not None and len(d):
         for (absent, meas), g in d.groupby(["absent", "measure"], sort=False):
-            sig = g[(g["ci_low"] > 0) | (g["ci_high"] < 0)]
+            sig = g[((g["ci_low"] > 0) | (g["ci_high"] < 0)) & (g["p_holm"] < 0.05)]
             if sig.empty or g["n_speakers"].max() < 2:
                 lines.append(f"{name}: {meas} (absent={absent}): no layer's Shapley value is distinguishable from 0.")
                 continue
@@ -477,7 +494,7 @@ def summarise(name: str, res: dict[str, pd.DataFrame], cfg: CausalConfig) -> lis
     if c is not None and len(c):
         for (cons, mode), g in c[c["measure"] == "flip_rate"].groupby(["consumer", "mode"], sort=False):
             top = g.loc[g["value"].idxmax()]
-            if not (top["ci_low"] > 0):
+            if not (top["ci_low"] > 0 and top["p_holm"] < 0.05):
                 lines.append(f"{name}: {cons}: no {mode} of one layer flips its decisions (interval includes 0).")
             else:
                 lines.append(f"{name}: {cons}: {mode} of layer {int(top['layer'])} flips {top['value']:.1%} of its decisions "
