@@ -3,22 +3,24 @@
 Caches keyed on a store's path or config survive ``codeclens label`` (which
 rewrites labels) and re-extraction, and then serve stale results. The
 fingerprint hashes the bytes of every content file instead. Hashing a large
-``codes.npy`` on every open would be slow, so each file's digest is memoised
-in ``fingerprint.json`` beside it, keyed on (size, mtime_ns): a file that is
-rewritten gets a new mtime and is hashed again.
+``codes.npy`` on every open would be slow, so each file's digest is memoised,
+keyed on (size, mtime_ns): a file that is rewritten gets a new mtime and is
+hashed again. The memo lives in the user's cache folder (keyed by the store's
+absolute path), never inside the store: reading a store must not change it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from . import layout
 
 CONTENT_FILES = (layout.CODES, layout.TABLES, layout.UTTERANCES, layout.FRAMES, layout.LATENT)
 """Files whose bytes determine what an analysis reads (the manifest is hashed separately)."""
-MEMO = "fingerprint.json"
+MEMO_DIR = "fingerprints"
 _MANIFEST_VOLATILE = ("versions", "git", "hardware", "timing", "elapsed_s")
 """Manifest keys that record when/where a store was made, not what it holds."""
 
@@ -34,20 +36,29 @@ def file_digest(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def _memo_path(root: Path) -> Path:
+    from ..corpora.synthetic import cache_root
+
+    key = hashlib.blake2b(str(root.resolve()).encode(), digest_size=12).hexdigest()
+    return cache_root() / MEMO_DIR / f"{key}.json"
+
+
 def _load_memo(root: Path) -> dict:
     try:
-        memo = json.loads((root / MEMO).read_text())
+        memo = json.loads(_memo_path(root).read_text())
         return memo if isinstance(memo, dict) else {}
     except (OSError, ValueError):
         return {}
 
 
 def _save_memo(root: Path, memo: dict) -> None:
-    # A read-only store still fingerprints; it just hashes again next time.
-    tmp = root / f".{MEMO}.tmp"
+    # An unwritable cache only costs hashing again next time.
+    path = _memo_path(root)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(json.dumps(memo, sort_keys=True))
-        tmp.replace(root / MEMO)
+        tmp.replace(path)
     except OSError:
         tmp.unlink(missing_ok=True)
 
