@@ -160,6 +160,51 @@ def _csv_copy(f: Path, df: pd.DataFrame, rel: str, root: Path) -> str:
     return str(dest.relative_to(root))
 
 
+LISTEN_FIRST = ("original", "decode", "donor")
+"""Reference players first in every row: the original audio, the codec's unedited decode, the donor."""
+
+
+def _listening_grid(arts: list[dict], adir: Path, root: Path) -> tuple[str, list[dict]]:
+    """Audio examples that come as a set per utterance (one folder: original.wav, decode.wav and
+    one file per edit) as a table of side-by-side players, a row per utterance; returns the HTML
+    and the artifacts left for the ordinary layout."""
+    sets: dict[str, list[dict]] = {}
+    for a in arts:
+        if a.get("kind") == "audio":
+            sets.setdefault(str(Path(a.get("path", "")).parent), []).append(a)
+    sets = {d: v for d, v in sets.items() if len(v) >= 2 and any(Path(x["path"]).stem in LISTEN_FIRST for x in v)}
+    if not sets:
+        return "", arts
+    taken = {id(a) for v in sets.values() for a in v}
+    by_parent: dict[str, dict[str, dict[str, dict]]] = {}
+    for d, v in sets.items():
+        by_parent.setdefault(str(Path(d).parent), {})[Path(d).name] = {Path(a["path"]).stem: a for a in v}
+    html_out = ['<h4>Listen: original, unedited decode and each edit, side by side</h4>']
+    for parent, utts in by_parent.items():
+        stems = list(dict.fromkeys(st for u in utts.values() for st in u))
+        stems = [s_ for s_ in LISTEN_FIRST if s_ in stems] + [s_ for s_ in stems if s_ not in LISTEN_FIRST]
+        head = "".join(f'<th scope="col">{esc(s_.replace("_", " "))}</th>' for s_ in stems)
+        rows = []
+        for utt, files in utts.items():
+            cells = []
+            for s_ in stems:
+                a = files.get(s_)
+                f = _inside(adir, a["path"]) if a else None
+                if f is None:
+                    cells.append("<td></td>")
+                    continue
+                rel = str((adir / a["path"]).relative_to(root))
+                mime = _AUDIO_MIME.get(f.suffix.lower(), "audio/wav")
+                cells.append(f'<td><audio controls preload="metadata" src="{href(rel)}" data-type="{mime}"></audio></td>')
+            rows.append(f'<tr><th scope="row">{esc(utt)}</th>{"".join(cells)}</tr>')
+        first = next(iter(next(iter(utts.values())).values()))
+        label = str(first.get("group", "")).split(" / ")[0] or ("" if parent in (".", "") else parent)
+        cap = f"<caption>{esc(label)}</caption>" if label else ""
+        html_out.append(f'<div class="tablewrap"><table class="listen">{cap}<thead><tr><th>utterance</th>{head}</tr>'
+                        f'</thead><tbody>{"".join(rows)}</tbody></table></div>')
+    return "".join(html_out), [a for a in arts if id(a) not in taken]
+
+
 def published_html(path: Path, rel: str, caption: str = "", source: str = "", root: Path | None = None) -> str:
     """A published-numbers table with its source quoted above it."""
     try:
@@ -199,6 +244,7 @@ def _result_html(step: dict[str, Any], root: Path) -> str:
         out.append(summary_html(scrub_text(str(res["summary"]), root)))
     arts = res.get("artifacts", [])
     listed = {a.get("path", "") for a in arts}
+    grid, arts = _listening_grid(arts, adir, root)
     groups: dict[str, list[dict]] = {}
     for a in arts:
         groups.setdefault(a.get("group", ""), []).append(a)
@@ -213,6 +259,7 @@ def _result_html(step: dict[str, Any], root: Path) -> str:
         if audio:
             out.append('<div class="audios">' + "".join(_artifact(a, adir, root, listed) for a in audio) + "</div>")
         out.extend(_artifact(a, adir, root, listed) for a in rest)
+    out.append(grid)
     pubs = res.get("published", [])
     if pubs:
         out.append("<h4>Published vs ours</h4>")
@@ -427,7 +474,7 @@ ul.summary li{margin:2px 0}.lenses{display:flex;flex-wrap:wrap;gap:16px}
 .badge{font-size:11px;font-weight:600;color:#7a5b00;background:#fbeec3;border-radius:3px;padding:1px 5px}
 table.findings td.f{text-align:center;font-variant-numeric:tabular-nums;min-width:110px}
 table.findings td .m{display:block;font-size:10px;opacity:.75}table.findings th{background:#eef2f6}
-ul.headlines li{margin:3px 0}.lead{max-width:1000px;color:#334}.tools{display:flex;gap:12px;align-items:center;font-size:13px;margin:4px 0}
+ul.headlines li{margin:3px 0}table.listen audio{width:190px;height:32px}table.listen td{padding:2px 4px}.lead{max-width:1000px;color:#334}.tools{display:flex;gap:12px;align-items:center;font-size:13px;margin:4px 0}
 .tools input.filter{padding:2px 6px;border:1px solid #bcc;border-radius:4px;font-size:13px}
 .tools button{font-size:12px;padding:2px 8px;border:1px solid #bcc;border-radius:4px;background:#fff;cursor:pointer}
 """
