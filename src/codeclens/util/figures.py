@@ -55,32 +55,28 @@ def formats() -> tuple[str, ...]:
 
 
 @contextlib.contextmanager
-def figure_formats(fmts: Sequence[str]) -> Iterator[None]:
+def _env(name: str, value: str) -> Iterator[None]:
+    """``os.environ[name] = value`` within the block (environment, so worker processes see it too)."""
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+def figure_formats(fmts: Sequence[str]):
     """Within the block, :func:`save_figure` writes these formats (PNG is always written:
     the report shows it)."""
-    old = os.environ.get(FORMATS_ENV)
-    os.environ[FORMATS_ENV] = ",".join(dict.fromkeys(["png", *fmts]))
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(FORMATS_ENV, None)
-        else:
-            os.environ[FORMATS_ENV] = old
+    return _env(FORMATS_ENV, ",".join(dict.fromkeys(["png", *fmts])))
 
 
-@contextlib.contextmanager
-def codec_order(names: Iterable[str]) -> Iterator[None]:
+def codec_order(names: Iterable[str]):
     """Within the block, :func:`codec_color` assigns colours in this order."""
-    old = os.environ.get(ORDER_ENV)
-    os.environ[ORDER_ENV] = "\n".join(names)
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(ORDER_ENV, None)
-        else:
-            os.environ[ORDER_ENV] = old
+    return _env(ORDER_ENV, "\n".join(names))
 
 
 def codec_color(name: str, among: Sequence[str] = ()) -> str:
