@@ -61,6 +61,8 @@ class CausalConfig:
     """Permutations of the sampled estimate (when L > exact_max_layers)."""
     interchange_sets: tuple[str, ...] = ("single", "suffix", "all")
     """Layer sets swapped from a donor in the interchange: single (each layer), suffix (k..L), all; () = none."""
+    calibration_speakers: int = 6
+    """Speakers (two utterances each) whose full decodes calibrate the speaker-verification threshold."""
     offsets: int = 6
     """Time offsets (frames, both directions) of the single-frame patch for frame-level consumers."""
     lm_steps: int = 300
@@ -360,6 +362,12 @@ def interchange(store, codec, cfg: CausalConfig, rows, refs, full_audio, enc, ma
         donors[int(r)] = (d, how)
         if d not in emb:
             emb[d] = enc.embed(decode(codec, utt_codes(store, d, maxf)), sr)
+    # calibration: two utterances each of a few speakers, so same- and different-speaker pairs exist
+    u = store.utterances
+    for sp in list(dict.fromkeys(spk))[: cfg.calibration_speakers]:
+        for i in np.flatnonzero(spk == sp)[:2]:
+            if int(i) not in emb:
+                emb[int(i)] = enc.embed(decode(codec, utt_codes(store, int(i), maxf)), sr)
     keys = list(emb)
     same, diff = [], []
     for i, a in enumerate(keys):
@@ -501,8 +509,11 @@ def summarise(name: str, res: dict[str, pd.DataFrame], cfg: CausalConfig) -> lis
                              f"[{top['ci_low']:.1%}, {top['ci_high']:.1%}].")
     ic = res.get("interchange")
     if ic is not None and len(ic):
-        single = ic[ic["kind"] == "layer"]
-        if len(single):
+        single = ic[(ic["kind"] == "layer") & ic["follows_donor"].notna()]
+        if ic["follows_donor"].isna().all():
+            lines.append(f"{name}: interchange: no speaker-verification threshold (the calibration decodes need "
+                         "two utterances of one speaker and two speakers); voice-following is not decided.")
+        elif len(single):
             top = single.loc[single["follows_donor"].idxmax()]
             lines.append(f"{name}: swapping layer {top['layers']} alone makes the voice follow the donor in "
                          f"{top['follows_donor']:.0%} of pairs ({top['donor_match']} donors).")
