@@ -6,7 +6,8 @@ frames) followed by the utterance's identity tokens. In the MAE manner only the
 *visible* tokens are gathered and encoded (plus one always-visible register token,
 so a sample with nothing visible still has something to attend to); the decoder
 then sees the encodings at their positions and a learned mask token everywhere
-else, and predicts every stream's classes. One output head per RVQ layer. Losses
+else (mask tokens attend to the encodings, but are not attended to: as keys they
+would only dilute attention), and predicts every stream's classes. One output head per RVQ layer. Losses
 count masked positions only (:func:`masked_loss`).
 """
 
@@ -182,7 +183,9 @@ class AttributeModel(nn.Module):
         bi = torch.arange(B, device=tokens.device)[:, None].expand_as(order)
         full[bi[keep], order[keep]] = enc[keep]
         y = torch.cat([self.enc_to_dec(h[:, :1]), full + self._dec_pos(B, T, tokens.device)], 1)
-        ypad = torch.cat([torch.zeros(B, 1, dtype=torch.bool, device=tokens.device), pad], 1)
+        # Mask tokens are queries only: as keys they would carry nothing but their position (which
+        # the query has already) and would dilute attention to the visible encodings.
+        ypad = torch.cat([torch.zeros(B, 1, dtype=torch.bool, device=tokens.device), pad | ~visible], 1)
         yt = torch.cat([torch.full((1,), float("nan"), device=tokens.device), times])[None].expand(B, -1)
         y = self.dec_norm(self.decoder(y, mask=self._bias(yt, ypad)))[:, 1:]
         return self._heads(y, B, T)
