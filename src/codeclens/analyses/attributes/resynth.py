@@ -72,7 +72,7 @@ def _write_wav(path: Path, audio: np.ndarray, sr: int) -> None:
     from ...util.atomic import atomic_path
 
     with atomic_path(path, ".wav") as tmp:
-        sf.write(tmp, np.asarray(audio, np.float32), sr, format="WAV")
+        sf.write(tmp, np.asarray(audio, np.float32), sr, format="WAV", subtype="FLOAT")  # lossless: comparable
 
 
 def resynthesise_and_convert(ck: Checkpoint, store, codec, utts: Sequence[S.Utt], targets: Sequence[S.Utt],
