@@ -144,3 +144,34 @@ def test_study_accepts_attributes_analysis(tmp_path):
     f.write_text(body + "colour = 1\n")
     with pytest.raises(StudyError, match="unknown option"):
         load_study(f)
+
+
+def test_analysis_writes_table1_with_published_rows_and_context(trained, tmp_path):
+    from codeclens.analyses.attributes import AttributesAnalysis, AttributesConfig
+    from codeclens.analyses.base import AnalysisResult
+
+    store, run = trained
+    cfg = AttributesConfig(attributes=("pitch", "loudness"), steps=2, batch_size=2, window=16, d_model=16, n_heads=2,
+                           enc_layers=1, n_utts=0, device="cpu")
+    out = tmp_path / "a"
+    res = AttributesAnalysis()([Store(store)], cfg, out, progress=False)
+    assert AnalysisResult.load(out).analysis == "attributes" and res.published[0].path == "table1.csv"
+    t = pd.read_csv(out / "table1.csv")
+    pub = t[t["source"] != "ours"].set_index("system")
+    assert pub.loc["AnCoGen - SpeechTokenizer", "vc_cos"] == 0.74 and pub.loc["AnCoGen - BigCodec", "pitch_aae"] == 7.04
+    ours = t[t["source"] == "ours"].iloc[0]
+    assert ours["compare_with"].startswith("context") and np.isfinite(ours["pitch_aae"])
+    for a in res.artifacts:
+        assert (out / a.path).is_file()
+    assert (out / "config.json").is_file() and (out / "provenance.json").is_file()
+
+
+def test_published_rows_match_only_the_same_setup():
+    from codeclens.analyses.attributes.published import matching_model
+
+    ls = "librispeech:data/LibriSpeech/test-clean"
+    assert matching_model("speechtokenizer", ls, "unit") == "ancogen_speechtokenizer"
+    assert matching_model("speechtokenizer?random_init=1&size=tiny", ls, "unit") is None
+    assert matching_model("speechtokenizer", ls, "phone") is None  # the paper's content is HuBERT units
+    assert matching_model("speechtokenizer", "synthetic?n=96", "unit") is None
+    assert matching_model("encodec:24khz@6kbps", ls, "unit") is None
