@@ -10,7 +10,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from codeclens.cli import main
 from codeclens.store import Store
@@ -22,12 +21,7 @@ FAST = ["--steps", "150", "--batch-size", "16", "--lr", "1e-2", "--window", "32"
         "--device", "cpu"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from test_attributes import one_thread  # noqa: E402,F401  (autouse: one torch thread)
 
 
 def toy_store(path, n_utt=80, seed=0, labels=True, codebook=16):

@@ -13,12 +13,7 @@ from codeclens.codecs import load_codec
 from codeclens.store import Store
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from test_attributes import one_thread  # noqa: E402,F401  (autouse: one torch thread)
 
 
 @pytest.fixture(scope="module")

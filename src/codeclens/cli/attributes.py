@@ -113,10 +113,9 @@ def _load(args):
 
 
 def _csv(df, path: Path) -> None:
-    from ..util.atomic import atomic_path
+    from ..analyses.attributes.run import write_csv
 
-    with atomic_path(path, ".csv") as tmp:
-        df.to_csv(tmp, index=False)
+    write_csv(df, path)
 
 
 def run_analyse(args) -> int:

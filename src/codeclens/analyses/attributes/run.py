@@ -18,7 +18,7 @@ from .fit import fit
 from .published import SOURCE, table1
 
 
-def _csv(df: pd.DataFrame, path: Path) -> None:
+def write_csv(df: pd.DataFrame, path: Path) -> None:
     with atomic_path(path, ".csv") as tmp:
         df.to_csv(tmp, index=False)
 
@@ -35,10 +35,10 @@ def analyse_store(store, cfg: AttributesConfig, out: Path, progress: bool, notes
     test = prep.test_rows[: cfg.max_utts] if cfg.max_utts else prep.test_rows
     test_utts = prep.utts(store, ck.streams, test)
     scores = attribute_scores(ck, store, prep.train_rows, test_utts, device)
-    _csv(scores, out / "analysis.csv")
+    write_csv(scores, out / "analysis.csv")
     tokens = codec_token_accuracy(ck, test_utts, device)
-    _csv(tokens, out / "token_accuracy.csv")
-    pd.DataFrame(ck.history).to_csv(out / "training.csv", index=False)
+    write_csv(tokens, out / "token_accuracy.csv")
+    write_csv(pd.DataFrame(ck.history), out / "training.csv")
     entry: dict[str, Any] = {"store": store.name, "codec": store.codec["spec"],
                              "corpus": store.manifest.get("corpus", {}).get("spec", ""),
                              "content_source": ck.vocab.content_source}
@@ -63,9 +63,9 @@ def analyse_store(store, cfg: AttributesConfig, out: Path, progress: bool, notes
         per = resynthesise_and_convert(ck, store, codec, prep.utts(store, ck.streams, src_rows),
                                        prep.utts(store, ck.streams, tgt_rows), prep.embeddings, device,
                                        cfg.max_seconds, cfg.examples, out / "audio", probe)
-        _csv(per, out / "resynthesis_per_utterance.csv")
+        write_csv(per, out / "resynthesis_per_utterance.csv")
         summ = summarise(per)
-        _csv(summ, out / "resynthesis.csv")
+        write_csv(summ, out / "resynthesis.csv")
         files["resynthesis"] = out / "resynthesis.csv"
         s = summ.set_index("system")
         if "resynthesis" in s.index:
@@ -106,7 +106,7 @@ def run_attributes(stores: Sequence[Any], cfg: AttributesConfig, out: Path, prog
         arts += [Artifact(str(p.relative_to(out)), f"{p.parent.name}: {p.stem}", "audio", g) for p in r["audio"]]
         summary += _sentences(store.name, r["scores"])
     t1 = table1(entries)
-    _csv(t1, out / "table1.csv")
+    write_csv(t1, out / "table1.csv")
     pub = Artifact("table1.csv", f"Table 1 shape: published ({SOURCE}) and ours; 'compare_with' says which rows share a setup",
                    "table")
     summary += notes

@@ -24,6 +24,7 @@ import dataclasses
 from typing import Any, Sequence
 
 import numpy as np
+import pandas as pd
 
 from ...errors import CodeclensError
 from .config import StreamConfig
@@ -201,9 +202,9 @@ def frame_streams(store, cfg: StreamConfig, vocab: Vocab) -> dict[str, np.ndarra
     out: dict[str, np.ndarray] = {}
     for a in cfg.attributes:
         if a == "content":
-            index = {c: i for i, c in enumerate(vocab.content_classes)}
-            out[a] = np.array([index.get(v, MISSING) if v is not None else MISSING
-                               for v in _content_labels(store, vocab.content_source)], dtype=np.int64)
+            # Categorical codes: -1 (= MISSING) for None and for classes the training split never had.
+            cat = pd.Categorical(_content_labels(store, vocab.content_source), categories=list(vocab.content_classes))
+            out[a] = np.asarray(cat.codes, dtype=np.int64)
         elif a == "pitch":
             out[a] = pitch_classes(store.frames["f0_hz"].to_numpy(), store.frames["voiced"].to_numpy(), cfg)
         elif a == "loudness":
