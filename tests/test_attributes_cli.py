@@ -169,3 +169,12 @@ def test_published_rows_match_only_the_same_setup():
     assert matching_model("speechtokenizer", ls, "phone") is None  # the paper's content is HuBERT units
     assert matching_model("speechtokenizer", "synthetic?n=96", "unit") is None
     assert matching_model("encodec:24khz@6kbps", ls, "unit") is None
+
+
+def test_identity_without_audio_or_codec_is_a_one_line_error(tmp_path, capsys):
+    store = toy_store(tmp_path / "store", n_utt=10)
+    assert main(["attributes", "train", "--store", str(store), "--out", str(tmp_path / "r"), "--attributes",
+                 "pitch,identity", *FAST, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("codeclens: error:") and "identity stream needs audio" in err
+    assert len(err.strip().splitlines()) == 1
