@@ -37,6 +37,33 @@ def probes_figures(out: Path) -> list[Path]:
     return [*layer_curves(df, out / "probes_by_layer"), *heatmap(df, out / "probes_heatmap")]
 
 
+@renderer("causal")
+def causal_figures(out: Path) -> list[Path]:
+    from ..analyses.causal.figures import consumer_figure, offsets_figure, shapley_figure
+
+    made: list[Path] = []
+    for name, fn in (("decoder_shapley", shapley_figure), ("consumer_effects", consumer_figure),
+                     ("consumer_offsets", offsets_figure)):
+        if (out / f"{name}.csv").is_file():
+            made += fn(pd.read_csv(out / f"{name}.csv"), out / name)
+    return made
+
+
+@renderer("ablate")
+def ablate_figures(out: Path) -> list[Path]:
+    from ..analyses.ablate import figures
+    from ..analyses.ablate.tables import IDEAL, LABELS
+
+    made: list[Path] = []
+    for d in sorted(p for p in out.iterdir() if (p / "effects.csv").is_file()):
+        tidy = d / "effects_tidy.csv"
+        group = str(pd.read_csv(tidy, usecols=["store"])["store"].iloc[0]) if tidy.is_file() else d.name
+        made += [d / f for f, _ in figures.effect_figures(pd.read_csv(d / "effects.csv"), d, group, LABELS, IDEAL)]
+        if (d / "voice_conversion.csv").is_file():
+            made += [d / f for f, _ in figures.vc_figure(pd.read_csv(d / "voice_conversion.csv"), d, group)]
+    return made
+
+
 def rerender(run_dir: str | Path, formats: tuple[str, ...], style: str | None = None,
              log=print) -> tuple[list[Path], list[str]]:
     """Redraw every figure a renderer exists for; returns (files written, step ids skipped)."""

@@ -11,6 +11,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ...util.figures import save_figure, use_style  # noqa: E402
+
+use_style()
+
 KIND_LABEL = {"drop": "drop k", "mean": "mean k", "truncate": "keep 1..k", "only": "only k", "noise": "noise k", "swap": "swap k"}
 BOUNDED = ("spk_sim", "voicing_agree", "stoi")
 """Measures in [0, 1] with 1 for identical audio: coloured by the absolute change."""
@@ -18,13 +22,8 @@ KIND_COLOR = {"drop": "tab:red", "mean": "tab:brown", "truncate": "tab:blue", "o
 
 
 def _save(fig, path: Path) -> None:
-    from ...util.atomic import atomic_path
-
     path.parent.mkdir(parents=True, exist_ok=True)
-    for ext in (".png", ".svg"):
-        with atomic_path(path.with_suffix(ext), ext) as tmp:
-            fig.savefig(tmp, dpi=130, bbox_inches="tight", format=ext[1:])
-    plt.close(fig)
+    save_figure(fig, path)  # PNG for the report, SVG and PDF for papers
 
 
 def _single_layer(effects: pd.DataFrame) -> pd.DataFrame:
