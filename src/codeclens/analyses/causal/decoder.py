@@ -36,18 +36,30 @@ def decode(codec, codes_tl: np.ndarray, layers: Sequence[int] | None = None) -> 
     return codec.decode(c, None if layers is None else list(layers))[0].detach().float().cpu().numpy()
 
 
-def coalition_codes(codes_tl: np.ndarray, mask: int, absent: str, mean: np.ndarray) -> tuple[np.ndarray, list[int] | None]:
-    """(codes, layers to decode) for coalition ``mask``: absent layers dropped (the decoder gets
-    only the present layers) or replaced by their mean code (all layers decoded)."""
+ABSENT_VALUES = ("drop", "mean", "mean_code")
+"""What an absent layer is: drop (contributes nothing), mean (its expected table vector, decoded
+through the codec's ``decode_quantized``; the shared ablate engine), mean_code (its mean code)."""
+
+
+def decode_coalition(codec, codes_tl: np.ndarray, mask: int, absent: str, mean_codes: np.ndarray,
+                     expected: Sequence[np.ndarray] | None) -> np.ndarray:
+    """The decode of coalition ``mask`` (bit k set: layer k present) with absent layers as ``absent``."""
+    from ..ablate.engine import decode_edit
+    from ..ablate.interventions import Edited
+
     n = codes_tl.shape[1]
     present = mask_layers(mask, n)
+    missing = tuple(l for l in range(n) if l not in present)
     if absent == "drop":
-        return codes_tl, present
-    out = codes_tl.copy()
-    for l in range(n):
-        if l not in present:
-            out[:, l] = mean[l]
-    return out, None
+        return decode(codec, codes_tl, present)
+    if absent == "mean":
+        return decode_edit(codec, Edited(np.ascontiguousarray(codes_tl.T), tuple(present), missing), expected)
+    if absent == "mean_code":
+        out = codes_tl.copy()
+        for l in missing:
+            out[:, l] = mean_codes[l]
+        return decode(codec, out)
+    raise ValueError(f"unknown absent value '{absent}'; known: {', '.join(ABSENT_VALUES)}")
 
 
 class Reference:

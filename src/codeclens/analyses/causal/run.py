@@ -33,7 +33,7 @@ from ..base import Analysis, AnalysisResult, Artifact
 from ..stats.paired import cluster_bootstrap, holm, sign_flip_pvalue
 from . import effects as E
 from .consumers import as_batch, groups_of, load_consumer
-from .decoder import DECODER_MEASURES, Reference, coalition_codes, decode
+from .decoder import ABSENT_VALUES, DECODER_MEASURES, Reference, decode, decode_coalition
 from .patching import MODES, aligned, mean_codes, patch
 from .shapley import EXACT_MAX_LAYERS, exact_shapley, full_mask, interaction_indices, sampled_shapley
 
@@ -50,7 +50,9 @@ class CausalConfig:
     measures: tuple[str, ...] = DECODER_MEASURES
     """Decoder measures: speaker, f0_kept, voicing, loudness, stoi."""
     absent: tuple[str, ...] = ("drop", "mean")
-    """What an absent layer is in the decoder attribution: drop (contributes nothing) and/or mean (its mean code)."""
+    """What an absent layer is in the decoder attribution: drop (contributes nothing), mean (its expected
+    table vector: mean ablation, for codecs that decode a quantized representation) and/or mean_code
+    (its mean code, for any codec)."""
     n_utts: int = 8
     """Held-out utterances measured (spread over speakers)."""
     max_seconds: float = 3.0
@@ -85,9 +87,9 @@ class CausalConfig:
         bad = [m for m in self.measures if m not in DECODER_MEASURES]
         if bad:
             raise ValueError(f"unknown measure(s) {', '.join(bad)}; known: {', '.join(DECODER_MEASURES)}")
-        bad = [a for a in self.absent if a not in ("drop", "mean")]
+        bad = [a for a in self.absent if a not in ABSENT_VALUES]
         if bad:
-            raise ValueError(f"absent must be drop and/or mean, got {', '.join(bad)}")
+            raise ValueError(f"absent: unknown {', '.join(bad)}; known: {', '.join(ABSENT_VALUES)}")
         for name in ("n_utts", "lm_steps", "lm_dim", "lm_depth", "permutations"):
             if getattr(self, name) < (2 if name == "permutations" else 1):
                 raise ValueError(f"{name} must be >= {2 if name == 'permutations' else 1}")
@@ -272,7 +274,12 @@ def decoder_attribution(store, codec, cfg: CausalConfig, rows: np.ndarray, log=p
 
     L = store.n_layers
     enc = speaker_encoder("cpu")
-    mean = mean_codes(np.asarray(store.codes), store.tables)
+    from ..ablate.interventions import code_distributions, expected_vectors
+
+    all_codes = np.asarray(store.codes)
+    mean = mean_codes(all_codes, store.tables)
+    expected = expected_vectors(store.tables, code_distributions(all_codes, store.codebook_sizes)) \
+        if "mean" in cfg.absent else None
     spk = store.utterances["speaker"].astype(str).to_numpy()
     maxf = int(round(cfg.max_seconds * store.frame_rate))
     sr = int(codec.sample_rate)
@@ -290,8 +297,7 @@ def decoder_attribution(store, codec, cfg: CausalConfig, rows: np.ndarray, log=p
             def value(m: int) -> np.ndarray:
                 nonlocal n_decodes
                 if m not in cache:
-                    c, layers = coalition_codes(codes, m, absent, mean)
-                    cache[m] = ref.measure(decode(codec, c, layers), cfg.measures)
+                    cache[m] = ref.measure(decode_coalition(codec, codes, m, absent, mean, expected), cfg.measures)
                     n_decodes += 1
                 return cache[m]
 
