@@ -155,8 +155,9 @@ def _csv_copy(f: Path, df: pd.DataFrame, rel: str, root: Path) -> str:
     if f.suffix.lower() == ".csv":
         return rel
     dest = root / "report_files" / (rel.replace("/", "__").rsplit(".", 1)[0] + ".csv")
-    with atomic_path(dest, ".csv") as tmp:
-        df.to_csv(tmp, index=False)
+    if not (dest.is_file() and dest.stat().st_mtime_ns >= f.stat().st_mtime_ns):  # rewritten only when stale
+        with atomic_path(dest, ".csv") as tmp:
+            df.to_csv(tmp, index=False)
     return str(dest.relative_to(root))
 
 

@@ -64,6 +64,42 @@ def ablate_figures(out: Path) -> list[Path]:
     return made
 
 
+def _config(out: Path, cls):
+    """The analysis' config, rebuilt from the config.json written beside its results."""
+    from ..config import build
+
+    raw = json.loads((out / "config.json").read_text())
+    names = {f.name for f in __import__("dataclasses").fields(cls) if f.init}
+    return build(cls, {k: v for k, v in raw.items() if k in names}, str(out / "config.json"))
+
+
+@renderer("tokens")
+def tokens_figures(out: Path) -> list[Path]:
+    from ..analyses.tokens import TokensAnalysis, TokensConfig
+
+    cfg = _config(out, TokensConfig)
+    metrics = pd.read_csv(out / "token_metrics.csv")
+    curves = pd.read_csv(out / "association_curve.csv")
+    titles = list(dict.fromkeys(metrics["store"].astype(str)))
+    n_classes = {str(k): int(v) for k, v in metrics.groupby("store")["n_labels"].first().items()}
+    desc = ", ".join(sorted(set(metrics["label"].astype(str))))
+    TokensAnalysis._curve_figure(curves, titles, n_classes, cfg, out / "association_curve.png", desc)
+    TokensAnalysis._metrics_figure(metrics, titles, out / "token_metrics.png", desc)
+    return [out / "association_curve.png", out / "token_metrics.png"]
+
+
+@renderer("mi")
+def mi_figures(out: Path) -> list[Path]:
+    from ..analyses.mi import MIAnalysis, MIConfig
+
+    cfg = _config(out, MIConfig)
+    disc = pd.read_csv(out / "mi_discrete.csv")
+    club = pd.read_csv(out / "mi_club.csv") if (out / "mi_club.csv").is_file() else pd.DataFrame()
+    titles = list(dict.fromkeys(disc["store"].astype(str)))
+    MIAnalysis._figure(disc, club, titles, cfg, out / "mi.png")
+    return [out / "mi.png"]
+
+
 def rerender(run_dir: str | Path, formats: tuple[str, ...], style: str | None = None,
              log=print) -> tuple[list[Path], list[str]]:
     """Redraw every figure a renderer exists for; returns (files written, step ids skipped)."""

@@ -136,7 +136,7 @@ class Runner:
         from ..util.figures import codec_order
 
         # every figure of the run gives a codec the same colour, in the study's codec order
-        with _lock(self.root), codec_order(c.display() for c in self.study.codecs):
+        with _lock(self.root), codec_order(c.display for c in self.study.codecs):
             return self._run(report)
 
     def _run(self, report: bool) -> RunResult:
