@@ -164,7 +164,7 @@ def _from_dir(model_cls, d: Path, shown: Path, what: str):
                                                 output_loading_info=True)
     except Exception as e:  # noqa: BLE001 - safetensors, torch and transformers raise many types
         kind = "a safetensors weights file beside its config.json" if shown.is_file() else "a save_pretrained directory"
-        raise CodeclensError(f"{what}: cannot load '{shown}' (expected {kind}): {_first_line(e)}") from None
+        raise CodeclensError(f"{what}: cannot load '{shown}' (expected {kind}): {type(e).__name__}: {_first_line(e)}") from None
     missing, unexpected = info.get("missing_keys") or [], info.get("unexpected_keys") or []
     mismatched = info.get("mismatched_keys") or []
     if missing or unexpected or mismatched:
