@@ -70,3 +70,47 @@ def test_label_column_encodings(tmp_path):
     assert list(spk.names[spk.codes]) == ["s1", "s1", "s0", "s0", "s0"]
     grp = frame_label(s, "grp")
     assert list(grp.codes) == [0, 0, -1, -1, -1]
+
+
+@pytest.mark.parametrize("task", ["phone", "f0"])
+def test_streamed_frame_fits_equal_in_memory(store, task):
+    """Streaming in chunks of 97 frames re-materialised from the codes on every pass, against the
+    whitened frames held in memory: the same optimisation problem, so the same weights (to 1e-4:
+    float32 features, float32 chunk sums in a different order) and the same test predictions."""
+    from codeclens.analyses.probes.run import make_jobs
+    from codeclens.analyses.probes.torch_backend import _Frames, _frames_classify, _frames_regress, _RepFeatures
+    from codeclens.store import Repr
+
+    torch.set_num_threads(1)
+    cfg = ProbeConfig(task=(task,), repr="cumulative:2,latent", l2=(1e-4, 1e-2), bootstrap=0, control="none")
+    td = gather_task(store, task, cfg)
+    jobs = make_jobs([store], [td], cfg)
+    assert {j.rep for j in jobs} == {Repr("cumulative", 2), Repr("latent")}
+    feats = [_RepFeatures(store, j.rep, td) for j in jobs]
+    fn = _frames_classify if td.categorical else _frames_regress
+    dev = torch.device("cpu")
+    mem = fn(jobs, _Frames(feats, td.rows, True, dev), cfg, dev)
+    streamed = fn(jobs, _Frames(feats, td.rows, False, dev, max_chunk=97), cfg, dev)
+    for a, b in zip(mem, streamed):
+        assert a.l2 == b.l2
+        np.testing.assert_allclose(a.W, b.W, atol=1e-4 * max(1.0, np.abs(a.W).max()))
+        if td.categorical:
+            assert np.mean(a.pred_test == b.pred_test) > 0.999
+        else:
+            np.testing.assert_allclose(a.pred_test, b.pred_test, rtol=1e-4)
+
+
+def test_folded_whitening_equals_projected_frames(store):
+    """cumulative:k whitened through folded tables == materialise, then (x - mean) @ proj."""
+    from codeclens.analyses.probes.torch_backend import _RepFeatures
+    from codeclens.store import Repr
+
+    td = gather_task(store, "phone", ProbeConfig())
+    f = _RepFeatures(store, Repr("cumulative", 3), td)
+    rows = td.rows["test"]
+    want = (store.materialize("cumulative:3", rows) - f.whitener.mean) @ f.whitener.proj
+    np.testing.assert_allclose(f.z(rows), want, atol=1e-4)
+    # whitened train frames: zero mean, identity covariance
+    z = f.z(td.rows["train"]).astype(np.float64)
+    np.testing.assert_allclose(z.mean(0), 0, atol=1e-4)
+    np.testing.assert_allclose(np.cov(z.T, bias=True), np.eye(z.shape[1]), atol=1e-3)
