@@ -55,8 +55,8 @@ def make_store(path: Path, n_frames: int) -> Path:
                          carriers={"phone": 1, "speaker": 2, "f0": 3}, seed=0, name=path.name)
 
 
-def run_child(argv: list[str]) -> tuple[float, float, int]:
-    """(wall seconds, peak RSS MB, exit code) of one CLI run in a fresh process."""
+def run_child(argv: list[str]) -> tuple[float, float, int, float]:
+    """(wall seconds, peak RSS MB, exit code, CPU seconds) of one CLI run in a fresh process."""
     env = dict(os.environ, PYTHONPATH=str(SRC))
     t = time.perf_counter()
     p = subprocess.Popen([sys.executable, "-m", "codeclens", *argv], env=env,
@@ -67,7 +67,7 @@ def run_child(argv: list[str]) -> tuple[float, float, int]:
     p.returncode = os.waitstatus_to_exitcode(status)
     if p.returncode:
         print(f"  ! {' '.join(argv[:1])} exited {p.returncode}: {err.strip().splitlines()[-1:]}", file=sys.stderr)
-    return wall, ru.ru_maxrss / 1024.0, p.returncode
+    return wall, ru.ru_maxrss / 1024.0, p.returncode, ru.ru_utime + ru.ru_stime
 
 
 def analysis_argv(name: str, store: Path, out: Path) -> list[str]:
@@ -108,7 +108,7 @@ ph = pq.read_table(s.path / "frames.parquet", columns=["phone"]).column("phone")
 split = s.utterances["split_spk"].to_numpy()[s.frame_utt]
 tr = np.flatnonzero(split == "train")
 x = s.materialize("layer:1", tr)
-LogisticRegression(max_iter=100).fit(x, ph[tr])
+LogisticRegression(max_iter=5).fit(x, ph[tr])  # 5 lbfgs iterations: memory is the point here
 print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
 
@@ -148,15 +148,15 @@ def main() -> None:
             print(f"  {n:>10,} frames  {'floor(layer:k)':<18} {secs:7.1f} s  {rss:7.0f} MB", flush=True)
             if m <= args.sklearn_max:
                 secs, rss = run_script(SKLEARN, store)
-                results.append({"frames": n, "analysis": "sklearn(layer:1 phone)", "secs": secs, "rss_mb": rss})
+                results.append({"frames": n, "analysis": "sklearn(1 probe, 5 it)", "secs": secs, "rss_mb": rss})
                 print(f"  {n:>10,} frames  {'sklearn(1 probe)':<18} {secs:7.1f} s  {rss:7.0f} MB", flush=True)
             out = root / f"out_{m:g}M"
             for a in names:
                 shutil.rmtree(out / a, ignore_errors=True)
-                wall, rss, rc = run_child(analysis_argv(a, store, out))
-                results.append({"frames": n, "analysis": a, "secs": wall, "rss_mb": rss, "rc": rc})
-                print(f"  {n:>10,} frames  {a:<18} {wall:7.1f} s  {rss:7.0f} MB" + ("" if rc == 0 else f"  (exit {rc})"),
-                      flush=True)
+                wall, rss, rc, cpu = run_child(analysis_argv(a, store, out))
+                results.append({"frames": n, "analysis": a, "secs": wall, "cpu_secs": cpu, "rss_mb": rss, "rc": rc})
+                print(f"  {n:>10,} frames  {a:<18} {wall:7.1f} s  (CPU {cpu:7.1f} s)  {rss:7.0f} MB"
+                      + ("" if rc == 0 else f"  (exit {rc})"), flush=True)
         print("\nper-frame growth between the smallest and largest store:")
         for a in sorted({r["analysis"] for r in results}):
             rs = sorted((r for r in results if r["analysis"] == a), key=lambda r: r["frames"])
