@@ -138,11 +138,13 @@ def main() -> None:
         for m in sizes:
             store = root / f"planted_{m:g}M"
             t = time.perf_counter()
-            make_store(store, int(m * 1e6))
+            # In a child process: a child's peak RSS counts its parent's at fork time (Linux keeps the
+            # larger of the two across exec), so the parent must never hold a store in memory.
+            subprocess.run([sys.executable, "-c", f"import sys; sys.path[:0] = [{str(SRC)!r}, "
+                            f"{str(Path(__file__).parent)!r}]; from scale import make_store; from pathlib import Path; "
+                            f"make_store(Path({str(store)!r}), {int(m * 1e6)})"], check=True)
             print(f"store {store.name}: {time.perf_counter() - t:.0f} s to build", flush=True)
-            from codeclens.store import Store
-
-            n = Store(store).n_frames
+            n = int(json.loads((store / "manifest.json").read_text())["n_frames"])
             secs, rss = run_script(FLOOR, store)
             results.append({"frames": n, "analysis": "floor(layer:k)", "secs": secs, "rss_mb": rss})
             print(f"  {n:>10,} frames  {'floor(layer:k)':<18} {secs:7.1f} s  {rss:7.0f} MB", flush=True)

@@ -18,7 +18,7 @@ from ...store import Repr, Store
 from .config import ProbeConfig
 from .data import TaskData, Whitener, iter_features, streamed_whitener, weighted_whitener
 from .linear import RidgeStats, fit_logistic, fit_ridge, logits_of, ridge_sse, ridge_stats, threads_for
-from .lookup import code_sums, code_vectors, count_table, lookup_classifier, lookup_regressor
+from .lookup import CodeVectors, code_sums, code_vectors, count_table, lookup_classifier, lookup_regressor
 
 CHUNK_BYTES = 32 * 2**20  # size of one logits tensor of a frame chunk
 
@@ -74,8 +74,10 @@ def fit_jobs(jobs: Sequence[Job], cfg: ProbeConfig, device: torch.device, log=No
         for i in idx:
             k = (id(jobs[i].store), jobs[i].rep)
             if k not in cache:
-                cache[k] = code_vectors(jobs[i].store, jobs[i].rep, jobs[i].td.rows)
+                cache[k] = _compact(code_vectors(jobs[i].store, jobs[i].rep, jobs[i].td.rows))
             cvs.append(cache[k])
+        # A task and its control share a sub-group; per-frame vector ids are not kept past it.
+        cache.clear()
         fn = _lookup_classify if jobs[idx[0]].td.categorical else _lookup_regress
         work = len(idx) * len(cfg.l2) * max(len(c.vectors) for c in cvs) * max(jobs[idx[0]].td.n_classes, 8)
         with threads_for(work):
@@ -106,6 +108,11 @@ def fit_jobs(jobs: Sequence[Job], cfg: ProbeConfig, device: torch.device, log=No
 
 
 # -- helpers -----------------------------------------------------------------
+def _compact(cv: CodeVectors) -> CodeVectors:
+    """int32 vector ids and no raw codes: 4 bytes per frame and layer instead of 16."""
+    return CodeVectors(cv.vectors, {s: v.astype(np.int32) for s, v in cv.ids.items()}, {})
+
+
 def _split_lookup(idx: list[int], jobs, cfg: ProbeConfig) -> list[list[int]]:
     """Cut a count-table group so one program's per-problem copies ([P*G, K, D] float64) fit the budget."""
     K = max(jobs[i].store.codebook_sizes[jobs[i].rep.layer - 1] for i in idx)
@@ -188,7 +195,7 @@ def _lookup_classify(jobs, cvs, cfg: ProbeConfig, device) -> list[JobFit]:
         pv = pred[p, g, :U].cpu().numpy()
         out.append(JobFit(
             wh, fit.W[p, g, :r].cpu().numpy(), fit.b[p, g].cpu().numpy(), float(cfg.l2[g]),
-            pv[cv.ids["test"]], lookup_classifier(Ts[p])[cv.ids["test"]], fit.iters,
+            pv[cv.ids["test"]].astype(np.int32), lookup_classifier(Ts[p])[cv.ids["test"]].astype(np.int32), fit.iters,
         ))
     return out
 
@@ -222,7 +229,7 @@ def _lookup_regress(jobs, cvs, cfg: ProbeConfig, device) -> list[JobFit]:
         g, U, r = int(choice[p]), len(cv.vectors), wh.dim
         pv = pred[p, g, :U].cpu().numpy()
         out.append(JobFit(wh, w[p, g, :r].cpu().numpy(), b[p, g].cpu().numpy(), float(cfg.l2[g]),
-                          pv[cv.ids["test"]], lookup_regressor(tr[p])[cv.ids["test"]]))
+                          pv[cv.ids["test"]].astype(np.float32), lookup_regressor(tr[p])[cv.ids["test"]].astype(np.float32)))
     return out
 
 
