@@ -114,3 +114,18 @@ def test_folded_whitening_equals_projected_frames(store):
     z = f.z(td.rows["train"]).astype(np.float64)
     np.testing.assert_allclose(z.mean(0), 0, atol=1e-4)
     np.testing.assert_allclose(np.cov(z.T, bias=True), np.eye(z.shape[1]), atol=1e-3)
+
+
+def test_engine_options_in_study_extract_tables():
+    """[extract] engine/address/num_gpus/workers are ExtractConfig options, validated like the others,
+    and none of them is part of the store's identity (a store can be finished by either engine)."""
+    from codeclens.store.writer import ExtractConfig
+    from codeclens.study import StudyError
+    from codeclens.study.config import _extract_options
+
+    assert dict(_extract_options({"engine": "ray", "num_gpus": 1, "workers": 8}, "x"))["engine"] == "ray"
+    with pytest.raises(StudyError, match="engine must be local or ray"):
+        _extract_options({"engine": "spark"}, "x")
+    a = ExtractConfig("c", "k", "o")
+    b = ExtractConfig("c", "k", "o", engine="ray", address="auto", num_gpus=1.0, workers=4)
+    assert a.identity() == b.identity()
