@@ -64,6 +64,14 @@ class ExtractConfig:
     """Replace an existing store made with a different configuration."""
     name: str | None = None
     """Display name of the store (default: the directory name)."""
+    engine: str = "local"
+    """Where shards are encoded: local (this process) or ray (a Ray cluster; pip install codeclens[ray])."""
+    address: str | None = None
+    """Ray engine: address of a running cluster (e.g. ray://head:10001 or auto; default: start a local one)."""
+    num_gpus: float = 0.0
+    """Ray engine: GPUs per codec actor (0: CPU actors)."""
+    workers: int | None = None
+    """Ray engine: codec actors (default: the cluster's GPUs / num_gpus, or its CPUs / 2)."""
 
     def __post_init__(self):
         if self.limit is not None and self.limit < 1:
@@ -72,11 +80,15 @@ class ExtractConfig:
             raise ValueError("batch_seconds must be > 0")
         if self.shard_size < 1:
             raise ValueError("shard_size must be >= 1")
+        if self.engine not in ("local", "ray"):
+            raise ValueError("engine must be local or ray")
+        if self.num_gpus < 0 or (self.workers is not None and self.workers < 1):
+            raise ValueError("num_gpus must be >= 0 and workers >= 1")
 
     def identity(self) -> dict[str, Any]:
         """What determines the store's contents (device and batching do not)."""
         d = to_dict(self)
-        for k in ("out", "device", "batch_seconds", "overwrite", "name"):
+        for k in ("out", "device", "batch_seconds", "overwrite", "name", "engine", "address", "num_gpus", "workers"):
             d.pop(k)
         return d
 
@@ -147,6 +159,10 @@ def _build(cfg: ExtractConfig, out: Path, build: Path, codec: CodecAdapter, corp
     todo = [i for i in range(len(shards)) if not committed_shard(build, i)]
     bar = _progress(len(utts), sum(len(shards[i]) for i in set(range(len(shards))) - set(todo)), progress)
     try:
+        if engine is None and cfg.engine == "ray" and todo:  # same shards, same names, a pool of Ray actors
+            from .engines.ray_engine import ray_engine
+
+            engine = ray_engine(cfg)
         (engine or run_shards_in_process)([(i, shards[i]) for i in todo], codec, labellers, cfg, build, bar)
     finally:  # an interrupted run must not leave a half-drawn bar over the error line
         if bar is not None:

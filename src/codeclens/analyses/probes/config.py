@@ -57,8 +57,9 @@ class ProbeConfig:
     speakers on speaker-disjoint splits, test utterances otherwise (0 = none)."""
     max_train_frames: int | None = None
     """Subsample train utterances to at most this many frames (None: all)."""
-    memory_mb: int = 1024
-    """Feature memory budget of one batched fit; larger groups are split, larger single probes streamed."""
+    memory_mb: int = 256
+    """Feature memory budget of one batched fit; larger groups are split, larger single probes streamed
+    (re-materialised from the codes on every pass, so memory stays flat in the number of frames)."""
     seed: int = 0
     """Seed of control labels, subsampling, bootstrap and MLP initialisation/minibatches."""
     mlp: bool = False

@@ -12,11 +12,11 @@ import dataclasses
 from typing import Iterator
 
 import numpy as np
-import pandas as pd
 import torch
 
 from ...errors import CodeclensError
 from ...store import Repr, Store
+from ...store.columns import frame_column_names, frame_label, frame_utt32, utterance_label
 from .config import ProbeConfig
 
 SPLITS = ("train", "val", "test")
@@ -46,11 +46,11 @@ class TaskData:
     is_f0: bool
     """F0 in Hz: also report MAE in cents."""
     rows: dict[str, np.ndarray]
-    """Frame (or utterance) indices per split, ascending."""
+    """Frame (or utterance) indices per split, ascending (int32 below 2**31 rows)."""
     y: dict[str, np.ndarray]
-    """Encoded labels (int) or values (float64) per split."""
+    """Encoded labels (int32) or values (float32) per split."""
     groups: dict[str, np.ndarray]
-    """Utterance index of each row per split (for bootstrap)."""
+    """Utterance index (int32) of each row per split (for bootstrap)."""
     open_set: bool = False
     """Test classes are all unseen in train (e.g. speaker ID on held-out speakers): evaluated by
     identifying test rows among the test classes with the probe's class scores as embeddings."""
@@ -62,7 +62,7 @@ class TaskData:
 
 def resolve_column(store: Store, task: str) -> str:
     """``f0`` means the store's F0 column in Hz (f0_hz, else f0)."""
-    cols = set(store.frames.columns) | set(store.utterances.columns)
+    cols = set(frame_column_names(store)) | set(store.utterances.columns)
     if task == "f0":
         for c in F0_COLUMNS:
             if c in cols:
@@ -85,73 +85,90 @@ def split_column(task: str, column: str, cfg: ProbeConfig) -> str:
     return col
 
 
-def _is_categorical(values: np.ndarray) -> bool:
-    return np.asarray(values).dtype.kind not in "fc"
-
-
-def _valid(values: np.ndarray, categorical: bool) -> np.ndarray:
-    ok = np.asarray(~pd.isna(values), dtype=bool)
-    if categorical and values.dtype.kind == "i":
-        ok &= values >= 0  # integer labels mark "none" with -1 (e.g. unit)
-    if categorical and values.dtype.kind in "OUS":
-        ok &= np.char.str_len(values.astype(str)) > 0
-    return ok
+def _index_dtype(n: int):
+    return np.int32 if n < 2**31 else np.int64
 
 
 def gather_task(store: Store, task: str, cfg: ProbeConfig, seed: int | None = None,
                 split: tuple[str, np.ndarray] | None = None) -> TaskData:
     """Rows and labels of ``task`` per split; raises CodeclensError for unusable tasks.
-    ``split`` = (name, split of every utterance) replaces the store's split column (cross-validation folds)."""
+    ``split`` = (name, split of every utterance) replaces the store's split column (cross-validation folds).
+
+    Memory: the label column is read alone (categories as int32 codes), rows and
+    groups are int32, class labels int32 and regression targets float32, so a
+    task costs about 12 bytes per usable frame whatever the label type.
+    """
     column = resolve_column(store, task)
     level = cfg.level
+    nf = store.utterances["n_frames"].to_numpy()
     if level == "frame":
-        values = store.frame_column(column)
-        groups_all = store.frame_utt
+        lab = frame_label(store, column)
+        groups_all = frame_utt32(store)
     else:
         if column not in store.utterances.columns:
             raise CodeclensError(
                 f"{store.path}: '{column}' is not an utterance-level column; utterance-level tasks: "
                 f"{', '.join(c for c in store.utterances.columns if c not in ('id', 'path', 'n_frames', 'frame_offset'))}"
             )
-        values = store.utterance_column(column)
-        groups_all = np.arange(store.n_utterances)
-    values = np.asarray(values)
-    categorical = _is_categorical(values)
+        lab = utterance_label(store, column)
+        groups_all = np.arange(store.n_utterances, dtype=np.int32)
+    categorical = lab.categorical
     is_f0 = column in F0_COLUMNS or task == "f0"
     if is_f0 and categorical:
         raise CodeclensError(f"{store.path}: F0 column '{column}' is not numeric")
-    ok = _valid(values, categorical)
+    if categorical:
+        ok = lab.codes >= 0
+    else:
+        ok = ~np.isnan(lab.values)
     if is_f0:
-        ok &= np.where(ok, values.astype(np.float64, copy=False) > 0, False) if not categorical else ok
-        if level == "frame" and "voiced" in store.frames.columns:
-            ok &= store.frames["voiced"].fillna(False).to_numpy().astype(bool)
+        with np.errstate(invalid="ignore"):
+            ok &= lab.values > 0
+        if level == "frame" and "voiced" in frame_column_names(store):
+            v = frame_label(store, "voiced")
+            ok &= (v.values > 0) if not v.categorical else np.isin(v.codes, np.flatnonzero(v.names == "True"))
     scol, split_utts = split if split is not None else (split_column(task, column, cfg), None)
     if split_utts is None:
         if scol not in store.utterances.columns:
             raise CodeclensError(f"{store.path}: no split column '{scol}' in the store's utterances")
         split_utts = store.utterances[scol].astype(str).to_numpy()
-    split_all = np.asarray(split_utts)[groups_all]
-    rows = {s: np.flatnonzero(ok & (split_all == s)) for s in SPLITS}
+    # The split is an utterance property: compare strings per utterance, broadcast booleans to frames.
+    split_utt = np.asarray(split_utts).astype(str)
+    idt = _index_dtype(len(ok))
+    rows = {}
+    for s in SPLITS:
+        in_s = split_utt == s
+        mask = np.repeat(in_s, nf) if level == "frame" else in_s
+        rows[s] = np.flatnonzero(ok & mask).astype(idt)
+        del mask
+    n_ok = int(ok.sum())
+    del ok
     if cfg.max_train_frames is not None and len(rows["train"]) > cfg.max_train_frames:
         rows["train"] = _subsample_by_group(rows["train"], groups_all, cfg.max_train_frames, cfg.seed if seed is None else seed)
     for s in ("train", "test"):
         if not len(rows[s]):
             raise CodeclensError(
                 f"{store.path}: task '{task}' has no usable {s} rows in {scol} "
-                f"({int(ok.sum())} labelled rows in all; check the label column and the splits)"
+                f"({n_ok} labelled rows in all; check the label column and the splits)"
             )
     groups = {s: groups_all[r] for s, r in rows.items()}
     if categorical:
-        labels = {s: values[r].astype(str) for s, r in rows.items()}
-        train_classes = np.unique(labels["train"])
+        raw = {s: lab.codes[r] for s, r in rows.items()}
+        n_names = len(lab.names)
+        seen_train = np.bincount(raw["train"], minlength=n_names) > 0
+        seen_other = (np.bincount(raw["val"], minlength=n_names) + np.bincount(raw["test"], minlength=n_names)) > 0
+        train_classes = np.sort(lab.names[seen_train])
         if len(train_classes) < 2:
             raise CodeclensError(
                 f"{store.path}: task '{task}' has one class ({train_classes[0]!s}) in the train split; nothing to probe"
             )
-        extra = np.setdiff1d(np.unique(np.concatenate([labels["val"], labels["test"]])), train_classes)
+        extra = np.sort(lab.names[seen_other & ~seen_train])
         classes = np.concatenate([train_classes, extra])
-        y = {s: _encode(labels[s], train_classes, extra) for s in SPLITS}
-        open_set = not np.isin(y["test"], np.arange(len(train_classes))).any()
+        # Category code -> class index (train classes sorted, then the others sorted).
+        lut = np.full(n_names, -1, np.int32)
+        used = np.flatnonzero(seen_train | seen_other)
+        lut[used] = _encode(lab.names[used], train_classes, extra)
+        y = {s: lut[raw[s]] for s in SPLITS}
+        open_set = not (y["test"] < len(train_classes)).any()
         if open_set and scol != "split_spk":
             raise CodeclensError(
                 f"{store.path}: no test label of task '{task}' occurs in train ({scol}); nothing to evaluate"
@@ -163,7 +180,7 @@ def gather_task(store: Store, task: str, cfg: ProbeConfig, seed: int | None = No
         _check_val(store, task, scol, rows, cfg)
         return TaskData(task, column, True, tuple(str(c) for c in classes), len(train_classes), scol, level,
                         is_f0, rows, y, groups, open_set)
-    y = {s: values[r].astype(np.float64) for s, r in rows.items()}
+    y = {s: lab.values[r].astype(np.float32) for s, r in rows.items()}
     if np.ptp(y["train"]) == 0:
         raise CodeclensError(f"{store.path}: task '{task}' is constant in the train split; nothing to probe")
     _check_val(store, task, scol, rows, cfg)
@@ -172,7 +189,7 @@ def gather_task(store: Store, task: str, cfg: ProbeConfig, seed: int | None = No
 
 def _encode(labels: np.ndarray, train_classes: np.ndarray, extra: np.ndarray) -> np.ndarray:
     """Index into ``concat(train_classes, extra)`` (both sorted, disjoint)."""
-    out = np.searchsorted(train_classes, labels).astype(np.int64)
+    out = np.searchsorted(train_classes, labels).astype(np.int32)
     inside = (out < len(train_classes)) & (train_classes[np.minimum(out, len(train_classes) - 1)] == labels)
     if not inside.all():
         out[~inside] = len(train_classes) + np.searchsorted(extra, labels[~inside])

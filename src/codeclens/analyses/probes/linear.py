@@ -119,21 +119,36 @@ class BatchedLBFGS:
     def freeze(self, mask: torch.Tensor) -> None:
         self.done = self.done | mask
 
-    @staticmethod
-    def _direction(g, S, Y, R) -> torch.Tensor:
+    def _direction(self, g: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
+        """Two-loop recursion over the ring buffers, oldest pair first.
+
+        Reads one history slot at a time (indexed by ``idx`` only when some problems
+        are finished), so no copy of the whole history is made: the history is the
+        largest state of a fit ([m, B, n]) and copying it twice per iteration
+        dominated the count-table fits.
+        """
+        slots = [(self.head - self.count + i) % self.m for i in range(self.count)]
+
+        def pair(j):
+            S, Y, R = self.S[j], self.Y[j], self.R[j]
+            return (S, Y, R) if idx is None else (S[idx], Y[idx], R[idx])
+
         q = g.clone()
         alphas = []
-        for i in range(S.shape[0] - 1, -1, -1):
-            a = R[i] * (S[i] * q).sum(1)
-            q -= a[:, None] * Y[i]
+        for j in reversed(slots):
+            S, Y, R = pair(j)
+            a = R * (S * q).sum(1)
+            q -= a[:, None] * Y
             alphas.append(a)
-        if S.shape[0]:
-            sy, yy = (S[-1] * Y[-1]).sum(1), (Y[-1] * Y[-1]).sum(1)
+        if slots:
+            S, Y, _ = pair(slots[-1])
+            sy, yy = (S * Y).sum(1), (Y * Y).sum(1)
             gamma = torch.where((sy > 0) & (yy > 0), sy / yy.clamp(min=1e-300), torch.ones_like(sy))
             q *= gamma[:, None]
-        for i, a in zip(range(S.shape[0]), reversed(alphas)):
-            bta = R[i] * (Y[i] * q).sum(1)
-            q += (a - bta)[:, None] * S[i]
+        for j, a in zip(slots, reversed(alphas)):
+            S, Y, R = pair(j)
+            bta = R * (Y * q).sum(1)
+            q += (a - bta)[:, None] * S
         return -q
 
     def step(self) -> bool:
@@ -142,9 +157,7 @@ class BatchedLBFGS:
         if not len(idx):
             return False
         x, g, loss = self.x[idx], self.g[idx], self.loss[idx]
-        order = torch.tensor([(self.head - self.count + i) % self.m for i in range(self.count)], dtype=torch.long,
-                             device=idx.device)
-        d = self._direction(g, self.S[order][:, idx], self.Y[order][:, idx], self.R[order][:, idx])
+        d = self._direction(g, None if len(idx) == len(self.done) else idx)
         slope = (d * g).sum(1)
         bad = slope >= 0  # stale curvature pairs: restart on the gradient
         if bool(bad.any()):

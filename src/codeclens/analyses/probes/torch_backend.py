@@ -18,7 +18,7 @@ from ...store import Repr, Store
 from .config import ProbeConfig
 from .data import TaskData, Whitener, iter_features, streamed_whitener, weighted_whitener
 from .linear import RidgeStats, fit_logistic, fit_ridge, logits_of, ridge_sse, ridge_stats, threads_for
-from .lookup import code_sums, code_vectors, count_table, lookup_classifier, lookup_regressor
+from .lookup import CodeVectors, code_sums, code_vectors, count_table, lookup_classifier, lookup_regressor
 
 CHUNK_BYTES = 32 * 2**20  # size of one logits tensor of a frame chunk
 
@@ -74,8 +74,10 @@ def fit_jobs(jobs: Sequence[Job], cfg: ProbeConfig, device: torch.device, log=No
         for i in idx:
             k = (id(jobs[i].store), jobs[i].rep)
             if k not in cache:
-                cache[k] = code_vectors(jobs[i].store, jobs[i].rep, jobs[i].td.rows)
+                cache[k] = _compact(code_vectors(jobs[i].store, jobs[i].rep, jobs[i].td.rows))
             cvs.append(cache[k])
+        # A task and its control share a sub-group; per-frame vector ids are not kept past it.
+        cache.clear()
         fn = _lookup_classify if jobs[idx[0]].td.categorical else _lookup_regress
         work = len(idx) * len(cfg.l2) * max(len(c.vectors) for c in cvs) * max(jobs[idx[0]].td.n_classes, 8)
         with threads_for(work):
@@ -91,7 +93,7 @@ def fit_jobs(jobs: Sequence[Job], cfg: ProbeConfig, device: torch.device, log=No
         for i in idx:
             j = jobs[i]
             if j.rep not in feats:
-                feats[j.rep] = _RepFeatures(j.store, j.rep, j.td)
+                feats[j.rep] = _RepFeatures(j.store, j.rep, j.td, device)
         for group, in_memory in _plan(idx, jobs, feats, cfg.memory_mb):
             fr = _Frames([feats[jobs[i].rep] for i in group], jobs[group[0]].td.rows, in_memory, device)
             fn = _frames_classify if jobs[group[0]].td.categorical else _frames_regress
@@ -106,6 +108,11 @@ def fit_jobs(jobs: Sequence[Job], cfg: ProbeConfig, device: torch.device, log=No
 
 
 # -- helpers -----------------------------------------------------------------
+def _compact(cv: CodeVectors) -> CodeVectors:
+    """int32 vector ids and no raw codes: 4 bytes per frame and layer instead of 16."""
+    return CodeVectors(cv.vectors, {s: v.astype(np.int32) for s, v in cv.ids.items()}, {})
+
+
 def _split_lookup(idx: list[int], jobs, cfg: ProbeConfig) -> list[list[int]]:
     """Cut a count-table group so one program's per-problem copies ([P*G, K, D] float64) fit the budget."""
     K = max(jobs[i].store.codebook_sizes[jobs[i].rep.layer - 1] for i in idx)
@@ -188,7 +195,7 @@ def _lookup_classify(jobs, cvs, cfg: ProbeConfig, device) -> list[JobFit]:
         pv = pred[p, g, :U].cpu().numpy()
         out.append(JobFit(
             wh, fit.W[p, g, :r].cpu().numpy(), fit.b[p, g].cpu().numpy(), float(cfg.l2[g]),
-            pv[cv.ids["test"]], lookup_classifier(Ts[p])[cv.ids["test"]], fit.iters,
+            pv[cv.ids["test"]].astype(np.int32), lookup_classifier(Ts[p])[cv.ids["test"]].astype(np.int32), fit.iters,
         ))
     return out
 
@@ -222,20 +229,38 @@ def _lookup_regress(jobs, cvs, cfg: ProbeConfig, device) -> list[JobFit]:
         g, U, r = int(choice[p]), len(cv.vectors), wh.dim
         pv = pred[p, g, :U].cpu().numpy()
         out.append(JobFit(wh, w[p, g, :r].cpu().numpy(), b[p, g].cpu().numpy(), float(cfg.l2[g]),
-                          pv[cv.ids["test"]], lookup_regressor(tr[p])[cv.ids["test"]]))
+                          pv[cv.ids["test"]].astype(np.float32), lookup_regressor(tr[p])[cv.ids["test"]].astype(np.float32)))
     return out
 
 
 # -- frame path --------------------------------------------------------------
 class _RepFeatures:
-    """Whitening of one representation fitted on the task's train rows; whitened features on demand."""
+    """Whitening of one representation fitted on the task's train rows; whitened features on demand.
 
-    def __init__(self, store: Store, rep: Repr, td: TaskData):
+    ``layer:k`` and ``cumulative:k`` frames are sums of table lookups and whitening is
+    affine, so the whitening is folded into the tables once (``T_l @ proj``): a chunk of
+    whitened frames is then materialised straight from its codes by k gathers, with no
+    raw vectors and no per-chunk projection. Other representations (latent) are read
+    and projected per chunk.
+    """
+
+    def __init__(self, store: Store, rep: Repr, td: TaskData, device=None):
         self.store, self.rep, self.level = store, rep, td.level
+        self.device = torch.device("cpu") if device is None else device
         self._pooled = None
         if td.level == "utterance":
             self._pooled = store.values(Repr(rep.kind, rep.layer, True))
         self.whitener = streamed_whitener(self.raw(td.rows["train"]))
+        self._layers: list[int] = []
+        if td.level == "frame" and rep.kind in ("layer", "cumulative"):
+            self._layers = [rep.layer - 1] if rep.kind == "layer" else list(range(rep.layer))
+            proj = torch.from_numpy(self.whitener.proj)
+            self._tables = [(torch.from_numpy(np.asarray(store.tables[l], np.float64)) @ proj).float().to(self.device)
+                            for l in self._layers]
+            self._offset = (torch.from_numpy(self.whitener.mean) @ proj).float().to(self.device)
+        else:
+            self._proj = torch.from_numpy(self.whitener.proj).float().to(self.device)
+            self._mean = torch.from_numpy(self.whitener.mean).float().to(self.device)
 
     def raw(self, rows: np.ndarray) -> Iterator[np.ndarray]:
         if self._pooled is not None:
@@ -243,9 +268,28 @@ class _RepFeatures:
             return
         yield from iter_features(self.store, self.rep, rows, self.level)
 
+    def z_t(self, rows: np.ndarray) -> torch.Tensor:
+        """Whitened features ``[len(rows), r]`` (float32, on the device)."""
+        if self._layers:
+            codes = np.asarray(self.store.codes[rows], np.int64)[:, self._layers]
+            c = torch.from_numpy(codes).to(self.device)
+            z = self._tables[0][c[:, 0]] - self._offset
+            for i in range(1, len(self._layers)):
+                z += self._tables[i][c[:, i]]
+            return z
+        parts = [(torch.from_numpy(x).to(self.device) - self._mean) @ self._proj for x in self.raw(rows)]
+        return torch.cat(parts) if parts else torch.zeros((0, self.whitener.dim), device=self.device)
+
     def z(self, rows: np.ndarray) -> np.ndarray:
-        parts = [self.whitener.transform(x) for x in self.raw(rows)]
-        return np.concatenate(parts) if parts else np.zeros((0, self.whitener.dim), np.float32)
+        return self.z_t(rows).cpu().numpy()
+
+
+def _stack(zs: Sequence[torch.Tensor], n: int, r: int, device) -> torch.Tensor:
+    """``[P, n, r]`` with each probe's features zero-padded to width r."""
+    t = torch.zeros((len(zs), n, r), dtype=torch.float32, device=device)
+    for p, z in enumerate(zs):
+        t[p, :, : z.shape[1]] = z
+    return t
 
 
 def _plan(idx: list[int], jobs, feats, memory_mb: int) -> list[tuple[list[int], bool]]:
@@ -270,32 +314,38 @@ def _plan(idx: list[int], jobs, feats, memory_mb: int) -> list[tuple[list[int], 
 
 
 class _Frames:
-    """Whitened frames of a group of jobs (same store, same rows), in memory or streamed in chunks."""
+    """Whitened frames of a group of jobs (same store, same rows), in memory or streamed in chunks.
 
-    def __init__(self, feats: list[_RepFeatures], rows: dict[str, np.ndarray], in_memory: bool, device):
-        self.feats, self.rows, self.device = feats, rows, device
+    Streamed chunks are re-materialised from the codes on every pass (each pass of a
+    full-batch fit is one exact loss and gradient), so memory is one chunk, whatever
+    the number of frames.
+    """
+
+    def __init__(self, feats: list[_RepFeatures], rows: dict[str, np.ndarray], in_memory: bool, device,
+                 max_chunk: int | None = None):
+        self.feats, self.rows, self.device, self.max_chunk = feats, rows, device, max_chunk
         self.P, self.r = len(feats), max(f.whitener.dim for f in feats)
         self.mem: dict[str, torch.Tensor] = {}
         if in_memory:
             for s, r in rows.items():
-                per_rep = {}
-                for f in feats:
-                    if f.rep not in per_rep:
-                        per_rep[f.rep] = f.z(r)
-                self.mem[s] = _pad([per_rep[f.rep] for f in feats], (len(r), self.r), torch.float32, device)
+                self.mem[s] = self._make(r)
+
+    def _make(self, rows: np.ndarray) -> torch.Tensor:
+        per_rep: dict[Repr, torch.Tensor] = {}
+        for f in self.feats:
+            if f.rep not in per_rep:
+                per_rep[f.rep] = f.z_t(rows)
+        return _stack([per_rep[f.rep] for f in self.feats], len(rows), self.r, self.device)
 
     def chunks(self, split: str, m: int) -> Iterator[tuple[int, int, torch.Tensor]]:
         rows = self.rows[split]
+        m = min(m, self.max_chunk or m)
         for a in range(0, len(rows), m):
             b = min(a + m, len(rows))
             if split in self.mem:
                 yield a, b, self.mem[split][:, a:b]
             else:
-                per_rep = {}
-                for f in self.feats:
-                    if f.rep not in per_rep:
-                        per_rep[f.rep] = f.z(rows[a:b])
-                yield a, b, _pad([per_rep[f.rep] for f in self.feats], (b - a, self.r), torch.float32, self.device)
+                yield a, b, self._make(rows[a:b])
 
 
 def _frames_classify(jobs, fr: _Frames, cfg: ProbeConfig, device) -> list[JobFit]:

@@ -1,0 +1,167 @@
+"""Extraction on Ray: utterance shards as a Ray Data dataset mapped by a pool of codec actors.
+
+Each actor loads the codec once (on a GPU when ``num_gpus`` > 0) and the
+labellers, rebuilds the corpus' utterance list (corpus order is deterministic),
+and turns shard indices into shard directories with the local engine's own
+shard writer, so both engines write byte-identical shards. Ray gives no
+exactly-once execution (a retried or speculative task may run twice), so the
+store never depends on it:
+
+- a shard's name is a function of its content (its position in the fixed
+  utterance order under the manifest's config hash), never of the task;
+- a shard is written to a temporary directory and committed by one rename, so a
+  killed task leaves no partial shard and a duplicate attempt commits the same
+  bytes;
+- the driver builds the manifest and the final arrays from committed shards
+  only, after checking that every expected shard is there; a re-run after a
+  crash (of a task, an actor or the driver) encodes only the missing shards.
+
+Failed tasks are retried by Ray (actor restarts and task retries); an
+utterance that cannot be read or labelled is skipped and recorded exactly as
+the local engine does.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from ...errors import CodeclensError
+
+FAULT_ENV = "CODECLENS_RAY_FAULT"
+"""Fault injection for tests: a file path; the first shard task that finds it missing creates it and
+kills its worker process (as a crash would), once per path."""
+RETRIES = 3
+
+
+def _require_ray():
+    try:
+        import ray  # noqa: F401
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise CodeclensError("the ray engine needs Ray: pip install 'codeclens[ray]'") from None
+    import ray
+
+    return ray
+
+
+class ShardEncoder:
+    """A Ray Data map_batches class: one codec per actor; a batch is a few shard indices."""
+
+    def __init__(self, cfg_dict: dict[str, Any], device: str, store_dir: str):
+        from ..writer import ExtractConfig
+
+        self.cfg = ExtractConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg_dict.items()})
+        self.store_dir = Path(store_dir)
+        self.shards, self.codec, self.labellers = _prepare(self.cfg, device)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        import numpy as np
+
+        from ..writer import committed_shard, shard_path, write_shard
+
+        out_shards, out_secs = [], []
+        for i in np.asarray(batch["shard"]).tolist():
+            dest = shard_path(self.store_dir, int(i))
+            secs = 0.0
+            if not committed_shard(self.store_dir, int(i)):  # committed by an earlier attempt or run: nothing to do
+                fault = os.environ.get(FAULT_ENV)
+                if fault and not os.path.exists(fault):
+                    Path(fault).touch()
+                    os._exit(1)  # a crash mid-task: Ray must restart the actor and retry the shard
+                secs = write_shard(self.shards[int(i)], self.codec, self.labellers, self.cfg, dest, None)
+            out_shards.append(int(i))
+            out_secs.append(float(secs))
+        return {"shard": np.array(out_shards, np.int64), "seconds": np.array(out_secs)}
+
+
+def _prepare(cfg, device: str):
+    """What the driver builds before its shard loop, rebuilt in a worker: shards, codec, fitted labellers."""
+    from ...codecs import load_codec
+    from ...corpora import load_corpus
+    from ...labels import load_labeller, parse_label_list
+    from ..writer import resolve_labels
+
+    utts = list(load_corpus(cfg.corpus))
+    if cfg.limit is not None:
+        utts = utts[: cfg.limit]
+    labellers = [load_labeller(s) for s in parse_label_list(resolve_labels(cfg.labels))]
+    for lb in labellers:
+        lb.fit(utts)
+    shards = [utts[i : i + cfg.shard_size] for i in range(0, len(utts), cfg.shard_size)]
+    return shards, load_codec(cfg.codec, device), labellers
+
+
+def ray_engine(cfg):
+    """The extraction engine interface of :func:`codeclens.store.writer.extract`:
+    ``engine(jobs, codec, labellers, cfg, store_dir, bar)`` with jobs ``(shard index, utterances)``;
+    the workers rebuild the shards themselves from the corpus (its order is deterministic)."""
+    def engine(jobs, codec, labellers, cfg_, store_dir, bar=None) -> None:
+        todo = [int(i) for i, _ in jobs]
+        run_shards(cfg_, todo, cfg_.address, cfg_.num_gpus, cfg_.workers, store_dir=store_dir)
+        if bar is not None:
+            bar.update(sum(len(u) for _, u in jobs))
+
+    return engine
+
+
+def run_shards(cfg, todo: Sequence[int], address: str | None, num_gpus: float, workers: int | None,
+               log=print, store_dir: str | Path | None = None) -> float:
+    """Encode shards ``todo`` of the extraction ``cfg`` on Ray into ``store_dir`` (default: the
+    store itself); returns the audio seconds encoded.
+
+    ``address``: a running cluster (``ray://host:10001`` or ``auto``); None starts a local
+    instance. ``num_gpus``: GPUs per codec actor (0: CPU actors). ``workers``: codec actors
+    (default: the cluster's GPUs / num_gpus, or its CPUs / 2).
+    """
+    ray = _require_ray()
+    from ...config import to_dict
+
+    if not todo:
+        return 0.0
+    store_dir = Path(cfg.out if store_dir is None else store_dir)
+    started = False
+    if not ray.is_initialized():
+        kw: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+        # Workers must import the same codeclens as the driver (a source tree, not an install).
+        src = str(Path(__file__).resolve().parents[3])
+        env = {"PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH", "")) if p)}
+        for k in (FAULT_ENV,):
+            if k in os.environ:
+                env[k] = os.environ[k]
+        kw["runtime_env"] = {"env_vars": env}
+        if address:
+            kw["address"] = address
+        else:
+            kw["num_cpus"] = max(2, (workers or 1))
+        ray.init(**kw)
+        started = True
+    try:
+        res = ray.cluster_resources()
+        if workers is None:
+            workers = int(res.get("GPU", 0) // num_gpus) if num_gpus > 0 else max(1, int(res.get("CPU", 2) // 2))
+        workers = max(1, min(workers, len(todo)))
+        device = "cuda" if num_gpus > 0 else "cpu"
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        ds = ray.data.from_items([{"shard": int(i)} for i in todo], override_num_blocks=len(todo))
+        ds = ds.map_batches(
+            ShardEncoder, fn_constructor_kwargs={"cfg_dict": to_dict(cfg), "device": device,
+                                                 "store_dir": str(store_dir)},
+            batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers), num_gpus=num_gpus or None, num_cpus=1,
+            max_restarts=RETRIES, max_task_retries=RETRIES,
+        )
+        seconds = 0.0
+        for row in ds.iter_rows():
+            seconds += float(row["seconds"])
+    finally:
+        if started:
+            ray.shutdown()
+    # The store is built from committed shards only: every expected one must be there.
+    from ..writer import committed_shard, shard_path
+
+    missing = [i for i in todo if not committed_shard(store_dir, i)]
+    if missing:
+        raise CodeclensError(f"{cfg.out}: {len(missing)} shard(s) not committed by the Ray run "
+                             f"(first: {shard_path(store_dir, missing[0]).name}); re-run extract to finish them")
+    return seconds

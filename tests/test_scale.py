@@ -1,0 +1,131 @@
+"""Memory-flat probe data path: compact task gathering and streamed fits equal the in-memory ones."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from codeclens.analyses.probes import ProbeConfig, run_probes
+from codeclens.analyses.probes.data import gather_task
+from codeclens.analyses.probes.synthetic import planted_store
+from codeclens.store import Store
+from codeclens.store.arrays import write_store
+from codeclens.store.columns import frame_label
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return Store(planted_store(tmp_path_factory.mktemp("scale") / "s", n_utt=40, n_speakers=8, frames=(20, 40),
+                               n_layers=3, codebook_size=16, dim=6, latent="sum", seed=3))
+
+
+def _reference(store: Store, task: str, split: str):
+    """The straightforward way: whole pandas columns, string labels, sorted class names."""
+    col = "f0_hz" if task == "f0" else task
+    values = store.frame_column(col)
+    ok = ~pd.isna(values)
+    if values.dtype.kind in "OUS":
+        ok &= np.char.str_len(values.astype(str)) > 0
+    if task == "f0":
+        ok &= np.where(ok, values.astype(float) > 0, False) & store.frames["voiced"].to_numpy().astype(bool)
+    sp = store.utterances[split].astype(str).to_numpy()[store.frame_utt]
+    rows = {s: np.flatnonzero(ok & (sp == s)) for s in ("train", "val", "test")}
+    if task == "f0":
+        return rows, {s: values[r].astype(float) for s, r in rows.items()}, ()
+    lab = {s: values[r].astype(str) for s, r in rows.items()}
+    tr = np.unique(lab["train"])
+    extra = np.setdiff1d(np.unique(np.concatenate([lab["val"], lab["test"]])), tr)
+    classes = list(np.concatenate([tr, extra]))
+    return rows, {s: np.array([classes.index(v) for v in lab[s]]) for s in rows}, tuple(classes)
+
+
+@pytest.mark.parametrize("task,split", [("phone", "split_spk"), ("speaker", "split_utt"), ("f0", "split_spk")])
+def test_gather_task_matches_reference(store, task, split):
+    td = gather_task(store, task, ProbeConfig(task=(task,)))
+    rows, y, classes = _reference(store, task, split)
+    assert td.split_column == split and td.classes == classes
+    for s in rows:
+        np.testing.assert_array_equal(td.rows[s], rows[s])
+        np.testing.assert_array_equal(td.groups[s], store.frame_utt[rows[s]])
+        if task == "f0":
+            assert td.y[s].dtype == np.float32
+            np.testing.assert_allclose(td.y[s], y[s], rtol=1e-6)  # float32 targets: 6 significant digits
+        else:
+            assert td.y[s].dtype == np.int32
+            np.testing.assert_array_equal(td.y[s], y[s])
+
+
+def test_label_column_encodings(tmp_path):
+    """Empty strings and nulls are missing; integer labels < 0 are missing; utterance columns broadcast."""
+    u = pd.DataFrame({"id": ["a", "b"], "speaker": ["s1", "s0"], "n_frames": [2, 3], "grp": [5, -1]})
+    fr = pd.DataFrame({"lab": ["x", "", None, "y", "x"], "unit": np.array([3, -1, 0, 3, 7])})
+    s = Store(write_store(tmp_path / "s", np.zeros((5, 1), np.int16), [np.eye(2, dtype=np.float32)], u, fr))
+    lab = frame_label(s, "lab")
+    assert list(np.where(lab.codes >= 0, lab.names[lab.codes], "-")) == ["x", "-", "-", "y", "x"]
+    unit = frame_label(s, "unit")
+    assert list(np.where(unit.codes >= 0, unit.names[unit.codes], "-")) == ["3", "-", "0", "3", "7"]
+    spk = frame_label(s, "speaker")
+    assert list(spk.names[spk.codes]) == ["s1", "s1", "s0", "s0", "s0"]
+    grp = frame_label(s, "grp")
+    assert list(grp.codes) == [0, 0, -1, -1, -1]
+
+
+@pytest.mark.parametrize("task", ["phone", "f0"])
+def test_streamed_frame_fits_equal_in_memory(store, task):
+    """Streaming in chunks of 97 frames re-materialised from the codes on every pass, against the
+    whitened frames held in memory: the same optimisation problem, so the same weights (to 1e-4:
+    float32 features, float32 chunk sums in a different order) and the same test predictions."""
+    from codeclens.analyses.probes.run import make_jobs
+    from codeclens.analyses.probes.torch_backend import _Frames, _frames_classify, _frames_regress, _RepFeatures
+    from codeclens.store import Repr
+
+    torch.set_num_threads(1)
+    cfg = ProbeConfig(task=(task,), repr="cumulative:2,latent", l2=(1e-4, 1e-2), bootstrap=0, control="none")
+    td = gather_task(store, task, cfg)
+    jobs = make_jobs([store], [td], cfg)
+    assert {j.rep for j in jobs} == {Repr("cumulative", 2), Repr("latent")}
+    feats = [_RepFeatures(store, j.rep, td) for j in jobs]
+    fn = _frames_classify if td.categorical else _frames_regress
+    dev = torch.device("cpu")
+    mem = fn(jobs, _Frames(feats, td.rows, True, dev), cfg, dev)
+    streamed = fn(jobs, _Frames(feats, td.rows, False, dev, max_chunk=97), cfg, dev)
+    for a, b in zip(mem, streamed):
+        assert a.l2 == b.l2
+        np.testing.assert_allclose(a.W, b.W, atol=1e-4 * max(1.0, np.abs(a.W).max()))
+        if td.categorical:
+            assert np.mean(a.pred_test == b.pred_test) > 0.999
+        else:
+            np.testing.assert_allclose(a.pred_test, b.pred_test, rtol=1e-4)
+
+
+def test_folded_whitening_equals_projected_frames(store):
+    """cumulative:k whitened through folded tables == materialise, then (x - mean) @ proj."""
+    from codeclens.analyses.probes.torch_backend import _RepFeatures
+    from codeclens.store import Repr
+
+    td = gather_task(store, "phone", ProbeConfig())
+    f = _RepFeatures(store, Repr("cumulative", 3), td)
+    rows = td.rows["test"]
+    want = (store.materialize("cumulative:3", rows) - f.whitener.mean) @ f.whitener.proj
+    np.testing.assert_allclose(f.z(rows), want, atol=1e-4)
+    # whitened train frames: zero mean, identity covariance
+    z = f.z(td.rows["train"]).astype(np.float64)
+    np.testing.assert_allclose(z.mean(0), 0, atol=1e-4)
+    np.testing.assert_allclose(np.cov(z.T, bias=True), np.eye(z.shape[1]), atol=1e-3)
+
+
+def test_engine_options_in_study_extract_tables():
+    """[extract] engine/address/num_gpus/workers are ExtractConfig options, validated like the others,
+    and none of them is part of the store's identity (a store can be finished by either engine)."""
+    from codeclens.store.writer import ExtractConfig
+    from codeclens.study import StudyError
+    from codeclens.study.config import _extract_options
+
+    assert dict(_extract_options({"engine": "ray", "num_gpus": 1, "workers": 8}, "x"))["engine"] == "ray"
+    with pytest.raises(StudyError, match="engine must be local or ray"):
+        _extract_options({"engine": "spark"}, "x")
+    a = ExtractConfig("c", "k", "o")
+    b = ExtractConfig("c", "k", "o", engine="ray", address="auto", num_gpus=1.0, workers=4)
+    assert a.identity() == b.identity()
