@@ -53,7 +53,7 @@ def test_ray_store_equals_local_and_survives_a_crashed_task(audio_folder, melrvq
     assert fault.exists()  # a worker did die mid-task; Ray restarted it and retried the shard
     _same_store(tmp_path / "local", tmp_path / "ray")
     s = Store(tmp_path / "ray")
-    assert s.n_utterances == 6 and [x["path"].endswith("broken.wav") for x in s.manifest["skipped"]] == [True]
+    assert s.n_utterances == 6 and [str(x["where"]).endswith("broken.wav") for x in s.manifest["skipped"]] == [True]
     assert not (tmp_path / "ray" / "shards").exists()
 
 
