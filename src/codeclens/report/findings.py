@@ -169,7 +169,7 @@ CAUSAL_ATTRIBUTES = {"speaker": "speaker", "f0_kept": "f0", "voicing": "voiced",
 @finder("causal")
 def causal_findings(out: Path, source: str) -> list[Finding]:
     """Decoder Shapley values (absent = drop): the layer's causal share of each measure, with its
-    interval; "above" when the interval excludes 0 on the positive side."""
+    interval; "above" when the interval excludes 0 (a layer can push a measure down as well as up)."""
     df = _read(out / "decoder_shapley.csv")
     if df is None or df.empty:
         return []
@@ -179,9 +179,11 @@ def causal_findings(out: Path, source: str) -> list[Finding]:
         top = float(np.nanmax(np.abs(g["value"].to_numpy(float)))) or 1.0
         for _, r in g.iterrows():
             v, lo, hi = _num(r["value"]), _num(r["ci_low"]), _num(r["ci_high"])
+            # a layer causes the measure either way: its interval excludes 0 on either side
             rows.append(Finding(str(store), "", int(r["layer"]), CAUSAL_ATTRIBUTES.get(str(measure), str(measure)),
                                 f"Shapley ({measure})", v, lo, hi, 0.0,
-                                None if not math.isfinite(lo) else bool(lo > 0), _clip01(v / top), source, 3))
+                                None if not math.isfinite(lo) else bool(lo > 0 or hi < 0), _clip01(abs(v) / top),
+                                source, 3))
     return rows
 
 
