@@ -2,7 +2,6 @@
 
 import pandas as pd
 import pytest
-import torch
 
 from codeclens.cli import main
 from codeclens.codecs import CODECS
@@ -15,12 +14,8 @@ SPECS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Small models on a shared 2-core machine run far faster without intra-op threads.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("kind", sorted(SPECS))

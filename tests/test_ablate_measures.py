@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from codeclens.analyses.ablate import measures as ms
 from codeclens.codecs.calibration import calibration_audio
@@ -11,13 +10,8 @@ from codeclens.errors import CodeclensError
 SR = 16000
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Small models on a shared 2-core machine run far faster without intra-op threads.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Small models on a shared 2-core machine run far faster without intra-op threads.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def harmonic(f0: float, seconds: float = 1.0, sr: int = SR) -> np.ndarray:

@@ -10,12 +10,8 @@ from codeclens.analyses.attributes.model import CODEC, IDENTITY, AttributeModel,
 from codeclens.analyses.attributes.training import Checkpoint, make_batch, predict, sample_mask, train
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Small models on a shared 2-core machine run far faster without intra-op threads.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 SC = StreamConfig()
