@@ -135,3 +135,16 @@ def test_fixed_class_set_skips_classes_left_out():
     st = M.class_stats(y, pred, np.array([0, 0, 1, 1, 2]), 3, 3)
     w = np.array([[1.0, 1.0, 0.0]])  # unit 2 left out: classes 0 and 1 perfect
     assert M.class_metrics(st, w)["macro_f1"][0] == pytest.approx(1.0)
+
+
+def test_p_above_has_no_replicate_floor_when_far_above_the_bar():
+    """100 replicates far above chance must survive Holm over a 12-layer sweep (the count alone
+    gives p >= 1/101, and 12/101 > 0.05); replicates straddling the bar keep the count."""
+    from codeclens.analyses.probes.metrics import p_above
+
+    rng = np.random.default_rng(0)
+    far = 0.2 + 0.01 * rng.normal(size=100)
+    assert p_above(far, 0.02) < 0.05 / 12
+    assert p_above(-far, -0.02, lower_is_better=True) < 0.05 / 12
+    near = 0.02 + 0.01 * rng.normal(size=100)
+    assert abs(p_above(near, 0.02) - (np.sum(near <= 0.02) + 1) / 101) < 1e-12
