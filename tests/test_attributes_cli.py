@@ -21,7 +21,7 @@ FAST = ["--steps", "150", "--batch-size", "16", "--lr", "1e-2", "--window", "32"
         "--device", "cpu"]
 
 
-from test_attributes import one_thread  # noqa: E402,F401  (autouse: one torch thread)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # one torch thread (conftest)
 
 
 def toy_store(path, n_utt=80, seed=0, labels=True, codebook=16):

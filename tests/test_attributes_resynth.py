@@ -13,7 +13,7 @@ from codeclens.codecs import load_codec
 from codeclens.store import Store
 
 
-from test_attributes import one_thread  # noqa: E402,F401  (autouse: one torch thread)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # one torch thread (conftest)
 
 
 @pytest.fixture(scope="module")

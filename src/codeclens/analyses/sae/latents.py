@@ -161,13 +161,14 @@ class LatentRunner:
 
     def _run(self, stores, cfg: LatentProbeConfig, out: Path, progress: bool) -> AnalysisResult:
         from ...util.device import resolve_device
-        from .study import _unique_names
+        from .study import _unique_labels, _unique_names
         from .figures import monosemantic
 
         device = resolve_device(None if cfg.device == "auto" else cfg.device)
         out = Path(out)
         all_rows, summary_rows = [], []
-        for store, sname in zip(stores, _unique_names([s.name for s in stores])):
+        for store, sname, slabel in zip(stores, _unique_names([s.name for s in stores]),
+                                        _unique_labels([s.name for s in stores])):
             reps = store.reprs(cfg.repr)
             if any(r.pooled for r in reps):
                 raise CodeclensError("sae-latents works on frame-level representations (no mean(...))")
@@ -228,7 +229,7 @@ class LatentRunner:
                     mono = (e["score"] >= thr) & ~(e["score"] <= e["null_score"]) if len(e) else e
                     n_mono = int(mono.sum()) if len(e) else 0
                     n_null = int((e["null_score"] >= thr).sum()) if len(e) else 0
-                    summary_rows.append({"store": sname, "repr": rep.name, "attribute": a, "d_z": sae.shape.d_z,
+                    summary_rows.append({"store": slabel, "repr": rep.name, "attribute": a, "d_z": sae.shape.d_z,
                                          "k": sae.k, "scored_latents": alive, "monosemantic": n_mono,
                                          "fraction": n_mono / max(alive, 1),
                                          "over_threshold_raw": int((e["score"] >= thr).sum()) if len(e) else 0,
@@ -237,7 +238,7 @@ class LatentRunner:
                                          "best_null_score": float(e["null_score"].max()) if len(e) else np.nan})
                 if len(df):
                     df.insert(0, "repr", rep.name)
-                    df.insert(0, "store", sname)
+                    df.insert(0, "store", slabel)
                     all_rows.append(df)
         latents = pd.concat(all_rows, ignore_index=True) if all_rows else pd.DataFrame()
         summ = pd.DataFrame(summary_rows)

@@ -80,6 +80,8 @@ class _StoreOut:
     density: pd.DataFrame
     label_latents: pd.DataFrame
     notes: list
+    slug: str = ""
+    """Folder of the store's outputs under ``stores/`` (the label made file-name safe)."""
 
 
 def select_configuration(res: pd.DataFrame) -> pd.Series | None:
@@ -141,8 +143,11 @@ class SAERunner:
             raise CodeclensError("sae: no stores given")
         device = resolve_device(None if cfg.device == "auto" else cfg.device)
         out = Path(out)
-        names = _unique_names([s.name for s in stores])
-        outs = [self._run_store(st, nm, cfg, out / "stores" / nm, device, progress) for st, nm in zip(stores, names)]
+        # Tables, figures and the report show each store's display name; its folder gets a safe slug.
+        slugs = _unique_names([s.name for s in stores])
+        labels = _unique_labels([s.name for s in stores])
+        outs = [self._run_store(st, lb, cfg, out / "stores" / sl, device, progress)
+                for st, lb, sl in zip(stores, labels, slugs)]
         return self._collect(stores, outs, cfg, out)
 
     # -- one store -------------------------------------------------------------
@@ -305,7 +310,7 @@ class SAERunner:
                                       "difference": series[a]["f1"] - series[b]["f1"],
                                       **_ci("difference", series[a]["reps"] - series[b]["reps"])})
         return _StoreOut(name, task, results, contrasts, history, reference, pd.DataFrame(dens_rows),
-                         pd.DataFrame(label_latents), notes)
+                         pd.DataFrame(label_latents), notes, slug=sdir.name)
 
     def _evaluate(self, sae, c: SAEConfig, seed: int, task: TaskData, x_clf, x_val, x_test, y_clf, clf_seeds,
                   cfg: SAEStudyConfig, device, fit, ci: dict) -> dict:
@@ -443,7 +448,7 @@ class SAERunner:
         for o in outs:
             if cfg.browser:
                 for c in cfg.grid(1, 1):
-                    arts.append(Artifact(f"stores/{o.label}/browser/{c.tag}.html",
+                    arts.append(Artifact(f"stores/{o.slug or o.label}/browser/{c.tag}.html",
                                          f"Feature browser, {o.label}, q={c.q:g}, s={c.s:g}", "page", o.label))
         _write_task(out, outs, cfg)
         con = pd.DataFrame([c for o in outs for c in o.contrasts])
@@ -563,6 +568,15 @@ def _write_pub(out: Path, fname: str, rows: list[dict], caption: str, codecs: di
     with atomic_path(out / fname, ".csv") as tmp:
         df.to_csv(tmp, index=False)
     return Artifact(fname, caption, "table")
+
+
+def _unique_labels(names: list[str]) -> list[str]:
+    """Display names, a later duplicate numbered (``name (2)``)."""
+    out, seen = [], {}
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+        out.append(n if seen[n] == 1 else f"{n} ({seen[n]})")
+    return out
 
 
 def _unique_names(names: list[str]) -> list[str]:
