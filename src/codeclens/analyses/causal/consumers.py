@@ -25,6 +25,7 @@ import numpy as np
 
 from ...errors import CodeclensError
 from ...spec import parse_spec
+from ..ablate.engine import utterance_codes
 from .patching import lookup
 
 
@@ -56,14 +57,11 @@ class TokenClassifier:
         # measured on speakers the classifier never saw
         prefer = ("split_utt", "split_spk") if label == "speaker" else ("split_spk", "split_utt")
         split = next((c for c in (*prefer, "split") if c in utt.columns), None)
-        self.split = split
         train_u = np.flatnonzero(utt[split].to_numpy() == "train") if split else np.arange(len(utt))
-        self.held_out = (np.flatnonzero(utt[split].to_numpy() != "train") if split
-                         else np.arange(len(utt)))
         rng = np.random.default_rng(seed)
         if self.level == "utterance":
             y = utt[label].astype(str).to_numpy()[train_u]
-            X = np.stack([self._utt_features(_codes(store, i)) for i in train_u])
+            X = np.stack([self._utt_features(utterance_codes(store, int(i)).T) for i in train_u])
         else:
             col = store.frame_column(label)
             rows = np.concatenate([np.arange(int(utt["frame_offset"].iloc[i]),
@@ -92,12 +90,6 @@ class TokenClassifier:
         B, T, _ = codes.shape
         X = lookup(codes.reshape(B * T, -1), self.tables)
         return self.model.predict_log_proba((X - self.mu) / self.sd).reshape(B, T, -1)
-
-
-def _codes(store, i: int) -> np.ndarray:
-    u = store.utterances
-    off, n = int(u["frame_offset"].iloc[i]), int(u["n_frames"].iloc[i])
-    return np.asarray(store.codes[off : off + n], dtype=np.int64)
 
 
 def load_consumer(spec: str, store, seed: int = 0, device: str = "cpu", lm_options: dict | None = None):

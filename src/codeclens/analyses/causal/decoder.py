@@ -20,7 +20,6 @@ import math
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from ..ablate import measures as M
 from .shapley import mask_layers
@@ -29,11 +28,11 @@ DECODER_MEASURES = ("speaker", "f0_kept", "voicing", "loudness", "stoi")
 LOUDNESS_FLOOR_DB = -60.0
 
 
-@torch.inference_mode()
 def decode(codec, codes_tl: np.ndarray, layers: Sequence[int] | None = None) -> np.ndarray:
     """``[T, L]`` codes -> mono audio through the codec's own decode (``layers``: present, 0-based)."""
-    c = torch.from_numpy(np.ascontiguousarray(codes_tl.T, dtype=np.int64))[None].to(codec.device)
-    return codec.decode(c, None if layers is None else list(layers))[0].detach().float().cpu().numpy()
+    from ..ablate.engine import decode_codes
+
+    return decode_codes(codec, codes_tl.T, layers)
 
 
 ABSENT_VALUES = ("drop", "mean", "mean_code")

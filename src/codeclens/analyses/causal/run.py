@@ -30,6 +30,7 @@ from ...errors import CodeclensError
 from ...util.atomic import atomic_path
 from .. import ANALYSES
 from ..base import Analysis, AnalysisResult, Artifact
+from ..ablate.engine import utterance_codes
 from ..stats.paired import cluster_bootstrap, holm, sign_flip_pvalue
 from . import effects as E
 from .consumers import as_batch, groups_of, load_consumer
@@ -150,11 +151,8 @@ def donor_for(store, row: int, seed: int) -> tuple[int, str]:
 
 
 def utt_codes(store, row: int, max_frames: int | None = None) -> np.ndarray:
-    u = store.utterances
-    off, n = int(u["frame_offset"].iloc[row]), int(u["n_frames"].iloc[row])
-    if max_frames is not None:
-        n = min(n, max_frames)
-    return np.asarray(store.codes[off : off + n], dtype=np.int64)
+    """``[T, L]`` codes of utterance ``row`` (the ablate engine's reader, frames first)."""
+    return utterance_codes(store, row, max_frames).T
 
 
 def _ci_rows(df: pd.DataFrame, keys: list[str], value: str, cluster: str, cfg: CausalConfig,
