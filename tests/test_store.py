@@ -206,3 +206,33 @@ def test_corrupt_manifest_is_one_line_error(tmp_path, rng):
     (path / "manifest.json").write_text('{"complete": tr')
     with pytest.raises(CodeclensError, match="unreadable store manifest"):
         Store(path)
+
+
+def test_encoded_shard_round_trip_labels_the_same_as_in_process(audio_folder, melrvq_dir, tmp_path):
+    """The Ray engine's hand-over: codes saved by the codec step and labelled later, with the audio
+    re-read from disk, give the very shard the local engine writes in one go."""
+    from codeclens.codecs import load_codec
+    from codeclens.corpora import load_corpus
+    from codeclens.labels import load_labeller
+    from codeclens.store.writer import ExtractConfig, encode_shard, label_shard, load_encoded, save_encoded, write_shard
+
+    cfg = ExtractConfig(corpus=str(audio_folder), codec=f"melrvq?checkpoint={melrvq_dir}", out=str(tmp_path / "s"),
+                        latent=False, labels=("loudness",))
+    codec = load_codec(cfg.codec, "cpu")
+    utts = list(load_corpus(cfg.corpus))
+    labellers = [load_labeller("loudness")]
+    for lb in labellers:
+        lb.fit(utts)
+    write_shard(utts, codec, labellers, cfg, tmp_path / "direct")
+    enc = encode_shard(utts, codec, cfg, keep_audio=False)
+    assert enc.skipped and len(enc.ids) == len(utts) - len(enc.skipped)  # the broken file is recorded
+    save_encoded(enc, tmp_path / "enc.npz")
+    back = load_encoded(tmp_path / "enc.npz")
+    assert back.ids == enc.ids and all(np.array_equal(a, b) for a, b in zip(back.codes, enc.codes))
+    assert all(a.dtype == b.dtype for a, b in zip(back.codes, enc.codes))
+    label_shard(utts, back, labellers, cfg, tmp_path / "handed")
+    for f in ("codes.npy",):
+        np.testing.assert_array_equal(np.load(tmp_path / "direct" / f), np.load(tmp_path / "handed" / f))
+    for f in ("utterances.parquet", "frames.parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "direct" / f), pd.read_parquet(tmp_path / "handed" / f))
+    assert (tmp_path / "direct" / "skipped.json").read_text() == (tmp_path / "handed" / "skipped.json").read_text()
