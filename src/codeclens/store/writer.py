@@ -74,6 +74,8 @@ class ExtractConfig:
     """Ray engine: codec actors (default: the cluster's GPUs / num_gpus, or its CPUs / 2)."""
     label_workers: int | None = None
     """Ray engine: CPU actors that run the labellers (default: as many as codec actors)."""
+    staging: str | None = None
+    """Ray engine: fsspec URL (s3://..., gs://..., file://...) where workers commit shards when they share no file system with --out; the driver fetches them."""
 
     def __post_init__(self):
         if self.limit is not None and self.limit < 1:
@@ -84,6 +86,8 @@ class ExtractConfig:
             raise ValueError("shard_size must be >= 1")
         if self.engine not in ("local", "ray"):
             raise ValueError("engine must be local or ray")
+        if self.staging and self.engine != "ray":
+            raise ValueError("staging is a Ray engine option: add --engine ray")
         if self.num_gpus < 0 or any(w is not None and w < 1 for w in (self.workers, self.label_workers)):
             raise ValueError("num_gpus must be >= 0 and workers, label_workers >= 1")
 
@@ -91,7 +95,7 @@ class ExtractConfig:
         """What determines the store's contents (device and batching do not)."""
         d = to_dict(self)
         for k in ("out", "device", "batch_seconds", "overwrite", "name", "engine", "address", "num_gpus", "workers",
-                  "label_workers"):
+                  "label_workers", "staging"):
             d.pop(k)
         return d
 
@@ -172,6 +176,10 @@ def _build(cfg: ExtractConfig, out: Path, build: Path, codec: CodecAdapter, corp
             bar.close()
 
     finalize_store(build, len(shards), manifest, cfg, list(corpus.problems))
+    if cfg.staging:  # the shards are in the store now; the shared staging copy has done its job
+        from .sink import sink_for
+
+        sink_for(cfg, build).clear()
     if build != out:
         _swap_in(build, out)
 

@@ -40,8 +40,6 @@ kills its worker process (as a crash would), once per path."""
 FAULT_STAGE_ENV = "CODECLENS_RAY_FAULT_STAGE"
 """Which step the injected fault kills: ``encode`` (a codec actor, the default) or ``label``."""
 RETRIES = 3
-ENCODED = ".encoded"
-"""Folder (under the build's ``shards/``) of encoded-but-unlabelled shards handed from codec to label actors."""
 
 
 def _require_ray():
@@ -62,14 +60,6 @@ def _maybe_crash(stage: str) -> None:
         os._exit(1)  # a crash mid-task: Ray must restart the actor and retry the shard
 
 
-def encoded_path(store_dir: Path, i: int) -> Path:
-    """Where shard ``i``'s codes wait for its labels (deterministic, like the shard's own name)."""
-    from ..writer import shard_path
-
-    p = shard_path(store_dir, i)
-    return p.parent / ENCODED / f"{p.name}.npz"
-
-
 def _config(cfg_dict: dict[str, Any]):
     from ..writer import ExtractConfig
 
@@ -83,22 +73,23 @@ class ShardEncoder:
     def __init__(self, cfg_dict: dict[str, Any], device: str, store_dir: str):
         from ...codecs import load_codec
 
+        from ..sink import sink_for
+
         self.cfg = _config(cfg_dict)
-        self.store_dir = Path(store_dir)
+        self.sink = sink_for(self.cfg, store_dir)
         self.shards = _shards(self.cfg)
         self.codec = load_codec(self.cfg.codec, device)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import numpy as np
 
-        from ..writer import committed_shard, encode_shard, save_encoded
+        from ..writer import encode_shard
 
         for i in np.asarray(batch["shard"]).tolist():
             # Committed, or encoded by an earlier attempt or run: nothing to do.
-            if not committed_shard(self.store_dir, int(i)) and not encoded_path(self.store_dir, int(i)).is_file():
+            if not self.sink.committed(int(i)) and not self.sink.has_encoded(int(i)):
                 _maybe_crash("encode")
-                enc = encode_shard(self.shards[int(i)], self.codec, self.cfg, keep_audio=False)
-                save_encoded(enc, encoded_path(self.store_dir, int(i)))
+                self.sink.put_encoded(int(i), encode_shard(self.shards[int(i)], self.codec, self.cfg, keep_audio=False))
         return {"shard": np.asarray(batch["shard"], np.int64)}
 
 
@@ -108,10 +99,11 @@ class ShardLabeller:
 
     def __init__(self, cfg_dict: dict[str, Any], store_dir: str):
         from ...labels import load_labeller, parse_label_list
+        from ..sink import sink_for
         from ..writer import resolve_labels
 
         self.cfg = _config(cfg_dict)
-        self.store_dir = Path(store_dir)
+        self.sink = sink_for(self.cfg, store_dir)
         self.shards = _shards(self.cfg)
         self.labellers = [load_labeller(s) for s in parse_label_list(resolve_labels(self.cfg.labels))]
         utts = [u for sh in self.shards for u in sh]
@@ -121,17 +113,17 @@ class ShardLabeller:
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import numpy as np
 
-        from ..writer import committed_shard, label_shard, load_encoded, shard_path
+        from ..writer import label_shard
 
         secs = []
         for i in np.asarray(batch["shard"]).tolist():
             s = 0.0
-            if not committed_shard(self.store_dir, int(i)):
+            if not self.sink.committed(int(i)):
                 _maybe_crash("label")
-                src = encoded_path(self.store_dir, int(i))
-                s = label_shard(self.shards[int(i)], load_encoded(src), self.labellers, self.cfg,
-                                shard_path(self.store_dir, int(i)))
-                src.unlink(missing_ok=True)  # after the commit: a crash in between only leaves a spare file
+                enc = self.sink.get_encoded(int(i))
+                s = self.sink.commit(int(i), lambda dest: label_shard(self.shards[int(i)], enc, self.labellers,
+                                                                      self.cfg, dest))
+                self.sink.drop_encoded(int(i))  # after the commit: a crash in between only leaves a spare file
             secs.append(float(s))
         return {"shard": np.asarray(batch["shard"], np.int64), "seconds": np.array(secs)}
 
@@ -220,8 +212,10 @@ def run_shards(cfg, todo: Sequence[int], address: str | None, num_gpus: float, w
         if started:
             ray.shutdown()
     # The store is built from committed shards only: every expected one must be there.
+    from ..sink import fetch_all, sink_for
     from ..writer import committed_shard, shard_path
 
+    fetch_all(sink_for(cfg, store_dir), store_dir, todo)
     missing = [i for i in todo if not committed_shard(store_dir, i)]
     if missing:
         raise CodeclensError(f"{cfg.out}: {len(missing)} shard(s) not committed by the Ray run "
