@@ -74,6 +74,8 @@ class ExtractConfig:
     """Ray engine: codec actors (default: the cluster's GPUs / num_gpus, or its CPUs / 2)."""
     label_workers: int | None = None
     """Ray engine: CPU actors that run the labellers (default: as many as codec actors)."""
+    inputs: str | None = None
+    """Hash of what the corpus and codec files were made from, part of the store's identity (set by the study runner, not the CLI: a refitted codec or re-synthesized corpus rebuilds the store though its paths are unchanged)."""
     staging: str | None = None
     """Ray engine: fsspec URL (s3://..., gs://..., file://...) where workers commit shards when they share no file system with --out; the driver fetches them."""
 
