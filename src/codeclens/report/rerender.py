@@ -105,28 +105,18 @@ def rerender(run_dir: str | Path, formats: tuple[str, ...], style: str | None = 
     """Redraw every figure a renderer exists for; returns (files written, step ids skipped)."""
     import os
 
-    run_dir = Path(run_dir)
-    rj = run_dir / "run.json"
-    if not rj.is_file():
-        raise CodeclensError(f"{run_dir}: not a study run directory (no run.json)")
-    try:
-        run = json.loads(rj.read_text())
-        kinds = {a["name"]: a["kind"] for a in run["study"]["analyses"]}
-        labels = [c.get("label") or c["name"] for c in run["study"]["codecs"]]
-    except (ValueError, KeyError, TypeError) as e:
-        raise CodeclensError(f"{rj}: unreadable run record ({type(e).__name__}: {e})") from None
+    from .runrecord import read_run
+
+    run = read_run(run_dir)
     if style is not None:
         if not Path(style).is_file():
             raise CodeclensError(f"{style}: no such style file")
         os.environ["CODECLENS_MPLSTYLE"] = str(Path(style).resolve())
     use_style()
     written, skipped = [], []
-    with figure_formats(formats), codec_order(labels):
-        for s in run["steps"]:
-            if s["kind"] != "analysis":
-                continue
-            fn = RENDERERS.get(kinds.get(s["group"], ""))
-            out = run_dir / s["out"]
+    with figure_formats(formats), codec_order(run.codec_labels):
+        for s, out in run.analysis_steps():
+            fn = RENDERERS.get(run.kinds.get(s["group"], ""))
             if fn is None or not (out / "result.json").is_file():
                 skipped.append(s["id"])
                 continue
