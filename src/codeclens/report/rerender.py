@@ -64,6 +64,25 @@ def ablate_figures(out: Path) -> list[Path]:
     return made
 
 
+@renderer("sae")
+def sae_figures(out: Path) -> list[Path]:
+    from ..analyses.sae import figures
+    from ..analyses.sae.config import SAEStudyConfig
+    from ..analyses.sae.study import _nearest
+
+    cfg = _config(out, SAEStudyConfig)
+    allres = pd.read_csv(out / "results.csv")
+    res = allres[allres["kind"] == "feature"].reset_index(drop=True)
+    ref = pd.read_csv(out / "reference_f1.csv")
+    chance = dict(zip(ref["store"].astype(str), ref["majority_f1"] - ref["f1_ref"]))
+    made = [figures.delta_f1_vs_s(res, chance, out / "delta_f1_vs_s.png"),
+            figures.position_magnitude(res, _nearest(cfg.s, cfg.table_s), out / "position_magnitude.png")]
+    for name, fn in (("density", figures.density), ("training", figures.training_curves), ("bitrate", figures.bitrate)):
+        if (out / f"{name}.csv").is_file():
+            made.append(fn(pd.read_csv(out / f"{name}.csv"), out / f"{name}.png"))
+    return made
+
+
 def _config(out: Path, cls):
     """The analysis' config, rebuilt from the config.json written beside its results."""
     from ..config import build
