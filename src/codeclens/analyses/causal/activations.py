@@ -25,7 +25,12 @@ Measures per patched decode (``activation_per_utterance.csv``):
   donor's decode than the clean decode's; spectral envelope nearer), against the donor
   utterance's own decode, so a patch that moves only pitch does not count as moving the
   spectrum; on the window's span for windowed patches;
-- ``rms_change`` (RMS of patched − clean) and ``rms_to_donor`` (RMS of patched − donor-S).
+- ``rms_change`` (RMS of patched − clean) and ``rms_to_donor`` (RMS of patched − donor-S);
+  ``rms_to_donor_in_window`` (per-utterance table only) over the window's samples.
+
+F0 is tracked by pYIN on the whole patched decode and read per window; its global (Viterbi)
+decoding can still pick another octave in a window whose samples equal the donor's, so the
+windowed ``f0_follows_donor`` is noisier than the whole-utterance one.
 
 **Blocks** come from the adapter's ``decoder_blocks()`` (a list of ``(name, module)`` in
 forward order) when it has one, else from its decoder module (``model.decoder``,
@@ -50,7 +55,7 @@ import pandas as pd
 import torch
 
 from ...errors import CodeclensError
-from .decoder import Reference, decode, envelope_distance
+from .decoder import Reference, decode
 from .patching import aligned, patch
 from .run import CausalConfig, _ci_rows, _f0_follows, donor_for, utt_codes
 
@@ -192,6 +197,32 @@ def _same(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> bool:
     return len(a) == len(b) and all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(a, b))
 
 
+HOP_S = 0.01
+"""Frame hop (s) of the F0 track and the mel cepstrum that the follows-donor measures slice per window."""
+
+
+class _Features:
+    """F0 track and spectral envelope (mel cepstrum c1..c4) of one decode, computed once and
+    sliced per window (so a decode costs one pitch track whatever the number of windows)."""
+
+    def __init__(self, audio: np.ndarray, sr: int):
+        from ..ablate import measures as M
+
+        self.f0 = M.f0_track(audio, sr, hop_s=HOP_S)
+        self.env = M.mel_cepstrum(audio, sr, hop_s=HOP_S)[:, :4]
+
+    def window(self, a_s: float, b_s: float):
+        from ..ablate.measures import F0Track
+
+        i, j = int(round(a_s / HOP_S)), int(round(b_s / HOP_S))
+        return F0Track(self.f0.f0[i:j], self.f0.voiced[i:j]), self.env[i:j]
+
+
+def _env_distance(a: np.ndarray, b: np.ndarray) -> float:
+    n = min(len(a), len(b))
+    return float(np.mean(np.linalg.norm(a[:n] - b[:n], axis=1))) if n else float("nan")
+
+
 def activation_patching(store, codec, cfg: CausalConfig, rows: np.ndarray, log=print) -> dict[str, pd.DataFrame]:
     """Tables ``activation_patching`` (per block × layer set × window × measure, with a 95%
     interval resampling speakers and sign-flip p-values Holm-corrected over the blocks of each
@@ -201,7 +232,8 @@ def activation_patching(store, codec, cfg: CausalConfig, rows: np.ndarray, log=p
     A block whose activation in the donor-S run is bit-identical to the clean run's is not
     decoded again (``decoded`` = False): the patched run *is* the clean run, so its row is the
     clean decode's, exactly."""
-    from ..ablate.measures import f0_track, speaker_encoder
+    from ..ablate.measures import speaker_encoder, voicing_agreement
+    from .decoder import f0_kept
 
     blocks = decoder_blocks(codec)
     if not blocks:
@@ -211,7 +243,9 @@ def activation_patching(store, codec, cfg: CausalConfig, rows: np.ndarray, log=p
     sr = int(codec.sample_rate)
     spk = store.utterances["speaker"].astype(str).to_numpy()
     maxf = int(round(cfg.max_seconds * store.frame_rate))
-    spf = sr / float(store.frame_rate)
+    fps = float(store.frame_rate)
+    pitch_measures = {"f0_kept": f0_kept, "voicing": voicing_agreement}
+    other = [m for m in cfg.measures if m not in pitch_measures]
     rec, axes, n_decodes, n_same = [], None, 0, 0
     for r in rows:
         codes = utt_codes(store, int(r), maxf)
@@ -222,48 +256,49 @@ def activation_patching(store, codec, cfg: CausalConfig, rows: np.ndarray, log=p
             axes = time_axes(codec, blocks, codes)
         with recording(blocks) as clean_acts:
             clean = decode(codec, codes)
-        full_donor = decode(codec, donor)
         ref = Reference(clean, sr, enc)
-        v0 = ref.measure(clean, cfg.measures)
-        n = min(len(clean), len(full_donor))
-        spans = {}
-        for label, t0, t1 in windows(T, cfg.activation_windows):
-            a, b = (0, n) if label == "all" else (int(round(t0 * spf)), min(n, int(round(t1 * spf))))
-            src, dd = clean[a:b], full_donor[a:b]
-            spans[label] = (t0, t1, a, b, f0_track(src, sr), f0_track(dd, sr))
+        src_f, don_f = _Features(clean, sr), _Features(decode(codec, donor), sr)
+        spans = {label: (t0, t1) for label, t0, t1 in windows(T, cfg.activation_windows)}
 
-        def follows(hyp, label, hyp_f0=None):
-            _, _, a, b, src_f0, don_f0 = spans[label]
-            h = hyp[a:b]
-            return (_f0_follows(f0_track(h, sr) if hyp_f0 is None else hyp_f0, src_f0, don_f0),
-                    float(envelope_distance(full_donor[a:b], h, sr) < envelope_distance(clean[a:b], h, sr)))
+        def measured(audio: np.ndarray) -> tuple[np.ndarray, dict[str, tuple[float, float]]]:
+            """Decoder measures against the clean decode, and per window (F0 follows, spectrum follows)."""
+            feat = src_f if audio is clean else _Features(audio, sr)
+            vals = dict(zip(other, ref.measure(audio, other)))
+            vals.update({m: fn(ref.f0, feat.f0) for m, fn in pitch_measures.items() if m in cfg.measures})
+            fol = {}
+            for label, (t0, t1) in spans.items():
+                (hf, he), (sf, se), (df, de) = (x.window(t0 / fps, t1 / fps) for x in (feat, src_f, don_f))
+                fol[label] = (_f0_follows(hf, sf, df), float(_env_distance(de, he) < _env_distance(se, he)))
+            return np.array([vals[m] for m in cfg.measures], dtype=np.float64), fol
 
-        unchanged = {label: follows(clean, label, spans[label][4]) for label in spans}
+        v0, unchanged = measured(clean)
         for set_name, layers in layer_sets(store.n_layers):
             with recording(blocks) as acts:
                 don = decode(codec, patch(codes, layers, "swap", donor=donor))
             for bi, (bname, mod) in enumerate(blocks):
                 same = _same(acts[bname], clean_acts[bname])
-                for label, (t0, t1, *_rest) in spans.items():
+                for label, (t0, t1) in spans.items():
                     whole = label == "all"
                     if not whole and (axes[bname] is None or len(acts[bname]) != 1):
                         continue
                     if same:
-                        audio, vals, fol = clean, v0, unchanged[label]
+                        audio, vals, fol = clean, v0, unchanged
                         n_same += 1
                     else:
                         with patching(mod, acts[bname], None if whole else (t0, t1), axes[bname], T):
                             audio = decode(codec, codes)
                         n_decodes += 1
-                        vals, fol = ref.measure(audio, cfg.measures), follows(audio, label)
+                        vals, fol = measured(audio)
                     m = min(len(audio), len(clean), len(don))
                     row = {"block": bname, "block_index": bi + 1, "layers": set_name, "window": label,
                            "start_frame": t0, "end_frame": t1, "utt": int(r), "speaker": spk[r], "donor": spk[d],
                            "donor_match": how, "decoded": not same}
                     row.update({k: float(v - c) for k, v, c in zip(cfg.measures, vals, v0)})
-                    row["f0_follows_donor"], row["spectrum_follows_donor"] = fol
+                    row["f0_follows_donor"], row["spectrum_follows_donor"] = fol[label]
                     row["rms_change"] = _rms(audio[:m] - clean[:m])
                     row["rms_to_donor"] = _rms(audio[:m] - don[:m])
+                    a, b = int(round(t0 * sr / fps)), min(m, int(round(t1 * sr / fps)))
+                    row["rms_to_donor_in_window"] = _rms(audio[a:b] - don[a:b])
                     rec.append(row)
     log(f"activation patching: {len(blocks)} blocks x {store.n_layers + 1} layer sets: {n_decodes} patched decodes, "
         f"{n_same} patches of an unchanged activation")
