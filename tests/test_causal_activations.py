@@ -139,6 +139,9 @@ def test_block_layer_map_knows_the_wiring(toy_store, tmp_path, capsys, monkeypat
     assert t.loc[("merge", "3"), "n_speakers"] == 3
     assert (out / "activation_patching.png").is_file()
     assert "toy: activation patching" in capsys.readouterr().out
+    from codeclens.report.rerender import RENDERERS
+
+    assert "activation_patching.png" in {p.name for p in RENDERERS["causal"](out)}
 
 
 def test_summary_names_the_first_block_that_carries_a_layer():
