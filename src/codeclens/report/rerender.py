@@ -46,6 +46,11 @@ def causal_figures(out: Path) -> list[Path]:
                      ("consumer_offsets", offsets_figure)):
         if (out / f"{name}.csv").is_file():
             made += fn(pd.read_csv(out / f"{name}.csv"), out / name)
+    if (out / "activation_patching.csv").is_file():
+        from ..analyses.causal.activation_figures import activation_figure
+
+        made += activation_figure(pd.read_csv(out / "activation_patching.csv", dtype={"layers": str}),
+                                  out / "activation_patching")
     return made
 
 
