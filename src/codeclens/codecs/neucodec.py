@@ -37,7 +37,7 @@ class NeuCodec(XCodec2):
     hub = "neuphonic/neucodec"
     #: Semantic frame k stacks log-mel frames 2k, 2k+1 of the unpadded input: samples
     #: [320k, 320k + 560), centred 120 samples (7.5 ms) after the nominal centre 320k + 160.
-    half_offsets = {"acoustic": 0.0, "semantic": 0.0075}
+    half_offsets = {"acoustic": -0.0025, "semantic": 0.0075}
     mel_pad_hops = 0.0
 
     def __init__(self, model, device: torch.device, split: bool = False):

@@ -114,7 +114,7 @@ class XCodec2(TorchCodec, CodecAdapter):
     #: frame k stacks log-mel frames 2k and 2k+1 of the input padded by 160 samples each side:
     #: they span input samples [320k - 160, 320k + 400), centred 40 samples (2.5 ms) before the
     #: nominal centre 320k + 160 (the conformer and the per-utterance normalisation then mix frames).
-    half_offsets = {"acoustic": 0.0, "semantic": -0.0025}
+    half_offsets = {"acoustic": -0.0025, "semantic": -0.0025}
     #: Zeros each side of the padded waveform before the filterbank (hop / 2 for X-codec2).
     mel_pad_hops = 0.5
 
@@ -196,7 +196,7 @@ class XCodec2(TorchCodec, CodecAdapter):
         p = self.padded(x)
         pad = int(self.mel_pad_hops * self.hop)
         fb = kaldi_fbank(F.pad(p[0], (pad, pad)), self.sample_rate)
-        if fb.shape[0] < 2 * MEL_STACK:  # the per-bin variance needs two frames
+        if fb.shape[0] < MEL_STACK:  # one stacked frame (two filterbank frames, enough for the per-bin variance)
             raise CodeclensError(f"{self.kind}: utterance of {x.shape[-1]} samples is too short to encode")
         return p[:, None], normalise_and_stack(fb)[None]
 
