@@ -145,7 +145,7 @@ def test_dropped_fsq_dimensions_contribute_nothing(codec):
     # Each kept dimension adds its own column times its grid value, plus an eighth of the bias.
     po = split.model.quantizer.project_out
     one = split.quantized(codes, [2])
-    want = ((codes[:, 2] - 2) / 2.0)[..., None] * po.weight[:, 2] + po.bias / 8
+    want = ((codes[:, 2] - 2) / 2.0)[..., None] * po.weight[:, 2].detach() + po.bias.detach() / 8
     assert _rel(one, want) < 1e-6
 
 
@@ -382,8 +382,10 @@ def test_release_configuration(kind, tmp_path):
     assert c.model.acoustic_encoder.conv2.in_channels == 48 * 32 and c.model.semantic_encoder.config.hidden_size == 1024
     if kind == "neucodec":
         assert c.output_sample_rate == 24000 and c.model.acoustic_decoder.head.hop_length == 480
-    results = run_checks(c, seconds=0.5, seed=1, only=INVARIANTS)
-    assert all(r.passed for r in results), results
+    # NeuCodec's encoder and batching are X-codec2's code: its own part is the decoder side.
+    only = INVARIANTS if kind == "xcodec2" else ["frame rate", "frame count", "lookup = quantized", "decode = model decode"]
+    results = run_checks(c, seconds=0.5, seed=1, only=only)
+    assert [r.name for r in results] == only and all(r.passed for r in results), results
 
 
 #: Full depth (16 conformer + 12 decoder layers, ~0.9 B parameters with the 2048-d FSQ and its

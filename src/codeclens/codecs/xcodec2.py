@@ -307,13 +307,16 @@ class XCodec2(TorchCodec, CodecAdapter):
         m.acoustic_encoder.conv2.weight.mul_(scale)
         if m.acoustic_encoder.conv2.bias is not None:
             m.acoustic_encoder.conv2.bias.mul_(scale)
-        self._calibrate_fsq(self._embed(x)[0])
+        # conv2 is the acoustic encoder's last (linear) layer: its new output is scale * ac, so
+        # the full-width encoder need not run again (the slow part at release size).
+        z = m.fc_encoder(torch.cat([sem, scale * ac], dim=1).transpose(1, 2))
+        self._calibrate_fsq(z[0])
         self._table_cache = None
+        q = m.quantizer(z)[0]  # the model's quantizer forward: project_out of the chosen grid points
         head = m.acoustic_decoder.head
         n_mag = head.linear.out_features // 2
-        codes = self.encode(x, torch.tensor([x.shape[1]], device=self.device))[0]
         for _ in range(3):  # the magnitude is clamped at 100, so a single shift can fall short
-            head.linear.bias[:n_mag] += math.log(_rms(x) / _rms(self.decode(codes)))
+            head.linear.bias[:n_mag] += math.log(_rms(x) / _rms(self._decode_quantized(q)))
 
     def _calibrate_fsq(self, z: torch.Tensor) -> None:
         q = self.model.quantizer
