@@ -104,6 +104,10 @@ def test_sum_of_lookups_is_the_models_own_quantized_output(kind, codec):
     codes, n = c.encode(x, lengths)
     assert torch.equal(codes, out.audio_codes) and int(n[0]) == codes.shape[-1]
     assert _rel(c.lookup(codes), out.latents.transpose(1, 2)) < 1e-6
+    # The adapter's latent is the quantizer's input: quantizing it gives the model's codes.
+    z, _ = c.latent(x, lengths)
+    with torch.no_grad():
+        assert torch.equal(c.model.quantizer(z)[1].transpose(1, 2), codes)
     split = codec(kind, True)
     assert _rel(split.lookup(split.encode(x, lengths)[0]), out.latents.transpose(1, 2)) < 1e-6
 
