@@ -5,7 +5,8 @@ layer 1 is the vowel (code 0 = silence, codes 1-7 = formant patterns), layer 2 t
 (F0 = 100 + 15 * code Hz, independent of the speaker) and layer 3 the speaker, who scales
 every formant (a vocal-tract length) and sets the spectral tilt. So the speaker lives in
 layer 3 only, and a model that regenerates layer 3 from a target's identity tokens, while
-keeping layers 1-2 from the source, converts the voice.
+keeping layers 1-2 from the source, converts the voice. ``encode`` is analysis by synthesis
+(each frame's spectrum against every code triple's), so decodes re-encode for the phone probe.
 """
 
 from __future__ import annotations
@@ -19,6 +20,13 @@ VOWELS = np.array([[0, 0, 0], [730, 1090, 2440], [270, 2290, 3010], [300, 870, 2
                    [660, 1720, 2410], [570, 840, 2410], [440, 1020, 2240]], float)
 SPEAKERS = [(0.78, 0.9), (1.0, 1.6), (1.25, 0.5), (1.45, 1.2)]
 """(formant scale, spectral tilt) of speaker codes 0-3."""
+
+
+def _spectrum(frames: np.ndarray) -> np.ndarray:
+    """Unit-norm log-magnitude spectra of ``[n, HOP]`` frames."""
+    m = np.log1p(1e3 * np.abs(np.fft.rfft(frames * np.hanning(frames.shape[1]), n=2048, axis=1)))
+    m -= m.mean(1, keepdims=True)
+    return m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-9)
 
 
 def f0_of(code) -> np.ndarray:
@@ -43,8 +51,28 @@ class VoiceToyCodec(CodecAdapter):
         return self._tables
 
     def encode(self, waves, lengths):
+        """Analysis by synthesis: each frame's magnitude spectrum against the steady-state spectrum
+        of every (vowel, pitch, speaker); quiet frames are silence (all codes 0)."""
+        x = waves.reshape(waves.shape[0], -1).cpu().numpy()
         n = (lengths + self.HOP - 1) // self.HOP
-        return torch.zeros(waves.shape[0], 3, int(n.max()), dtype=torch.long), n
+        T = int(n.max())
+        keys, tmpl = self._templates()
+        out = np.zeros((x.shape[0], 3, T), np.int64)
+        for b in range(x.shape[0]):
+            fr = np.pad(x[b], (0, max(0, T * self.HOP - x.shape[1])))[: T * self.HOP].reshape(T, self.HOP)
+            mag = _spectrum(fr)
+            loud = np.sqrt((fr ** 2).mean(1)) > 1e-4
+            best = keys[np.argmax(mag @ tmpl.T, 1)]
+            out[b][:, loud] = best[loud].T
+        return torch.from_numpy(out), n
+
+    def _templates(self):
+        if not hasattr(self, "_tm"):
+            keys = np.array([(v, p, s) for v in range(1, 8) for p in range(8) for s in range(4)])
+            c = np.repeat(keys[:, :, None], 3, 2)  # three steady frames each; the middle one is the template
+            audio = self.decode(torch.from_numpy(c)).numpy().reshape(len(keys), 3, self.HOP)[:, 1]
+            self._tm = keys, _spectrum(audio)
+        return self._tm
 
     def quantized(self, codes, layers=None):
         return self.lookup(codes, layers)
