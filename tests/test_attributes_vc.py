@@ -23,8 +23,8 @@ from voice_toy import voice_store
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # one torch thread (conftest)
 
 TRAIN = ["--attributes", "content,pitch,identity", "--pitch-step-hz", "15", "--identity-dims", "2",
-         "--identity-bins", "3", "--steps", "200", "--p-inference", "0.8", "--batch-size", "16", "--lr", "1e-2", "--window", "32",
-         "--d-model", "32", "--n-heads", "2", "--enc-layers", "1", "--split", "split_utt", "--checkpoint-every", "200",
+         "--identity-bins", "3", "--steps", "300", "--p-inference", "0.8", "--batch-size", "16", "--lr", "1e-2", "--window", "32",
+         "--d-model", "32", "--n-heads", "2", "--enc-layers", "1", "--split", "split_utt", "--checkpoint-every", "300",
          "--threads", "1", "--device", "cpu", "--quiet"]
 
 

@@ -29,6 +29,20 @@ def _spectrum(frames: np.ndarray) -> np.ndarray:
     return m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-9)
 
 
+def toy_tables() -> list[np.ndarray]:
+    """One-hot code vectors, each layer in its own block, so sums of layers (``cumulative:k``) keep
+    every code apart and a linear probe can read the vowel."""
+    sizes = VoiceToyCodec.codebook_sizes
+    D = sum(sizes)
+    out, at = [], 0
+    for k in sizes:
+        t = np.zeros((k, D), np.float32)
+        t[np.arange(k), at + np.arange(k)] = 1.0
+        out.append(t)
+        at += k
+    return out
+
+
 def f0_of(code) -> np.ndarray:
     return 100.0 + 15.0 * np.asarray(code, float)
 
@@ -44,7 +58,7 @@ class VoiceToyCodec(CodecAdapter):
     def from_spec(cls, spec, device):
         self = cls()
         self.device = device
-        self._tables = [torch.eye(k, 4) * (l + 1) for l, k in enumerate(cls.codebook_sizes)]
+        self._tables = [torch.from_numpy(t) for t in toy_tables()]
         return self
 
     def tables(self):
@@ -126,6 +140,5 @@ def voice_store(path, speakers=(0, 1, 2), per_speaker=6, n_test=2, n_frames=60, 
     voiced = c[:, 0] > 0
     fr = pd.DataFrame({"phone": [f"v{x}" for x in c[:, 0]], "f0_hz": np.where(voiced, f0_of(c[:, 1]), np.nan),
                        "voiced": voiced, "loudness": np.where(voiced, -20.0, -80.0)})
-    tabs = [np.eye(k, 4, dtype=np.float32) * (l + 1) for l, k in enumerate(VoiceToyCodec.codebook_sizes)]
-    return write_store(path, c, tabs, u, fr, codec_spec="python:voice_toy:VoiceToyCodec", name="voice-toy",
+    return write_store(path, c, toy_tables(), u, fr, codec_spec="python:voice_toy:VoiceToyCodec", name="voice-toy",
                        sample_rate=16000, seed=seed)
