@@ -93,7 +93,8 @@ def test_convert_one_utterance_keeps_its_content(vc, tmp_path, capsys):
                  "--source", "spk0_4", "--target", "spk1_4", "--split", "split_utt", "--device", "cpu"]) == 0
     assert "content retention: phone accuracy from" in capsys.readouterr().out  # a probe on spk1 and spk2 only
     (row,) = pd.read_csv(out / "per_utterance.csv").query("system == 'conversion'").to_dict("records")
-    assert row["target_speaker"] == "spk1" and row["cos_target"] > row["cos_source"]
+    # (Which voice one conversion is nearer is the test above's, over six; here: it moved towards the target.)
+    assert row["target_speaker"] == "spk1" and row["cos_target"] > row["cos_source_to_target"] + 0.05
     # The toy codec re-encodes exactly enough for the phone probe: the codec's own decode scores far
     # above the majority vowel, and the conversion keeps most of it (its vowels are the source's).
     phones = store.frames["phone"]
