@@ -102,3 +102,23 @@ def test_convert_one_utterance_keeps_its_content(vc, tmp_path, capsys):
     assert row["content_codec_decode"] > majority + 0.3
     assert row["content_retention"] > 0.8 * row["content_codec_decode"], row
     assert (out / "audio" / "spk0_4" / "conversion.wav").is_file()
+
+
+def test_study_analysis_puts_audio_examples_and_conversion_cos_in_its_results(vc, tmp_path):
+    """The ``[analyses.attributes]`` path: audio examples (decode, resynthesis, conversion of one
+    utterance, in one folder, which the report lays out as a listening row) and COS in table1."""
+    from codeclens.analyses.attributes import AttributesAnalysis, AttributesConfig
+
+    store, _, _ = vc
+    cfg = AttributesConfig(attributes=("content", "pitch", "identity"), steps=5, batch_size=4, window=16, d_model=16,
+                           n_heads=2, enc_layers=1, identity_dims=2, identity_bins=3, pitch_step_hz=15.0,
+                           split="split_utt", n_utts=1, examples=1, device="cpu")
+    out = tmp_path / "a"
+    res = AttributesAnalysis()([store], cfg, out, progress=False)
+    audio = [a for a in res.artifacts if a.kind == "audio"]
+    stems = {a.path.rsplit("/", 1)[-1] for a in audio}
+    assert {"decode.wav", "resynthesis.wav", "conversion.wav"} <= stems
+    assert len({a.path.rsplit("/", 1)[0] for a in audio}) == 1 and all((out / a.path).is_file() for a in audio)
+    ours = pd.read_csv(out / "table1.csv").query("source == 'ours'").iloc[0]
+    assert np.isfinite(ours["vc_cos"]) and np.isfinite(ours["resynth_stoi"])
+    assert "content retention" in res.summary
