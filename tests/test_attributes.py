@@ -51,6 +51,39 @@ def test_identity_quantizer_is_open_set_and_round_trips(rng):
     assert np.array_equal(q2(emb), tok)
 
 
+def test_identity_axes_follow_speakers_not_what_is_said(rng):
+    # Three voices along one axis, and a larger within-speaker (content) spread along another: the
+    # utterances' top principal axis is the content one, the speaker means' the voice one.
+    voice, content = np.eye(256)[0], np.eye(256)[1]
+    spk = np.repeat([0, 1, 2], 30)
+    said = np.tile(np.linspace(-3.0, 3.0, 30), 3)  # every voice says the same spread of things
+    emb = np.array([-1.0, 0.0, 1.0])[spk, None] * voice + said[:, None] * content + 0.02 * rng.normal(size=(90, 256))
+    by_utt = S.IdentityQuantizer.fit(emb, dims=2, bins=3)
+    by_spk = S.IdentityQuantizer.fit(emb, dims=2, bins=3, speakers=[f"s{k}" for k in spk])
+    assert abs(by_utt.components[0] @ content) > 0.9
+    assert abs(by_spk.components[0] @ voice) > 0.9
+    tok = by_spk(emb)[:, 0]
+    assert all(len(set(tok[spk == k])) == 1 for k in range(3)) and len(set(tok)) == 3  # one bin per voice
+    # Two speakers give one axis; the unused one is padded (a constant token).
+    two = S.IdentityQuantizer.fit(emb[:60], dims=2, bins=3, speakers=spk[:60])
+    assert len(set(two(emb[:60])[:, 1])) == 1
+
+
+def test_speaker_reference_leaves_out_the_utterance(tmp_path):
+    import pandas as pd
+
+    from codeclens.analyses.attributes.resynth import speaker_reference
+    from codeclens.store import Store
+    from codeclens.store.arrays import write_store
+
+    u = pd.DataFrame({"id": ["a0", "a1", "a2", "b0"], "speaker": ["a", "a", "a", "b"], "n_frames": [2, 2, 2, 2]})
+    st = Store(write_store(tmp_path / "s", np.zeros((8, 1), np.int64), [np.eye(2, 2, dtype=np.float32)], u))
+    emb = np.eye(4, 256, dtype=np.float32)
+    ref, n = speaker_reference(st, emb, "a", [0])
+    assert n == 2 and np.allclose(ref[:3], [0, 2 ** -0.5, 2 ** -0.5])  # rows 1 and 2, not row 0
+    assert speaker_reference(st, emb, "b", [3]) == (None, 0)  # nobody else: the caller falls back
+
+
 def _model(attrs=("content", "pitch", "identity"), patch=1, seed=0):
     torch.manual_seed(seed)
     vocab = S.Vocab((8, 8, 8), "phone", tuple("abcde"), 12, 0, 3, 4)

@@ -155,6 +155,10 @@ def test_analysis_writes_table1_with_published_rows_and_context(trained, tmp_pat
     assert pub.loc["AnCoGen - SpeechTokenizer", "vc_cos"] == 0.74 and pub.loc["AnCoGen - BigCodec", "pitch_aae"] == 7.04
     ours = t[t["source"] == "ours"].iloc[0]
     assert ours["compare_with"].startswith("context") and np.isfinite(ours["pitch_aae"])
+    # Every Table 1 column; published values beside ours only where the setup matches (here: none).
+    assert {"resynth_nmos", "resynth_bak", "resynth_bertscore", "vc_nmos"} <= set(t.columns)
+    assert pub.loc["AnCoGen - BigCodec", "resynth_bertscore"] == 0.82 and np.isnan(ours["resynth_nmos"])
+    assert np.isnan(ours["pitch_aae_published"]) and pub["compare_with"].str.startswith("context").all()
     for a in res.artifacts:
         assert (out / a.path).is_file()
     assert (out / "config.json").is_file() and (out / "provenance.json").is_file()
@@ -169,6 +173,47 @@ def test_published_rows_match_only_the_same_setup():
     assert matching_model("speechtokenizer", ls, "phone") is None  # the paper's content is HuBERT units
     assert matching_model("speechtokenizer", "synthetic?n=96", "unit") is None
     assert matching_model("encodec:24khz@6kbps", ls, "unit") is None
+
+
+def test_table1_sets_published_values_beside_a_matching_setup():
+    from codeclens.analyses.attributes.published import table1
+
+    ls = "librispeech:data/LibriSpeech/test-clean"
+    t = table1([{"store": "st", "codec": "speechtokenizer", "corpus": ls, "content_source": "unit", "pitch_aae": 9.0},
+                {"store": "mel", "codec": "melrvq", "corpus": ls, "content_source": "unit", "pitch_aae": 5.0}])
+    ours = t[t["source"] == "ours"].set_index("system")
+    assert ours.loc["st (codeclens)", "compare_with"] == "AnCoGen - SpeechTokenizer"
+    assert ours.loc["st (codeclens)", "pitch_aae_published"] == 6.48 and ours.loc["st (codeclens)", "vc_cos_published"] == 0.74
+    assert np.isnan(ours.loc["mel (codeclens)", "pitch_aae_published"])
+    pub = t[t["source"] != "ours"].set_index("system")
+    assert pub.loc["AnCoGen - SpeechTokenizer", "compare_with"] == "st (codeclens)"
+    assert pub.loc["AnCoGen - BigCodec", "compare_with"].startswith("context")
+
+
+def test_damaged_checkpoint_and_convert_without_identity_are_one_line_errors(trained, tmp_path, capsys):
+    import shutil
+
+    store, run = trained
+    bad = tmp_path / "bad"
+    shutil.copytree(run / "checkpoint", bad)
+    (bad / "model.safetensors").write_bytes(b"garbage")
+    args = ["--store", str(store), "--out", str(tmp_path / "o"), "--device", "cpu"]
+    assert main(["attributes", "analyse", "--checkpoint", str(bad), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("codeclens: error:") and "not an attribute-model checkpoint" in err
+    assert len(err.strip().splitlines()) == 1
+    # Weights of another network than checkpoint.json describes.
+    shutil.copy(run / "checkpoint" / "model.safetensors", bad / "model.safetensors")
+    meta = json.loads((bad / "checkpoint.json").read_text())
+    meta["model"]["d_model"] = 48
+    (bad / "checkpoint.json").write_text(json.dumps(meta))
+    assert main(["attributes", "analyse", "--checkpoint", str(bad), *args]) == 2
+    err = capsys.readouterr().err
+    assert "not an attribute-model checkpoint (RuntimeError" in err and len(err.strip().splitlines()) == 1
+    # The trained model has no identity stream: convert says so, in one line.
+    assert main(["attributes", "convert", "--checkpoint", str(run), *args, "--source", "u000", "--target", "u001"]) == 2
+    err = capsys.readouterr().err
+    assert "no identity stream" in err and len(err.strip().splitlines()) == 1
 
 
 def test_identity_without_audio_or_codec_is_a_one_line_error(tmp_path, capsys):

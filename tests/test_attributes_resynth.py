@@ -52,7 +52,7 @@ def test_resynthesis_decodes_through_the_codec(run, tmp_path):
     assert (d / "resynthesis.wav").is_file() and (d / "conversion.wav").is_file()
 
 
-def test_convert_to_an_unseen_voice_file(run, tmp_path, audio_folder):
+def test_convert_to_an_unseen_voice_file(run, tmp_path, audio_folder, capsys):
     store, ck = run
     src = str(store.utterances["id"].iloc[0])
     wav = sorted(audio_folder.glob("spk2/*.wav"))[0]
@@ -63,3 +63,9 @@ def test_convert_to_an_unseen_voice_file(run, tmp_path, audio_folder):
     assert -1.0 <= res["cos_target"] <= 1.0 and (out / "conversion.wav").is_file()
     assert main(["attributes", "convert", "--store", str(store.path), "--checkpoint", str(ck), "--out", str(out),
                  "--source", "nobody", "--target", src]) == 2
+    capsys.readouterr()
+    assert main(["attributes", "convert", "--store", str(store.path), "--checkpoint", str(ck), "--out", str(out),
+                 "--source", src, "--target", str(tmp_path / "missing.wav"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "missing.wav: unreadable audio" in err and len(err.strip().splitlines()) == 1
+    assert (out / "conversion.wav").is_file()  # the earlier conversion is kept

@@ -106,6 +106,11 @@ def _load(args):
     device = resolve_device(cfg.device)
     ck = Checkpoint.load(_ckpt_dir(args.checkpoint), device)
     ck.check_store(store)
+    if args.attributes_cmd == "convert" and ck.identity is None:
+        from ..errors import CodeclensError
+
+        raise CodeclensError(f"{args.checkpoint}: the model has no identity stream, so it cannot convert voices "
+                             "(train with identity in --attributes)")
     prep = prepare(store, ck.streams, cfg.split, device, _ckpt_dir(args.checkpoint).parent / "cache", ck)
     out = Path(args.out)
     _write_meta(out, args.attributes_cmd, cfg, {"store": str(store.path), "checkpoint": str(_ckpt_dir(args.checkpoint))})
@@ -132,13 +137,14 @@ def run_analyse(args) -> int:
 
 
 def _resynth(args, src_rows, tgt_rows):
-    from ..analyses.ablate.phoneprobe import fit_phone_probe, has_phone_labels
-    from ..analyses.attributes.resynth import load_store_codec, resynthesise_and_convert, summarise
+    from ..analyses.attributes.resynth import content_probe, load_store_codec, resynthesise_and_convert, summarise
 
     cfg, store, device, ck, prep, out = _load(args)
     codec = load_store_codec(store, device)
-    probe = fit_phone_probe(store, prep.train_rows, seed=cfg.seed, device=str(device)) if has_phone_labels(store) else None
-    per = resynthesise_and_convert(ck, store, codec, prep.utts(store, ck.streams, src_rows(prep, cfg)),
+    sources = src_rows(prep, cfg)
+    probe, said = content_probe(store, sources, cfg.seed, device)
+    print(f"content retention: {said}" if probe is not None else f"no content retention: {said}")
+    per = resynthesise_and_convert(ck, store, codec, prep.utts(store, ck.streams, sources),
                                    prep.utts(store, ck.streams, tgt_rows(store, prep, cfg)), prep.embeddings, device,
                                    cfg.max_seconds, cfg.examples, out / "audio", probe)
     _csv(per, out / "per_utterance.csv")
@@ -182,13 +188,10 @@ def _convert_to_file(args, row_of) -> int:
 
     from ..analyses.ablate import measures as ms
     from ..analyses.ablate.run import decode_codes, original_audio
-    from ..analyses.attributes.resynth import _write_wav, crop, generate, load_store_codec
+    from ..analyses.attributes.resynth import _write_wav, crop, generate, load_store_codec, speaker_reference
     from ..audio import load_audio
-    from ..errors import CodeclensError
 
     cfg, store, device, ck, prep, out = _load(args)
-    if ck.identity is None:
-        raise CodeclensError(f"{args.checkpoint}: the model has no identity stream, so it cannot convert voices")
     codec = load_store_codec(store, device)
     sr = int(codec.sample_rate)
     target, _ = load_audio(args.target, 16000)
@@ -200,8 +203,12 @@ def _convert_to_file(args, row_of) -> int:
     src = original_audio(store, u.row, sr, len(conv))
     src = src if src is not None else decode_codes(codec, u.codes.T)
     c_emb, s_emb = enc.embed(conv, sr), enc.embed(src, sr)
+    # The source voice: its speaker's other utterances (the source utterance shares the words).
+    s_ref, n_s = speaker_reference(store, prep.embeddings, str(store.utterances["speaker"].iloc[u.row]), [u.row])
     res = {"source": args.source, "target": args.target, "cos_target": ms.cosine(c_emb, t_emb),
-           "cos_source": ms.cosine(c_emb, s_emb), "cos_source_to_target": ms.cosine(s_emb, t_emb)}
+           "cos_source": ms.cosine(c_emb, s_ref if s_ref is not None else s_emb),
+           "cos_source_to_target": ms.cosine(s_emb, t_emb), "cos_source_utterance": ms.cosine(c_emb, s_emb),
+           "source_ref_utts": max(n_s, 1)}
     _write_wav(out / "conversion.wav", conv, sr)
     (out / "conversion.json").write_text(json.dumps(res, indent=2) + "\n")
     print(json.dumps(res))

@@ -55,7 +55,8 @@ def prepare(store, sc: StreamConfig, split: str, device, cache: Path | None, ck:
         from .embeddings import speaker_embeddings
 
         emb = speaker_embeddings(store, str(device), cache, log=log)
-        quant = ck.identity if ck is not None else S.IdentityQuantizer.fit(emb[tr], sc.identity_dims, sc.identity_bins)
+        quant = ck.identity if ck is not None else S.IdentityQuantizer.fit(emb[tr], sc.identity_dims, sc.identity_bins,
+                                                                        store.utterances["speaker"].iloc[tr].tolist())
         tokens = quant(emb)
     return Prepared(split, tr, te, vocab, quant, tokens, emb)
 

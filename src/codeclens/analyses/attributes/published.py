@@ -41,15 +41,32 @@ def matching_model(codec_spec: str, corpus_spec: str, content_source: str) -> st
     return {"speechtokenizer": "ancogen_speechtokenizer", "bigcodec": "ancogen_bigcodec"}.get(c.kind)
 
 
+NOT_COMPUTED = ("resynth_nmos", "resynth_bak", "resynth_bertscore", "vc_nmos")
+"""Table 1 columns codeclens does not compute (no N-MOS, BAK or SpeechBERTScore models ship offline):
+published values only, empty in our rows."""
+
+
 def table1(ours: list[dict]) -> pd.DataFrame:
-    """Published rows, then ours (``ours``: dicts with store, codec, corpus, content_source and COLUMNS);
-    ``compare_with`` names the published row a row of ours matches, else 'context'."""
+    """Published rows, then ours (``ours``: dicts with store, codec, corpus, content_source and COLUMNS).
+
+    Our rows carry ``<column>_published`` (the matching published row's value) only when the setup
+    matches, and ``compare_with`` names that row or says *context*; a published row's
+    ``compare_with`` names the rows of ours that share its setup, else says it is context only."""
     pub = published_table()
-    rows = [{"system": r["system"], "source": SOURCE, "compare_with": "", "bitrate_kbps": r["bitrate_kbps"],
-             **{c: r[c] for c in COLUMNS}} for _, r in pub.iterrows()]
+    matched = {o["store"]: matching_model(o["codec"], o.get("corpus", ""), o.get("content_source", "")) for o in ours}
+    rows = []
+    for _, r in pub.iterrows():
+        mine = [f"{s} (codeclens)" for s, m in matched.items() if m == r["model"]]
+        rows.append({"system": r["system"], "source": SOURCE, "bitrate_kbps": r["bitrate_kbps"],
+                     "compare_with": ", ".join(mine) if mine else "context (no row of ours shares its setup)",
+                     **{c: r[c] for c in (*COLUMNS, *NOT_COMPUTED)}})
+    by_model = pub.set_index("model")
     for o in ours:
-        m = matching_model(o["codec"], o.get("corpus", ""), o.get("content_source", ""))
-        rows.append({"system": f"{o['store']} (codeclens)", "source": "ours", "bitrate_kbps": float("nan"),
-                     "compare_with": _MODELS[m] if m else "context (setup differs from the paper's)",
-                     **{c: o.get(c, float("nan")) for c in COLUMNS}})
+        m = matched[o["store"]]
+        row = {"system": f"{o['store']} (codeclens)", "source": "ours", "bitrate_kbps": float("nan"),
+               "compare_with": _MODELS[m] if m else "context (setup differs from the paper's)",
+               **{c: o.get(c, float("nan")) for c in COLUMNS}, **{c: float("nan") for c in NOT_COMPUTED}}
+        for c in COLUMNS:
+            row[f"{c}_published"] = float(by_model.loc[m, c]) if m else float("nan")
+        rows.append(row)
     return pd.DataFrame(rows)

@@ -8,8 +8,10 @@ and Resemblyzer speaker similarity, beside the same measures for the codec's own
 decode of the original tokens (the ceiling the model can reach).
 
 **Conversion**: the same, with the identity tokens of a *target* utterance of
-another speaker; scored by Resemblyzer cosine to the target and to the source (and
-the source's own cosine to the target, the value before conversion), and content
+another speaker; scored by Resemblyzer cosine to the target speaker and to the source
+speaker (each the mean embedding of that speaker's *other* utterances; see
+:func:`speaker_reference`), the source utterance's own cosine to the target speaker
+(the value before conversion), and content
 retention: the ablate phone probe's accuracy on the re-encoded conversion against
 the source's phone labels, beside its accuracy on the re-encoded codec decode.
 """
@@ -42,6 +44,14 @@ def load_store_codec(store, device):
     return codec
 
 
+def content_probe(store, source_rows: Sequence[int], seed: int, device) -> tuple[Any, str]:
+    """The ablate phone probe for content retention, trained on speakers none of ``source_rows`` has
+    (None when there are none), and the sentence saying what it was trained on or why it is missing."""
+    from ..ablate.phoneprobe import fit_phone_probe
+
+    return fit_phone_probe(store, source_rows, seed=seed, device=str(device))
+
+
 def crop(u: S.Utt, n: int) -> S.Utt:
     return S.Utt(u.row, u.codes[:n], {k: v[:n] for k, v in u.frames.items()}, u.identity)
 
@@ -64,6 +74,23 @@ def choose_targets(store, rows: Sequence[int], pool: Sequence[int], seed: int) -
             raise CodeclensError(f"{store.path}: conversion needs utterances of at least two speakers")
         out.append(int(rng.choice(cands)))
     return out
+
+
+def speaker_reference(store, embeddings: np.ndarray | None, speaker: str, exclude: Sequence[int]) -> tuple[np.ndarray | None, int]:
+    """Unit-norm mean embedding of ``speaker``'s utterances other than rows ``exclude``, and how many
+    it averages (``None, 0`` when there are none). Conversions are scored against these, never
+    against the utterance itself: a conversion shares its source's words and prosody, and
+    Resemblyzer is not blind to them, so a cosine to the source *utterance* overstates how much of
+    the source *voice* is left."""
+    if embeddings is None:
+        return None, 0
+    spk = store.utterances["speaker"].astype(str).to_numpy()
+    rows = [r for r in np.flatnonzero(spk == str(speaker)) if int(r) not in set(int(x) for x in exclude)]
+    if not rows:
+        return None, 0
+    m = np.asarray(embeddings, np.float64)[rows].mean(0)
+    n = float(np.linalg.norm(m))
+    return (m / n if n else m).astype(np.float32), len(rows)
 
 
 def _write_wav(path: Path, audio: np.ndarray, sr: int) -> None:
@@ -103,16 +130,24 @@ def resynthesise_and_convert(ck: Checkpoint, store, codec, utts: Sequence[S.Utt]
                          "token_acc": float(np.mean(gen_codes == u.codes)) if name == "resynthesis" else 1.0})
         conv = None
         if ck.model.has_identity and embeddings is not None:
-            t_audio = original_audio(store, tgt.row, sr, 10 ** 9)
-            if t_audio is None:
-                t_audio = decode_codes(codec, tgt.codes.T)
-            t_emb = enc.embed(t_audio, sr)
+            # References: the target speaker's *other* utterances (the identity tokens come from
+            # tgt itself) and the source speaker's other utterances; each falls back to the one
+            # utterance when its speaker has no other.
+            t_spk = str(u_df["speaker"].iloc[tgt.row])
+            t_ref, n_t = speaker_reference(store, embeddings, t_spk, [tgt.row])
+            if t_ref is None:
+                t_audio = original_audio(store, tgt.row, sr, 10 ** 9)
+                t_ref = enc.embed(t_audio if t_audio is not None else decode_codes(codec, tgt.codes.T), sr)
+            s_ref, n_s = speaker_reference(store, embeddings, base["speaker"], [u.row])
+            if s_ref is None:
+                s_ref = ref_emb
             conv = decode_codes(codec, generate(ck, u, device, tgt.identity).T)
             c_emb = enc.embed(conv, sr)
             row = {**base, "system": "conversion", "target_utt": str(u_df["id"].iloc[tgt.row]),
-                   "target_speaker": str(u_df["speaker"].iloc[tgt.row]),
-                   "cos_target": ms.cosine(c_emb, t_emb), "cos_source": ms.cosine(c_emb, ref_emb),
-                   "cos_source_to_target": ms.cosine(ref_emb, t_emb),
+                   "target_speaker": t_spk, "cos_target": ms.cosine(c_emb, t_ref),
+                   "cos_source": ms.cosine(c_emb, s_ref), "cos_source_to_target": ms.cosine(ref_emb, t_ref),
+                   "cos_source_utterance": ms.cosine(c_emb, ref_emb), "target_ref_utts": max(n_t, 1),
+                   "source_ref_utts": max(n_s, 1),
                    "stoi": ms.stoi(ref, conv, sr), "mcd_db": ms.mel_cepstral_distance(ref, conv, sr)}
             if probe is not None:
                 labels = store.frames["phone"].to_numpy()[int(u_df["frame_offset"].iloc[u.row]):][: len(u.codes)]

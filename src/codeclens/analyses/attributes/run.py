@@ -51,15 +51,14 @@ def analyse_store(store, cfg: AttributesConfig, out: Path, progress: bool, notes
     files = {"analysis": out / "analysis.csv", "tokens": out / "token_accuracy.csv", "training": out / "training.csv"}
     audio: list[Path] = []
     if cfg.n_utts:
-        from ..ablate.phoneprobe import fit_phone_probe, has_phone_labels
-        from .resynth import choose_targets, load_store_codec, resynthesise_and_convert, summarise
+        from .resynth import choose_targets, content_probe, load_store_codec, resynthesise_and_convert, summarise
 
         codec = load_store_codec(store, device)
         src_rows = test[: cfg.n_utts]
         tgt_rows = choose_targets(store, src_rows, test, cfg.seed)
-        probe = fit_phone_probe(store, prep.train_rows, seed=cfg.seed, device=str(device)) if has_phone_labels(store) else None
-        if probe is None:
-            notes.append(f"{store.name}: no phone labels, so no content retention for conversions")
+        probe, said = content_probe(store, src_rows, cfg.seed, device)
+        notes.append(f"{store.name}: content retention: {said}." if probe is not None
+                     else f"{store.name}: no content retention for conversions: {said}.")
         per = resynthesise_and_convert(ck, store, codec, prep.utts(store, ck.streams, src_rows),
                                        prep.utts(store, ck.streams, tgt_rows), prep.embeddings, device,
                                        cfg.max_seconds, cfg.examples, out / "audio", probe)

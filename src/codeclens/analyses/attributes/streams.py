@@ -80,14 +80,24 @@ class IdentityQuantizer:
     """``[k, bins - 1]`` inner bin edges per component."""
 
     @classmethod
-    def fit(cls, emb: np.ndarray, dims: int, bins: int) -> "IdentityQuantizer":
+    def fit(cls, emb: np.ndarray, dims: int, bins: int, speakers: Sequence[Any] | None = None) -> "IdentityQuantizer":
+        """Axes from ``emb [n, D]``; with ``speakers`` (one label per row, two or more speakers) the
+        principal axes of the speaker *means*, so the tokens follow who speaks rather than what is
+        said (on a few speakers, the top axes of single utterances are mostly content and noise)."""
         emb = np.asarray(emb, dtype=np.float64)
         if len(emb) < 2:
             raise CodeclensError("identity tokens need at least two training utterances")
         mean = emb.mean(0)
-        _, _, vt = np.linalg.svd(emb - mean, full_matrices=False)
-        comp = vt[: min(dims, vt.shape[0])]
-        if comp.shape[0] < dims:  # fewer utterances than dims: pad with unused axes
+        basis = emb
+        if speakers is not None:
+            spk = np.asarray([str(s) for s in speakers])
+            names = np.unique(spk)
+            if len(names) >= 2:
+                basis = np.stack([emb[spk == n].mean(0) for n in names])
+                mean = basis.mean(0)
+        _, sv, vt = np.linalg.svd(basis - mean, full_matrices=False)
+        comp = vt[: min(dims, int(np.sum(sv > 1e-8 * max(sv.max(), 1e-30))))]
+        if comp.shape[0] < dims:  # fewer speakers (or utterances) than dims: pad with unused axes
             comp = np.vstack([comp, np.zeros((dims - comp.shape[0], emb.shape[1]))])
         z = (emb - mean) @ comp.T
         edges = np.quantile(z, np.arange(1, bins) / bins, axis=0).T

@@ -120,6 +120,7 @@ class Checkpoint:
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "Checkpoint":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         path = Path(path)
@@ -129,15 +130,17 @@ class Checkpoint:
             if meta.get("format") != FORMAT:
                 raise ValueError(f"format {meta.get('format')!r}, expected {FORMAT}")
             state = load_file(str(path / "model.safetensors"))
-        except (OSError, ValueError, KeyError) as e:
-            raise CodeclensError(f"{path}: not an attribute-model checkpoint ({type(e).__name__}: {e})") from None
-        sc = StreamConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["streams"].items()})
-        vocab = Vocab.from_json(meta["vocab"])
-        model = AttributeModel(ModelConfig(**meta["model"]), vocab, sc.attributes)
-        ident = None
-        if any(k.startswith("identity.") for k in state):
-            ident = IdentityQuantizer.from_arrays({k: v.numpy() for k, v in state.items() if k.startswith("identity.")})
-        model.load_state_dict({k: v for k, v in state.items() if not k.startswith("identity.")})
+            sc = StreamConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["streams"].items()})
+            vocab = Vocab.from_json(meta["vocab"])
+            model = AttributeModel(ModelConfig(**meta["model"]), vocab, sc.attributes)
+            ident = None
+            if any(k.startswith("identity.") for k in state):
+                ident = IdentityQuantizer.from_arrays({k: v.numpy() for k, v in state.items() if k.startswith("identity.")})
+            # A truncated or hand-edited checkpoint: weights that do not fit the network it describes.
+            model.load_state_dict({k: v for k, v in state.items() if not k.startswith("identity.")})
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise CodeclensError(f"{path}: not an attribute-model checkpoint ({type(e).__name__}: {msg})") from None
         model.to(device).eval()
         return cls(model, sc, vocab, meta["codec"], ident, int(meta["step"]), meta.get("store_fingerprint", ""),
                    meta.get("train", {}), meta.get("history", []))
