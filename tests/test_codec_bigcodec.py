@@ -245,3 +245,28 @@ def test_release_configuration_full_size(tmp_path):
     with torch.no_grad():
         _, ref_codes, _ = dec(enc(torch.nn.functional.pad(x[None], (0, 200 - 4321 % 200))[:, None]), vq=True)
     assert torch.equal(codec.encode(*batch_of([x]))[0][0], ref_codes[:, 0])
+
+
+def test_extract_and_ablate_through_the_cli(saved, codec, audio_folder, tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    from codeclens.audio import load_audio
+    from codeclens.store import Store
+
+    store = tmp_path / "store"
+    assert main(["extract", "--corpus", str(audio_folder), "--codec", saved[1], "--out", str(store), "--labels", "none",
+                 "--limit", "2", "--quiet", "--device", "cpu"]) == 0
+    s = Store(store)
+    assert (s.n_layers, s.frame_rate) == (1, 80.0)
+    for _, u in s.utterances.iterrows():
+        audio, _ = load_audio(u["path"], 16000)
+        assert u["n_frames"] == math.ceil(len(audio) / 200)
+        want, _ = codec.encode(*batch_of([torch.from_numpy(audio)]))
+        np.testing.assert_array_equal(s.codes[u["frame_offset"]: u["frame_offset"] + u["n_frames"]], want[0].T.numpy())
+    out = tmp_path / "ablate"
+    assert main(["ablate", "--store", str(store), "--out", str(out), "--interventions", "drop:1,noise:1",
+                 "--measures", "loudness", "--n-utts", "1", "--examples", "0", "--max-seconds", "1.0",
+                 "--n-boot", "20", "--quiet"]) == 0
+    eff = pd.read_csv(out / "store" / "effects.csv")
+    assert {"none", "drop 1", "noise 1"} <= set(eff["intervention"])
