@@ -81,6 +81,8 @@ class EnCodec(TorchCodec, CodecAdapter):
         self.frame_rate = self.sample_rate / self.hop
         self.n_layers = int(model.quantizer.get_num_quantizers_for_bandwidth(bandwidth))
         self.codebook_sizes = [int(cfg.codebook_size)] * self.n_layers
+        #: decode() restores the input level only given scales() (48 kHz: per-chunk RMS); the store keeps them.
+        self.needs_scales = bool(cfg.normalize)
 
     @classmethod
     def from_spec(cls, spec: Spec, device: torch.device) -> "EnCodec":

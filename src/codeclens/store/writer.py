@@ -263,7 +263,7 @@ def _refuse_foreign_files(out: Path) -> None:
     """A store folder holds store files only; anything else is the user's, and replacing the
     store would delete it."""
     own = {layout.MANIFEST, layout.TABLES, layout.CODES, layout.LATENT, layout.UTTERANCES, layout.FRAMES,
-           layout.SHARDS}
+           layout.SCALES, layout.SHARDS}
     foreign = sorted(p.name for p in out.iterdir() if p.name not in own and not p.name.startswith("."))
     if foreign:
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
@@ -367,17 +367,17 @@ def write_shard(
             if bar is not None:
                 bar.update(1)
 
-    results: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+    results: dict[str, tuple[np.ndarray, np.ndarray | None, np.ndarray | None]] = {}
     for batch in _batches(loaded, cfg.batch_seconds * codec.sample_rate):
-        codes, latents = _encode_batch(codec, [a for _, a in batch], cfg.latent)
-        for (u, _), c, z in zip(batch, codes, latents):
-            results[u.id] = (c, z)
+        codes, latents, scales = _encode_batch(codec, [a for _, a in batch], cfg.latent)
+        for (u, _), c, z, sc in zip(batch, codes, latents, scales):
+            results[u.id] = (c, z, sc)
 
     dtype = _codes_dtype(codec.codebook_sizes)
-    utt_rows, frame_tables, codes_all, lat_all = [], [], [], []
+    utt_rows, frame_tables, codes_all, lat_all, scale_rows = [], [], [], [], []
     seconds = 0.0
     for j, (u, audio) in enumerate(loaded):
-        c, z = results[u.id]
+        c, z, sc = results[u.id]
         n = c.shape[0]
         # The codec's own frame centres (offset, chunking: docs/labels.md#frame-timing).
         times = codec.frame_times(n) if hasattr(codec, "frame_times") else frame_times(n, codec.frame_rate)
@@ -399,6 +399,8 @@ def write_shard(
             codes_all.append(c.astype(dtype))
             if z is not None:
                 lat_all.append(z.astype(np.float16))
+            if sc is not None:
+                scale_rows.append(pd.DataFrame({"utt": len(utt_rows) - 1, "chunk": np.arange(len(sc)), "scale": sc}))
             seconds += row["duration"]
         if bar is not None:
             bar.update(1)
@@ -414,8 +416,22 @@ def write_shard(
         pd.DataFrame(utt_rows).to_parquet(tmp / layout.UTTERANCES, index=False)
         frames = pd.concat(frame_tables, ignore_index=True) if frame_tables else pd.DataFrame({"utt": [], "frame": [], "time": []})
         frames.to_parquet(tmp / layout.FRAMES, index=False)
+        if needs_scales(codec):
+            _scales_frame(scale_rows).to_parquet(tmp / layout.SCALES, index=False)
         (tmp / "skipped.json").write_text(json.dumps(skipped))
     return seconds
+
+
+def needs_scales(codec: CodecAdapter) -> bool:
+    """Whether the codec's decode needs the input's scales (``codec.scales``) to restore its level."""
+    return bool(getattr(codec, "needs_scales", False))
+
+
+def _scales_frame(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    if not parts:
+        return pd.DataFrame({"utt": np.zeros(0, np.int64), "chunk": np.zeros(0, np.int64), "scale": np.zeros(0, np.float32)})
+    out = pd.concat(parts, ignore_index=True)
+    return out.astype({"utt": np.int64, "chunk": np.int64, "scale": np.float32})
 
 
 def _skip(u: Utterance, e: Exception, stage: str) -> dict[str, Any]:
@@ -455,11 +471,17 @@ def _encode_batch(codec: CodecAdapter, audios: list[np.ndarray], want_latent: bo
     codes = codes.cpu().numpy()
     n_frames = n_frames.cpu().numpy()
     out_codes = [codes[i, :, : n_frames[i]].T.copy() for i in range(len(audios))]
+    scales: list[np.ndarray | None] = [None] * len(audios)
+    if needs_scales(codec):
+        # What decode multiplies back per chunk; the codec's own count of chunks per item.
+        s = codec.scales(waves, lengths).float().cpu().numpy()
+        count = getattr(codec, "chunks", None)
+        scales = [s[i, : len(count(int(n))) if count else s.shape[1]].copy() for i, n in enumerate(lengths.tolist())]
     if not want_latent:
-        return out_codes, [None] * len(audios)
+        return out_codes, [None] * len(audios), scales
     lat, n_lat = codec.latent(waves, lengths)
     lat = lat.float().cpu().numpy()
-    return out_codes, [lat[i, : n_frames[i]] for i in range(len(audios))]
+    return out_codes, [lat[i, : n_frames[i]] for i in range(len(audios))], scales
 
 
 def finalize_store(
@@ -469,7 +491,7 @@ def finalize_store(
     mark its manifest complete. ``problems`` are the corpus's skipped inputs; the shards'
     own skipped utterances are added to them, in one record shape."""
     shard_dir = out / layout.SHARDS
-    codes, lats, utts, frames = [], [], [], []
+    codes, lats, utts, frames, scales = [], [], [], [], []
     skipped = [dataclasses.asdict(p) for p in problems]
     for i in range(n_shards):
         d = shard_path(out, i)
@@ -477,6 +499,11 @@ def finalize_store(
         u = pd.read_parquet(d / layout.UTTERANCES)
         f = pd.read_parquet(d / layout.FRAMES)
         f["utt"] = f["utt"].astype(np.int64) + sum(len(x) for x in utts)
+        # Shards of a version that kept no scales (a resumed old build): then none are kept.
+        sc = pd.read_parquet(d / layout.SCALES) if (d / layout.SCALES).is_file() else None
+        if sc is not None:
+            sc["utt"] = sc["utt"].astype(np.int64) + sum(len(x) for x in utts)
+        scales.append(sc)
         codes.append(c)
         if cfg.latent:
             lats.append(np.load(d / layout.LATENT))
@@ -501,6 +528,9 @@ def finalize_store(
         u.to_parquet(tmp, index=False)
     with atomic_path(out / layout.FRAMES, ".parquet") as tmp:
         pd.concat(frames, ignore_index=True).to_parquet(tmp, index=False)
+    if scales and all(sc is not None for sc in scales):
+        with atomic_path(out / layout.SCALES, ".parquet") as tmp:
+            _scales_frame(scales).to_parquet(tmp, index=False)
     manifest.update(
         complete=True,
         n_utterances=int(len(u)),
