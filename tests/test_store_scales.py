@@ -135,3 +135,19 @@ def test_codecs_without_scales_write_no_table(tmp_path, audio_folder):
     store = Store(out)
     assert not store.has_scales and store.scales(0) is None
     assert E.utterance_scales(store, 0, load_codec(spec, "cpu")) is None
+
+
+def test_mean_ablation_decodes_chunked_at_the_stored_scales(made):
+    """decode_quantized (mean ablation) on a zero expected vector = decode without that layer."""
+    from codeclens.analyses.ablate.interventions import Edited
+
+    spec, _, store_dir = made
+    store = Store(store_dir)
+    codec = load_codec(spec, "cpu")
+    codes = E.utterance_codes(store, 0)
+    scales = E.utterance_scales(store, 0, codec)
+    zero = [np.zeros(codec.dim, np.float32)] * codec.n_layers
+    mean = E.decode_edit(codec, Edited(codes, (0,), (1,)), zero, scales)
+    dropped = E.decode_codes(codec, codes, [0], scales)
+    assert mean.shape == dropped.shape and _rel(mean, dropped) < 1e-6
+    assert _rel(E.decode_codes(codec, codes, [0]), dropped) > 0.5  # the scales mattered

@@ -91,7 +91,10 @@ def decode_edit(codec, ed: Edited, expected: Sequence[np.ndarray] | None = None,
     for k in ed.mean_layers:
         q = q + torch.as_tensor(np.asarray(expected[k], np.float32), device=q.device)
     try:
-        wave = codec.decode_quantized(q)
+        if scales is None:
+            wave = codec.decode_quantized(q)
+        else:
+            wave = codec.decode_quantized(q, scales=torch.from_numpy(np.array(scales, np.float32))[None].to(q.device))
     except (NotImplementedError, AttributeError):
         raise CodeclensError(f"codec '{codec.spec}' cannot decode a quantized representation, so no mean ablation "
                              "(leave 'mean' out of --interventions)") from None
