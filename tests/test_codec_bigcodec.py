@@ -270,3 +270,16 @@ def test_extract_and_ablate_through_the_cli(saved, codec, audio_folder, tmp_path
                  "--n-boot", "20", "--quiet"]) == 0
     eff = pd.read_csv(out / "store" / "effects.csv")
     assert {"none", "drop 1", "noise 1"} <= set(eff["intervention"])
+
+
+def test_frame_offset_of_the_convolutions_is_near_zero(codec):
+    """The encoder's convolutions are centred: their support is two-sided and its midpoint lies
+    within 2 ms of the nominal frame centre (the LSTM after them makes the full latent's
+    support the whole past, which codec check reports as a weight-dependent centroid)."""
+    from codeclens.codecs._hf import pad_to_hop
+    from codeclens.codecs.check import measure_frame_offset
+
+    convs = codec.model.encoder.block[:-3]  # up to the LSTM
+    m = measure_frame_offset(codec, 2.0, 0, latent=lambda x: convs(pad_to_hop(x, 200)[:, None])[0].T)
+    assert m.rule == "support" and m.support[0] < 0 < 200 < m.support[1]
+    assert abs(m.offset_s) < 0.002 and codec.frame_offset == 0.0

@@ -38,10 +38,10 @@ from ..errors import CodeclensError
 from ..spec import Spec
 from ..util.atomic import atomic_dir
 from . import CODECS
-from ._bigcodec_net import BigCodecConfig, BigCodecModel
+from ._bigcodec_net import BigCodecConfig, BigCodecModel, ResidualUnit
 from ._hf import (
-    TorchCodec, calibration_batch, calibration_option, check_size, init_residual_codebooks, load_state_file, pad_to_hop,
-    seeded, want_random,
+    TorchCodec, calibration_batch, calibration_option, check_size, fan_in, init_residual_codebooks, load_state_file,
+    pad_to_hop, seeded, want_random,
 )
 from .base import CodecAdapter
 
@@ -187,17 +187,11 @@ def _variance_preserving_init(model: BigCodecModel) -> None:
         if not hasattr(m, "parametrizations"):
             continue
         v = m.parametrizations.weight.original1
-        if isinstance(m, torch.nn.ConvTranspose1d):
-            fan_in = v.shape[0] * v.shape[2] // max(m.stride[0], 1)
-        else:
-            fan_in = v[0].numel()
         with torch.no_grad():
-            v.normal_(0.0, max(fan_in, 1) ** -0.5)
+            v.normal_(0.0, fan_in(m, v) ** -0.5)
             _set_magnitude(m)
             if m.bias is not None:
                 m.bias.zero_()
-    from ._bigcodec_net import ResidualUnit
-
     for m in model.modules():
         if isinstance(m, ResidualUnit):
             with torch.no_grad():
