@@ -283,3 +283,19 @@ def test_frame_offset_of_the_convolutions_is_near_zero(codec):
     m = measure_frame_offset(codec, 2.0, 0, latent=lambda x: convs(pad_to_hop(x, 200)[:, None])[0].T)
     assert m.rule == "support" and m.support[0] < 0 < 200 < m.support[1]
     assert abs(m.offset_s) < 0.002 and codec.frame_offset == 0.0
+
+
+def test_a_half_precision_checkpoint_loads_as_float32(saved, codec, tmp_path):
+    ckpt = Path(saved[1].split("checkpoint=")[1])
+    state = torch.load(ckpt / "bigcodec.pt", weights_only=True)
+    half = {part: {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in sd.items()}
+            for part, sd in state.items()}
+    d = tmp_path / "bf16"
+    d.mkdir()
+    torch.save(half, d / "bigcodec.pt")
+    (d / "config.json").write_text((ckpt / "config.json").read_text())
+    low = load_codec(f"bigcodec?checkpoint={d}", "cpu")
+    assert all(p.dtype == torch.float32 for p in low.model.parameters())
+    assert torch.allclose(low.tables()[0], codec.tables()[0], rtol=2e-2, atol=1e-2)
+    x = _speech(0.3, 9)
+    assert low.decode(low.encode(*batch_of([x]))[0]).dtype == torch.float32
