@@ -72,8 +72,8 @@ def utterance_scales(store, row: int, codec) -> np.ndarray | None:
     if s is None and str(store.path) not in _UNSCALED_WARNED:
         _UNSCALED_WARNED.add(str(store.path))
         warnings.warn(f"{store.path}: the store keeps no input scales for codec '{codec.spec}' (made by an older "
-                      "codeclens): decoding at unit scale, so levels are normalised per chunk; re-extract it to "
-                      "compare levels with the original", UserWarning, stacklevel=2)
+                      "codeclens): decoding at unit scale, so levels are normalised per chunk; extract it again "
+                      "(into a new --out, or after deleting it) to compare levels with the original", UserWarning, stacklevel=2)
     return s
 
 
