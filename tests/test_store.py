@@ -272,3 +272,17 @@ def test_staging_needs_the_ray_engine():
 
     with pytest.raises(ValueError, match="Ray engine"):
         ExtractConfig(corpus="x", codec="y", out="z", staging="file:///tmp/s")
+
+
+def test_encoded_shard_keeps_chunk_scales(tmp_path):
+    """The Ray hand-over file carries EnCodec 48 kHz chunk scales (what decode multiplies back)."""
+    from codeclens.store.writer import EncodedShard, load_encoded, save_encoded
+
+    enc = EncodedShard(ids=["a", "b"], codes=[np.ones((3, 2), np.int16), np.zeros((5, 2), np.int16)], latents=None,
+                       times=[np.arange(3.0), np.arange(5.0)], durations=[0.1, 0.2], skipped=[], n_layers=2,
+                       sample_rate=48000, frame_rate=150.0, scales=[np.array([0.5], np.float32),
+                                                                    np.array([0.25, 2.0], np.float32)])
+    save_encoded(enc, tmp_path / "e.npz")
+    back = load_encoded(tmp_path / "e.npz")
+    assert [s.tolist() for s in back.scales] == [[0.5], [0.25, 2.0]]
+    assert back.latents is None and [len(c) for c in back.codes] == [3, 5]

@@ -56,6 +56,7 @@ EXAMPLES = {
     "dac": "dac:16khz, dac:24khz, dac:44khz",
     "mimi": "mimi, mimi?layers=32",
     "speechtokenizer": "speechtokenizer?checkpoint=DIR (config.json + weights)",
+    "bigcodec": "bigcodec?checkpoint=bigcodec.pt (the release's file)",
     "xcodec": "xcodec:{0.5,1,1.5,2,4}kbps",
     "melrvq": "melrvq?checkpoint=DIR (fit with 'codeclens melrvq fit')",
 }

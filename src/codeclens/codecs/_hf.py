@@ -317,14 +317,18 @@ def variance_preserving_init(*modules: torch.nn.Module) -> None:
         for m in module.modules():
             if isinstance(m, (torch.nn.Conv1d, torch.nn.ConvTranspose1d, torch.nn.Linear)):
                 w = m.weight
-                if isinstance(m, torch.nn.ConvTranspose1d):
-                    fan_in = w.shape[0] * w.shape[2] // max(m.stride[0], 1)
-                else:
-                    fan_in = w[0].numel()
                 with torch.no_grad():
-                    w.normal_(0.0, max(fan_in, 1) ** -0.5)
+                    w.normal_(0.0, fan_in(m, w) ** -0.5)
                     if m.bias is not None:
                         m.bias.zero_()
+
+
+def fan_in(m: torch.nn.Module, weight: torch.Tensor) -> int:
+    """Inputs per output sample of a convolution or linear layer with this ``weight`` (a
+    transposed convolution's: ``in_channels * kernel / stride``)."""
+    if isinstance(m, torch.nn.ConvTranspose1d):
+        return max(weight.shape[0] * weight.shape[2] // max(m.stride[0], 1), 1)
+    return max(weight[0].numel(), 1)
 
 
 FrameCount = Callable[[int], int]

@@ -81,6 +81,8 @@ class EnCodec(TorchCodec, CodecAdapter):
         self.frame_rate = self.sample_rate / self.hop
         self.n_layers = int(model.quantizer.get_num_quantizers_for_bandwidth(bandwidth))
         self.codebook_sizes = [int(cfg.codebook_size)] * self.n_layers
+        #: decode() restores the input level only given scales() (48 kHz: per-chunk RMS); the store keeps them.
+        self.needs_scales = bool(cfg.normalize)
 
     @classmethod
     def from_spec(cls, spec: Spec, device: torch.device) -> "EnCodec":
@@ -193,10 +195,19 @@ class EnCodec(TorchCodec, CodecAdapter):
     def decode(self, codes: torch.Tensor, layers=None, scales: torch.Tensor | None = None) -> torch.Tensor:
         """The model's own decode: per chunk (48 kHz), times the chunk's scale, linear overlap-add."""
         codes = codes.to(self.device)
-        step = self._chunk_frames or codes.shape[-1]
+        return self._chunked_decode(lambda a, b: self.quantized(codes[..., a:b], layers), codes.shape[-1], scales)
+
+    @torch.no_grad()
+    def decode_quantized(self, q: torch.Tensor, scales: torch.Tensor | None = None) -> torch.Tensor:
+        """``q [B, T, D]`` decoded chunk by chunk exactly as :meth:`decode` decodes codes."""
+        q = q.to(self.device, torch.float32)
+        return self._chunked_decode(lambda a, b: q[:, a:b], q.shape[1], scales)
+
+    def _chunked_decode(self, q_of, n_frames: int, scales: torch.Tensor | None) -> torch.Tensor:
+        step = self._chunk_frames or n_frames
         outs = []
-        for i, a in enumerate(range(0, codes.shape[-1], step)):
-            y = self.model.decoder(self.quantized(codes[..., a:a + step], layers).transpose(1, 2))
+        for i, a in enumerate(range(0, n_frames, step)):
+            y = self.model.decoder(q_of(a, a + step).transpose(1, 2))
             if scales is not None:
                 y = y * scales[:, i].to(y)[:, None, None]
             outs.append(y)

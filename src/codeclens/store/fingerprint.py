@@ -20,6 +20,8 @@ from . import layout
 
 CONTENT_FILES = (layout.CODES, layout.TABLES, layout.UTTERANCES, layout.FRAMES, layout.LATENT)
 """Files whose bytes determine what an analysis reads (the manifest is hashed separately)."""
+OPTIONAL_CONTENT = (layout.SCALES,)
+"""Content files newer than the format: hashed when present, so older stores keep their fingerprint."""
 MEMO_DIR = "fingerprints"
 _MANIFEST_VOLATILE = ("versions", "git", "hardware", "timing", "elapsed_s")
 """Manifest keys that record when/where a store was made, not what it holds."""
@@ -70,7 +72,7 @@ def store_fingerprint(root: str | Path) -> str:
     memo = _load_memo(root)
     changed = False
     parts: list[str] = []
-    for name in CONTENT_FILES:
+    for name in CONTENT_FILES + tuple(n for n in OPTIONAL_CONTENT if (root / n).is_file()):
         p = root / name
         if not p.is_file():
             parts.append(f"{name}:-")

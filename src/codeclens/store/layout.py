@@ -6,6 +6,9 @@ CODES = "codes.npy"
 LATENT = "latent.npy"
 UTTERANCES = "utterances.parquet"
 FRAMES = "frames.parquet"
+#: Per-utterance input scales of codecs whose decode multiplies them back (EnCodec 48 kHz's
+#: per-chunk RMS): columns utt (row of utterances.parquet), chunk, scale. Absent otherwise.
+SCALES = "scales.parquet"
 SHARDS = "shards"
 FORMAT_VERSION = 1
 

@@ -99,6 +99,22 @@ class Store:
     def n_utterances(self) -> int:
         return len(self.utterances)
 
+    @property
+    def has_scales(self) -> bool:
+        return (self.path / layout.SCALES).is_file()
+
+    @cached_property
+    def _scales(self) -> dict[int, np.ndarray]:
+        t = pd.read_parquet(self.path / layout.SCALES).sort_values(["utt", "chunk"])
+        return {int(u): g["scale"].to_numpy(np.float32) for u, g in t.groupby("utt")}
+
+    def scales(self, row: int) -> np.ndarray | None:
+        """Input scales of utterance ``row`` (one per chunk) for a codec whose decode multiplies
+        them back (EnCodec 48 kHz), or None when the store keeps none (other codecs, old stores)."""
+        if not self.has_scales:
+            return None
+        return self._scales.get(int(row))
+
     def reprs(self, text: str) -> list[Repr]:
         return parse_reprs(text, self.n_layers)
 
@@ -277,7 +293,8 @@ def check_store(path: str | Path) -> dict[str, Any]:
     The checks are repeated only when a file changed (keyed on sizes and mtimes)."""
     path = Path(path)
     m = read_manifest(path)
-    names = (layout.MANIFEST, layout.CODES, layout.TABLES, layout.UTTERANCES, layout.FRAMES, layout.LATENT)
+    names = (layout.MANIFEST, layout.CODES, layout.TABLES, layout.UTTERANCES, layout.FRAMES, layout.LATENT,
+             layout.SCALES)
     key = (str(path.resolve()), *(_stamp(path / n) for n in names))
     if key not in _CHECKED:
         _check_files(path, m)
@@ -339,6 +356,19 @@ def _check_files(path: Path, m: dict[str, Any]) -> None:
             raise CodeclensError(f"{lat}: unreadable latent ({_msg(e)})") from None
         if z.ndim != 2 or z.shape[0] != n:
             raise CodeclensError(f"{lat}: expected latent [{n}, D], found {list(z.shape)}")
+    _check_scales(path / layout.SCALES, rows[layout.UTTERANCES])
+
+
+def _check_scales(f: Path, n_utts: int) -> None:
+    if not f.exists():
+        return
+    try:
+        t = pd.read_parquet(f, columns=["utt", "chunk", "scale"])
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a junk file
+        raise CodeclensError(f"{f}: unreadable scales table ({_msg(e)})") from None
+    u, s = t["utt"].to_numpy(), t["scale"].to_numpy()
+    if len(t) and (u.min() < 0 or u.max() >= n_utts or not np.isfinite(s).all() or (s <= 0).any()):
+        raise CodeclensError(f"{f}: expected positive finite scales of utterances 0..{n_utts - 1}")
 
 
 def _check_tables(f: Path, sizes: np.ndarray) -> None:

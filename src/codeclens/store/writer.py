@@ -276,7 +276,7 @@ def _refuse_foreign_files(out: Path) -> None:
     """A store folder holds store files only; anything else is the user's, and replacing the
     store would delete it."""
     own = {layout.MANIFEST, layout.TABLES, layout.CODES, layout.LATENT, layout.UTTERANCES, layout.FRAMES,
-           layout.SHARDS}
+           layout.SCALES, layout.SHARDS}
     foreign = sorted(p.name for p in out.iterdir() if p.name not in own and not p.name.startswith("."))
     if foreign:
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
@@ -378,6 +378,8 @@ class EncodedShard:
     n_layers: int
     sample_rate: int
     frame_rate: float
+    scales: list[np.ndarray] | None = None
+    """Per-utterance chunk scales, for codecs whose decode needs them (EnCodec 48 kHz), else None."""
     audio: list[np.ndarray] | None = None
 
 
@@ -391,16 +393,17 @@ def encode_shard(utts: list[Utterance], codec: CodecAdapter, cfg: ExtractConfig,
             loaded.append((u, audio))
         except AudioError as e:
             skipped.append(_skip(u, e, "audio"))
-    results: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+    results: dict[str, tuple[np.ndarray, np.ndarray | None, np.ndarray | None]] = {}
     for batch in _batches(loaded, cfg.batch_seconds * codec.sample_rate):
-        codes, latents = _encode_batch(codec, [a for _, a in batch], cfg.latent)
-        for (u, _), c, z in zip(batch, codes, latents):
-            results[u.id] = (c, z)
+        codes, latents, scales = _encode_batch(codec, [a for _, a in batch], cfg.latent)
+        for (u, _), c, z, sc in zip(batch, codes, latents, scales):
+            results[u.id] = (c, z, sc)
     dtype = _codes_dtype(codec.codebook_sizes)
-    codes_l, lat_l, times_l = [], [], []
+    codes_l, lat_l, times_l, scales_l = [], [], [], []
     for u, _ in loaded:
-        c, z = results[u.id]
+        c, z, sc = results[u.id]
         codes_l.append(c.astype(dtype))
+        scales_l.append(sc)
         lat_l.append(None if z is None else z.astype(np.float16))
         # The codec's own frame centres (offset, chunking: docs/labels.md#frame-timing).
         n = c.shape[0]
@@ -409,6 +412,7 @@ def encode_shard(utts: list[Utterance], codec: CodecAdapter, cfg: ExtractConfig,
         ids=[u.id for u, _ in loaded], codes=codes_l, latents=lat_l if cfg.latent else None, times=times_l,
         durations=[len(a) / codec.sample_rate for _, a in loaded], skipped=skipped, n_layers=codec.n_layers,
         sample_rate=int(codec.sample_rate), frame_rate=float(codec.frame_rate),
+        scales=[np.asarray(x, np.float32) for x in scales_l] if needs_scales(codec) else None,
         audio=[a for _, a in loaded] if keep_audio else None,
     )
 
@@ -423,6 +427,9 @@ def save_encoded(enc: EncodedShard, path: Path) -> None:
     }
     if enc.latents is not None:
         arrays["latents"] = np.concatenate(enc.latents) if enc.latents else np.zeros((0, 0), np.float16)
+    if enc.scales is not None:
+        arrays["scale_lengths"] = np.array([len(x) for x in enc.scales], np.int64)
+        arrays["scales"] = np.concatenate(enc.scales) if enc.scales else np.zeros(0, np.float32)
     meta = {k: getattr(enc, k) for k in ("ids", "durations", "skipped", "n_layers", "sample_rate", "frame_rate")}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
     with atomic_path(path, ".npz") as tmp:
@@ -437,7 +444,10 @@ def load_encoded(path: Path) -> EncodedShard:
         cut = np.cumsum(z["lengths"])[:-1]
         split = (lambda a: list(np.split(a, cut))) if len(z["lengths"]) else (lambda a: [])
         latents = split(z["latents"]) if "latents" in z.files else None
-        return EncodedShard(codes=split(z["codes"]), times=split(z["times"]), latents=latents, **meta)
+        scales = None
+        if "scales" in z.files:
+            scales = list(np.split(z["scales"], np.cumsum(z["scale_lengths"])[:-1])) if len(z["scale_lengths"]) else []
+        return EncodedShard(codes=split(z["codes"]), times=split(z["times"]), latents=latents, scales=scales, **meta)
 
 
 def label_shard(
@@ -451,7 +461,7 @@ def label_shard(
     skipped = list(enc.skipped)
     if bar is not None and skipped:
         bar.update(len(skipped))
-    utt_rows, frame_tables, codes_all, lat_all = [], [], [], []
+    utt_rows, frame_tables, codes_all, lat_all, scale_rows = [], [], [], [], []
     seconds = 0.0
     for j, uid in enumerate(enc.ids):
         u, c, times = by_id[uid], enc.codes[j], enc.times[j]
@@ -474,6 +484,9 @@ def label_shard(
             codes_all.append(c)
             if enc.latents is not None:
                 lat_all.append(enc.latents[j])
+            if enc.scales is not None:
+                sc = enc.scales[j]
+                scale_rows.append(pd.DataFrame({"utt": len(utt_rows) - 1, "chunk": np.arange(len(sc)), "scale": sc}))
             seconds += row["duration"]
         if bar is not None:
             bar.update(1)
@@ -489,6 +502,8 @@ def label_shard(
         pd.DataFrame(utt_rows).to_parquet(tmp / layout.UTTERANCES, index=False)
         frames = pd.concat(frame_tables, ignore_index=True) if frame_tables else pd.DataFrame({"utt": [], "frame": [], "time": []})
         frames.to_parquet(tmp / layout.FRAMES, index=False)
+        if enc.scales is not None:
+            _scales_frame(scale_rows).to_parquet(tmp / layout.SCALES, index=False)
         (tmp / "skipped.json").write_text(json.dumps(skipped))
     return seconds
 
@@ -503,6 +518,18 @@ def write_shard(
     Any engine (in-process, a Ray worker) may call this; writing the same shard twice
     gives the same directory, so a shard redone after a lost worker is harmless."""
     return label_shard(utts, encode_shard(utts, codec, cfg), labellers, cfg, dest, bar)
+
+
+def needs_scales(codec: CodecAdapter) -> bool:
+    """Whether the codec's decode needs the input's scales (``codec.scales``) to restore its level."""
+    return bool(getattr(codec, "needs_scales", False))
+
+
+def _scales_frame(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    if not parts:
+        return pd.DataFrame({"utt": np.zeros(0, np.int64), "chunk": np.zeros(0, np.int64), "scale": np.zeros(0, np.float32)})
+    out = pd.concat(parts, ignore_index=True)
+    return out.astype({"utt": np.int64, "chunk": np.int64, "scale": np.float32})
 
 
 def _skip(u: Utterance, e: Exception, stage: str) -> dict[str, Any]:
@@ -542,11 +569,17 @@ def _encode_batch(codec: CodecAdapter, audios: list[np.ndarray], want_latent: bo
     codes = codes.cpu().numpy()
     n_frames = n_frames.cpu().numpy()
     out_codes = [codes[i, :, : n_frames[i]].T.copy() for i in range(len(audios))]
+    scales: list[np.ndarray | None] = [None] * len(audios)
+    if needs_scales(codec):
+        # What decode multiplies back per chunk; the codec's own count of chunks per item.
+        s = codec.scales(waves, lengths).float().cpu().numpy()
+        count = getattr(codec, "chunks", None)
+        scales = [s[i, : len(count(int(n))) if count else s.shape[1]].copy() for i, n in enumerate(lengths.tolist())]
     if not want_latent:
-        return out_codes, [None] * len(audios)
+        return out_codes, [None] * len(audios), scales
     lat, n_lat = codec.latent(waves, lengths)
     lat = lat.float().cpu().numpy()
-    return out_codes, [lat[i, : n_frames[i]] for i in range(len(audios))]
+    return out_codes, [lat[i, : n_frames[i]] for i in range(len(audios))], scales
 
 
 def finalize_store(
@@ -556,7 +589,7 @@ def finalize_store(
     mark its manifest complete. ``problems`` are the corpus's skipped inputs; the shards'
     own skipped utterances are added to them, in one record shape."""
     shard_dir = out / layout.SHARDS
-    codes, lats, utts, frames = [], [], [], []
+    codes, lats, utts, frames, scales = [], [], [], [], []
     skipped = [dataclasses.asdict(p) for p in problems]
     for i in range(n_shards):
         d = shard_path(out, i)
@@ -564,6 +597,11 @@ def finalize_store(
         u = pd.read_parquet(d / layout.UTTERANCES)
         f = pd.read_parquet(d / layout.FRAMES)
         f["utt"] = f["utt"].astype(np.int64) + sum(len(x) for x in utts)
+        # Shards of a version that kept no scales (a resumed old build): then none are kept.
+        sc = pd.read_parquet(d / layout.SCALES) if (d / layout.SCALES).is_file() else None
+        if sc is not None:
+            sc["utt"] = sc["utt"].astype(np.int64) + sum(len(x) for x in utts)
+        scales.append(sc)
         codes.append(c)
         if cfg.latent:
             lats.append(np.load(d / layout.LATENT))
@@ -588,6 +626,9 @@ def finalize_store(
         u.to_parquet(tmp, index=False)
     with atomic_path(out / layout.FRAMES, ".parquet") as tmp:
         pd.concat(frames, ignore_index=True).to_parquet(tmp, index=False)
+    if scales and all(sc is not None for sc in scales):
+        with atomic_path(out / layout.SCALES, ".parquet") as tmp:
+            _scales_frame(scales).to_parquet(tmp, index=False)
     manifest.update(
         complete=True,
         n_utterances=int(len(u)),

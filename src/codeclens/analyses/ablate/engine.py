@@ -5,6 +5,7 @@ which edits to make or how to summarise them:
 
 - codec I/O: :func:`decode_codes`, :func:`decode_edit` (layer masks and
   mean-ablated layers), :func:`encode_audio`, :func:`utterance_codes`,
+  :func:`utterance_scales` (the input level a normalising codec's decode restores),
   :func:`original_audio`;
 - :class:`Measurer`: the measure columns of one decode against a
   :class:`Reference` (speaker, pitch, STOI, MCD, loudness, re-encoded phone
@@ -25,6 +26,7 @@ import dataclasses
 import functools
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -44,18 +46,44 @@ from .phoneprobe import PhoneProbe
 # -- codec I/O ------------------------------------------------------------------------
 
 @torch.inference_mode()
-def decode_codes(codec, codes_lt: np.ndarray, layers: Sequence[int] | None = None) -> np.ndarray:
-    """``[L, T]`` codes -> mono float32 audio, through the codec's own decode."""
+def decode_codes(codec, codes_lt: np.ndarray, layers: Sequence[int] | None = None,
+                 scales: np.ndarray | None = None) -> np.ndarray:
+    """``[L, T]`` codes -> mono float32 audio, through the codec's own decode; ``scales``
+    (:func:`utterance_scales`) restores the input level of a codec that normalises it."""
     c = torch.from_numpy(np.ascontiguousarray(codes_lt, dtype=np.int64))[None].to(codec.device)
-    return codec.decode(c, None if layers is None else list(layers))[0].detach().float().cpu().numpy()
+    layers = None if layers is None else list(layers)
+    if scales is None:
+        return codec.decode(c, layers)[0].detach().float().cpu().numpy()
+    s = torch.from_numpy(np.array(scales, np.float32))[None].to(codec.device)
+    return codec.decode(c, layers, scales=s)[0].detach().float().cpu().numpy()
+
+
+_UNSCALED_WARNED: set[str] = set()
+
+
+def utterance_scales(store, row: int, codec) -> np.ndarray | None:
+    """The input scales (one per chunk) of utterance ``row`` that ``codec.decode`` multiplies
+    back (EnCodec 48 kHz normalises each chunk by its RMS), from the store; None for codecs
+    that need none. A store written before scales were kept has none: it decodes at unit
+    scale (level-normalised per chunk), with one warning per store."""
+    if not getattr(codec, "needs_scales", False):
+        return None
+    s = store.scales(row) if getattr(store, "has_scales", False) else None
+    if s is None and str(store.path) not in _UNSCALED_WARNED:
+        _UNSCALED_WARNED.add(str(store.path))
+        warnings.warn(f"{store.path}: the store keeps no input scales for codec '{codec.spec}' (made by an older "
+                      "codeclens): decoding at unit scale, so levels are normalised per chunk; extract it again "
+                      "(into a new --out, or after deleting it) to compare levels with the original", UserWarning, stacklevel=2)
+    return s
 
 
 @torch.inference_mode()
-def decode_edit(codec, ed: Edited, expected: Sequence[np.ndarray] | None = None) -> np.ndarray:
+def decode_edit(codec, ed: Edited, expected: Sequence[np.ndarray] | None = None,
+                scales: np.ndarray | None = None) -> np.ndarray:
     """Decode an edit. Mean-ablated layers add their expected table vector (``expected[k]``,
     ``[D]``) to every frame of the kept layers' quantized sum, through ``codec.decode_quantized``."""
     if not ed.mean_layers:
-        return decode_codes(codec, ed.codes, ed.layers)
+        return decode_codes(codec, ed.codes, ed.layers, scales)
     if expected is None:
         raise ValueError("mean ablation needs the layers' expected table vectors")
     c = torch.from_numpy(np.ascontiguousarray(ed.codes, dtype=np.int64))[None].to(codec.device)
@@ -63,7 +91,10 @@ def decode_edit(codec, ed: Edited, expected: Sequence[np.ndarray] | None = None)
     for k in ed.mean_layers:
         q = q + torch.as_tensor(np.asarray(expected[k], np.float32), device=q.device)
     try:
-        wave = codec.decode_quantized(q)
+        if scales is None:
+            wave = codec.decode_quantized(q)
+        else:
+            wave = codec.decode_quantized(q, scales=torch.from_numpy(np.array(scales, np.float32))[None].to(q.device))
     except (NotImplementedError, AttributeError):
         raise CodeclensError(f"codec '{codec.spec}' cannot decode a quantized representation, so no mean ablation "
                              "(leave 'mean' out of --interventions)") from None
@@ -208,16 +239,20 @@ class Engine:
         self._memo: dict[tuple, tuple[np.ndarray, dict[str, float]]] = {}
         self._ref: Reference | None = None
         self._labels: np.ndarray | None = None
+        self._scales: np.ndarray | None = None
 
     @staticmethod
     def signature(ed: Edited) -> tuple:
         return (tuple(ed.layers), tuple(ed.mean_layers), ed.codes.shape, np.ascontiguousarray(ed.codes).tobytes())
 
-    def begin(self, codes: np.ndarray, labels: np.ndarray | None) -> tuple[np.ndarray, Reference, dict[str, float]]:
-        """Decode the unedited ``[L, T]`` codes: (audio, reference, its own measures)."""
+    def begin(self, codes: np.ndarray, labels: np.ndarray | None,
+              scales: np.ndarray | None = None) -> tuple[np.ndarray, Reference, dict[str, float]]:
+        """Decode the unedited ``[L, T]`` codes: (audio, reference, its own measures). ``scales``
+        (:func:`utterance_scales`) apply to every decode of this utterance."""
         self._memo.clear()
         self._labels = labels
-        audio = decode_codes(self.codec, codes)
+        self._scales = scales
+        audio = decode_codes(self.codec, codes, None, scales)
         self.decodes += 1
         self._ref = self.measurer.reference(audio)
         vals = self.measurer.measure(self._ref, audio, labels, same=True)
@@ -231,7 +266,7 @@ class Engine:
         if sig in self._memo:
             self.hits += 1
         else:
-            hyp = decode_edit(self.codec, ed, self.expected)
+            hyp = decode_edit(self.codec, ed, self.expected, self._scales)
             self.decodes += 1
             self._memo[sig] = (hyp, self.measurer.measure(self._ref, hyp, self._labels))
         hyp, vals = self._memo[sig]

@@ -28,7 +28,7 @@ from ..base import Analysis, AnalysisResult, Artifact
 from . import interventions as ivs
 from . import measures as ms
 from .donors import align_donor, choose_donor, choose_utterances
-from .engine import Engine, Measurer, UtteranceCache, cache_key, decode_codes, encode_audio, original_audio, slug, utterance_codes, write_wav
+from .engine import Engine, Measurer, UtteranceCache, cache_key, decode_codes, encode_audio, original_audio, slug, utterance_codes, utterance_scales, write_wav
 from .phoneprobe import fit_phone_probe, has_phone_labels, majority_rate
 from .published import published_vc
 from .summary import run_checks, summary_sentences
@@ -130,7 +130,7 @@ def ablate_utterance(
     if has_phone_labels(store):
         off = int(u["frame_offset"].iloc[row])
         labels = store.frames["phone"].to_numpy()[off : off + codes.shape[1]]
-    ref_audio, ref, none_vals = engine.begin(codes, labels)
+    ref_audio, ref, none_vals = engine.begin(codes, labels, utterance_scales(store, row, codec))
     if measurer.probe is not None and labels is not None:
         none_vals["phone_chance"] = majority_rate(labels)  # what always answering this utterance's commonest phone scores
     base = {"utt": row, "utt_id": str(u["id"].iloc[row]), "speaker": str(u["speaker"].iloc[row]) if "speaker" in u.columns else ""}
@@ -154,7 +154,7 @@ def ablate_utterance(
         dn = choose_donor(store, row, cfg.donor_speaker_different, cfg.seed, cfg.donor_same_sentence)
         raw = utterance_codes(store, dn.row, max_frames)
         donor_codes, al = align_donor(store.tables, codes, raw, cfg.donor_align)
-        donor_ref = measurer.reference(decode_codes(codec, raw))
+        donor_ref = measurer.reference(decode_codes(codec, raw, None, utterance_scales(store, dn.row, codec)))
         donor_info = {"donor_id": str(u["id"].iloc[dn.row]), "donor_other_speaker": dn.other_speaker,
                       "donor_same_sentence": dn.same_sentence, "donor_align": al.method,
                       "donor_repeat_frac": al.repeat_frac, "donor_skip_frac": al.skip_frac}

@@ -28,11 +28,12 @@ DECODER_MEASURES = ("speaker", "f0_kept", "voicing", "loudness", "stoi")
 LOUDNESS_FLOOR_DB = -60.0
 
 
-def decode(codec, codes_tl: np.ndarray, layers: Sequence[int] | None = None) -> np.ndarray:
-    """``[T, L]`` codes -> mono audio through the codec's own decode (``layers``: present, 0-based)."""
+def decode(codec, codes_tl: np.ndarray, layers: Sequence[int] | None = None, scales: np.ndarray | None = None) -> np.ndarray:
+    """``[T, L]`` codes -> mono audio through the codec's own decode (``layers``: present, 0-based;
+    ``scales``: the utterance's input scales, :func:`~codeclens.analyses.ablate.engine.utterance_scales`)."""
     from ..ablate.engine import decode_codes
 
-    return decode_codes(codec, codes_tl.T, layers)
+    return decode_codes(codec, codes_tl.T, layers, scales)
 
 
 ABSENT_VALUES = ("drop", "mean", "mean_code")
@@ -41,7 +42,7 @@ through the codec's ``decode_quantized``; the shared ablate engine), mean_code (
 
 
 def decode_coalition(codec, codes_tl: np.ndarray, mask: int, absent: str, mean_codes: np.ndarray,
-                     expected: Sequence[np.ndarray] | None) -> np.ndarray:
+                     expected: Sequence[np.ndarray] | None, scales: np.ndarray | None = None) -> np.ndarray:
     """The decode of coalition ``mask`` (bit k set: layer k present) with absent layers as ``absent``."""
     from ..ablate.engine import decode_edit
     from ..ablate.interventions import Edited
@@ -50,14 +51,14 @@ def decode_coalition(codec, codes_tl: np.ndarray, mask: int, absent: str, mean_c
     present = mask_layers(mask, n)
     missing = tuple(l for l in range(n) if l not in present)
     if absent == "drop":
-        return decode(codec, codes_tl, present)
+        return decode(codec, codes_tl, present, scales)
     if absent == "mean":
-        return decode_edit(codec, Edited(np.ascontiguousarray(codes_tl.T), tuple(present), missing), expected)
+        return decode_edit(codec, Edited(np.ascontiguousarray(codes_tl.T), tuple(present), missing), expected, scales)
     if absent == "mean_code":
         out = codes_tl.copy()
         for l in missing:
             out[:, l] = mean_codes[l]
-        return decode(codec, out)
+        return decode(codec, out, None, scales)
     raise ValueError(f"unknown absent value '{absent}'; known: {', '.join(ABSENT_VALUES)}")
 
 

@@ -30,7 +30,7 @@ from ...errors import CodeclensError
 from ...util.atomic import atomic_path
 from .. import ANALYSES
 from ..base import Analysis, AnalysisResult, Artifact
-from ..ablate.engine import utterance_codes
+from ..ablate.engine import utterance_codes, utterance_scales
 from ..stats.paired import cluster_bootstrap, holm, sign_flip_pvalue
 from . import effects as E
 from .consumers import as_batch, groups_of, load_consumer
@@ -297,7 +297,8 @@ def decoder_attribution(store, codec, cfg: CausalConfig, rows: np.ndarray, log=p
     n_decodes = 0
     for r in rows:
         codes = utt_codes(store, int(r), maxf)
-        full = decode(codec, codes)
+        scales = utterance_scales(store, int(r), codec)
+        full = decode(codec, codes, None, scales)
         full_audio[int(r)] = full
         ref = Reference(full, sr, enc)
         refs[int(r)] = ref
@@ -307,7 +308,7 @@ def decoder_attribution(store, codec, cfg: CausalConfig, rows: np.ndarray, log=p
             def value(m: int) -> np.ndarray:
                 nonlocal n_decodes
                 if m not in cache:
-                    cache[m] = ref.measure(decode_coalition(codec, codes, m, absent, mean, expected), cfg.measures)
+                    cache[m] = ref.measure(decode_coalition(codec, codes, m, absent, mean, expected, scales), cfg.measures)
                     n_decodes += 1
                 return cache[m]
 
@@ -377,13 +378,14 @@ def interchange(store, codec, cfg: CausalConfig, rows, refs, full_audio, enc, ma
         d, how = donor_for(store, int(r), cfg.seed)
         donors[int(r)] = (d, how)
         if d not in emb:
-            emb[d] = enc.embed(decode(codec, utt_codes(store, d, maxf)), sr)
+            emb[d] = enc.embed(decode(codec, utt_codes(store, d, maxf), None, utterance_scales(store, d, codec)), sr)
     # calibration: two utterances each of a few speakers, so same- and different-speaker pairs exist
     u = store.utterances
     for sp in list(dict.fromkeys(spk))[: cfg.calibration_speakers]:
         for i in np.flatnonzero(spk == sp)[:2]:
             if int(i) not in emb:
-                emb[int(i)] = enc.embed(decode(codec, utt_codes(store, int(i), maxf)), sr)
+                emb[int(i)] = enc.embed(decode(codec, utt_codes(store, int(i), maxf), None,
+                                               utterance_scales(store, int(i), codec)), sr)
     keys = list(emb)
     same, diff = [], []
     for i, a in enumerate(keys):
@@ -405,10 +407,12 @@ def interchange(store, codec, cfg: CausalConfig, rows, refs, full_audio, enc, ma
         donor = utt_codes(store, d)
         looped = max(0.0, 1.0 - len(donor) / len(codes))
         src_audio = full_audio[int(r)]
-        don_audio = decode(codec, aligned(donor, len(codes)))
+        # Donor and patched decodes at the recipient's input levels (EnCodec 48 kHz), so they compare.
+        scales = utterance_scales(store, int(r), codec)
+        don_audio = decode(codec, aligned(donor, len(codes)), None, scales)
         src_f0, don_f0 = refs[int(r)].f0, f0_track(don_audio, sr)
         for kind, layers in sets:
-            audio = decode(codec, patch(codes, layers, "swap", donor=donor))
+            audio = decode(codec, patch(codes, layers, "swap", donor=donor), None, scales)
             e = enc.embed(audio, sr)
             f0_follow = _f0_follows(f0_track(audio, sr), src_f0, don_f0)
             spec_follow = float(envelope_distance(don_audio, audio, sr) < envelope_distance(src_audio, audio, sr))
