@@ -25,6 +25,7 @@ def speaker_embeddings(store, device: str, cache: Path | None = None, codec=None
         if emb.shape[0] == store.n_utterances:
             return emb
     from ..ablate.measures import speaker_encoder
+    from ..ablate.engine import utterance_scales
     from ..ablate.run import decode_codes, original_audio, utterance_codes
 
     enc = speaker_encoder(str(device))
@@ -35,7 +36,8 @@ def speaker_embeddings(store, device: str, cache: Path | None = None, codec=None
         if audio is None:
             if codec is None:
                 codec = _load_codec(store, device)
-            audio, sr = decode_codes(codec, utterance_codes(store, r)), int(codec.sample_rate)
+            audio = decode_codes(codec, utterance_codes(store, r), scales=utterance_scales(store, r, codec))
+            sr = int(codec.sample_rate)
             decoded += 1
         out.append(enc.embed(audio, sr))
     if decoded and log is not None:

@@ -26,6 +26,7 @@ import pandas as pd
 
 from ...errors import CodeclensError
 from ..ablate import measures as ms
+from ..ablate.engine import utterance_scales
 from ..ablate.run import decode_codes, encode_audio, original_audio
 from . import streams as S
 from .model import CODEC
@@ -114,14 +115,17 @@ def resynthesise_and_convert(ck: Checkpoint, store, codec, utts: Sequence[S.Utt]
     u_df = store.utterances
     for i, (u, tgt) in enumerate(zip(utts, targets)):
         u = crop(u, n_max)
-        own = decode_codes(codec, u.codes.T)
+        # EnCodec 48 kHz: the source's chunk scales restore its level in every decode of it
+        # (generated tokens keep the source's length, so its first chunks line up).
+        scales = utterance_scales(store, u.row, codec)
+        own = decode_codes(codec, u.codes.T, scales=scales)
         src = original_audio(store, u.row, sr, len(own))
         ref = src if src is not None else own
         ref_emb = enc.embed(ref, sr)
         base = {"utt": int(u.row), "utt_id": str(u_df["id"].iloc[u.row]), "speaker": str(u_df["speaker"].iloc[u.row]),
                 "reference": "source audio" if src is not None else "codec decode"}
         gen_codes = generate(ck, u, device)
-        gen = decode_codes(codec, gen_codes.T)
+        gen = decode_codes(codec, gen_codes.T, scales=scales)
         outs = {"codec decode": own, "resynthesis": gen}
         for name, audio in outs.items():
             rows.append({**base, "system": name, "stoi": ms.stoi(ref, audio, sr),
@@ -137,11 +141,12 @@ def resynthesise_and_convert(ck: Checkpoint, store, codec, utts: Sequence[S.Utt]
             t_ref, n_t = speaker_reference(store, embeddings, t_spk, [tgt.row])
             if t_ref is None:
                 t_audio = original_audio(store, tgt.row, sr, 10 ** 9)
-                t_ref = enc.embed(t_audio if t_audio is not None else decode_codes(codec, tgt.codes.T), sr)
+                t_ref = enc.embed(t_audio if t_audio is not None else
+                                  decode_codes(codec, tgt.codes.T, scales=utterance_scales(store, tgt.row, codec)), sr)
             s_ref, n_s = speaker_reference(store, embeddings, base["speaker"], [u.row])
             if s_ref is None:
                 s_ref = ref_emb
-            conv = decode_codes(codec, generate(ck, u, device, tgt.identity).T)
+            conv = decode_codes(codec, generate(ck, u, device, tgt.identity).T, scales=scales)
             c_emb = enc.embed(conv, sr)
             row = {**base, "system": "conversion", "target_utt": str(u_df["id"].iloc[tgt.row]),
                    "target_speaker": t_spk, "cos_target": ms.cosine(c_emb, t_ref),
