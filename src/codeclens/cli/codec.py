@@ -58,6 +58,8 @@ EXAMPLES = {
     "speechtokenizer": "speechtokenizer?checkpoint=DIR (config.json + weights)",
     "bigcodec": "bigcodec?checkpoint=bigcodec.pt (the release's file)",
     "xcodec": "xcodec:{0.5,1,1.5,2,4}kbps",
+    "xcodec2": "xcodec2, xcodec2?fsq_split=1 (each FSQ dimension a layer)",
+    "neucodec": "neucodec, neucodec?fsq_split=1",
     "melrvq": "melrvq?checkpoint=DIR (fit with 'codeclens melrvq fit')",
 }
 
