@@ -34,13 +34,14 @@ from ..ablate.engine import utterance_codes
 from ..stats.paired import cluster_bootstrap, holm, sign_flip_pvalue
 from . import effects as E
 from .consumers import as_batch, groups_of, load_consumer
+from .dose import DoseFields, check_dose
 from .decoder import ABSENT_VALUES, DECODER_MEASURES, Reference, decode, decode_coalition
 from .patching import MODES, aligned, mean_codes, patch
 from .shapley import EXACT_MAX_LAYERS, exact_shapley, full_mask, interaction_indices, sampled_shapley
 
 
 @dataclasses.dataclass(frozen=True)
-class CausalConfig:
+class CausalConfig(DoseFields):
     consumers: tuple[str, ...] = ("speaker", "phone", "lm")
     """Token consumers: a label column (token classifier: speaker, accent, phone, ...), lm (a token
     language model trained on the store) or python:package.module:Class (see docs/causal.md)."""
@@ -105,6 +106,7 @@ class CausalConfig:
             raise ValueError(f"interchange_sets: unknown {', '.join(bad)}; known: single, suffix, all")
         if not self.consumers and not self.decoder:
             raise ValueError("nothing to do: give consumers or decoder = true")
+        check_dose(self)
 
 
 def _stable(s: str, seed: int) -> str:
@@ -450,6 +452,10 @@ class CausalAnalysis(Analysis):
                     codec = load_codec(st.codec["spec"], None if cfg.device == "auto" else cfg.device)
                 except CodeclensError as e:
                     raise CodeclensError(f"{st.path}: the decoder analysis needs the store's codec: {e}") from None
+                if cfg.dose:
+                    from .dose import dose_response
+
+                    res.update(dose_response(st, codec, cfg, rows, log))
                 res.update(decoder_attribution(st, codec, cfg, rows, log))
             for k, df in res.items():
                 df.insert(0, "store", st.name)
@@ -468,6 +474,9 @@ class CausalAnalysis(Analysis):
             "consumer_offsets": "KL of a frame-level consumer at offset δ from a single patched frame (causal models: 0 for δ < 0).",
             "decoder_shapley_per_utterance": "Per-utterance Shapley values (the unit the intervals resample).",
             "consumer_per_utterance": "Per-utterance consumer effects.",
+            "dose_response": "Dose-response: effect (vs the unedited decode) of patching layer k on a fraction of the "
+                             "frames or interpolating its vectors towards the donor's by α; 95% CI resampling speakers.",
+            "dose_per_utterance": "Per-utterance dose-response effects.",
         }
         for k, parts in tables.items():
             df = pd.concat(parts, ignore_index=True)
@@ -485,6 +494,12 @@ class CausalAnalysis(Analysis):
         if "consumer_offsets" in tables:
             offsets_figure(tables["consumer_offsets"], out / "consumer_offsets")
             arts.insert(2, Artifact("consumer_offsets.png", "KL at each time offset from a single patched frame.", "figure"))
+        if "dose_response" in tables:
+            from .dose_figures import dose_figure
+
+            dose_figure(tables["dose_response"], out / "dose_response")
+            arts.append(Artifact("dose_response.png", "Dose-response curves per layer and measure: effect vs fraction "
+                                 "of frames patched and vs α (95% bands; the square is the unedited decode).", "figure"))
         return AnalysisResult(self.name, self.title, tuple(arts), "\n".join(lines))
 
 
