@@ -126,7 +126,7 @@ def make_store(path, n_speakers: int = 10, n_frames: int = 40, seed: int = 0):
     """A store of this codec: ``n_speakers`` x 2 sentences; speakers s0, s1 train (split_spk), the rest
     test. Layer-1 and layer-3 codes are constant within runs of 10 frames; accent a{s % 2} sets the
     pitch register (a0: layer-3 codes 0-3, a1: 4-7); the frame label ``phone`` is lo/hi with the
-    layer-1 code (< 4 / >= 4), ``f0_hz`` the F0 layer 3 makes."""
+    layer-1 code (< 4 / >= 4), ``f0_hz`` the F0 layer 3 makes (jittered by 0.1%)."""
     import pandas as pd
 
     from codeclens.store import Store
@@ -146,7 +146,9 @@ def make_store(path, n_speakers: int = 10, n_frames: int = 40, seed: int = 0):
     u["split_spk"] = ["train" if r["speaker"] in ("s0", "s1") else "test" for r in rows]
     u["split_utt"] = "test"
     allc = np.concatenate(codes)
-    frames = pd.DataFrame({"phone": np.where(allc[:, 0] < 4, "lo", "hi"), "f0_hz": F0S[allc[:, 2]]})
+    # F0 labels are measured, so continuous: the code's F0 with a 0.1% jitter
+    f0 = F0S[allc[:, 2]] * (1 + 1e-3 * rng.standard_normal(len(allc)))
+    frames = pd.DataFrame({"phone": np.where(allc[:, 0] < 4, "lo", "hi"), "f0_hz": f0})
     write_store(path, allc, [table(l) for l in range(4)], u, frames, codec_spec="python:causal_vector_toy:VectorToyCodec",
                 name="vtoy", sample_rate=SR)
     return Store(path)

@@ -54,3 +54,29 @@ def dose_figure(df: pd.DataFrame, path: Path) -> list[Path]:
     if h:
         fig.legend(h, l, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(8, len(h)), frameon=False)
     return save_figure(fig, path)
+
+
+def steering_figure(df: pd.DataFrame, path: Path) -> list[Path]:
+    """A panel per measure: effect vs the latents' scale s, a line per (store, label); s = 1 is the
+    unedited decode (effect exactly 0), drawn as the reference."""
+    use_style()
+    import matplotlib.pyplot as plt
+
+    measures = list(dict.fromkeys(df["measure"]))
+    fig, axes = plt.subplots(1, len(measures), figsize=(4.0 * len(measures), 3.2), squeeze=False)
+    for ax, meas in zip(axes[0], measures):
+        for (s, lab, rep), g in df[df["measure"] == meas].groupby(["store", "label", "repr"], sort=False):
+            g = g.sort_values("scale")
+            line, = ax.plot(g["scale"], g["value"], marker="o", ms=3, label=f"{s}: {lab} ({rep})")
+            ok = g["ci_low"].notna() & g["ci_high"].notna()
+            ax.fill_between(g["scale"][ok], g["ci_low"][ok], g["ci_high"][ok], color=line.get_color(), alpha=0.12, lw=0)
+        ax.axhline(0, color="black", lw=0.6)
+        ax.plot([1], [0], "ks", ms=4)
+        ax.set_title(meas)
+        ax.set_xlabel("scale s of the label's latents (0: zeroed, 1: unedited)")
+        ax.set_ylabel(f"Δ {meas} vs unedited")
+    h, l = axes[0][0].get_legend_handles_labels()
+    fig.tight_layout()
+    if h:
+        fig.legend(h, l, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(3, len(h)), frameon=False)
+    return save_figure(fig, path)

@@ -35,13 +35,14 @@ from ..stats.paired import cluster_bootstrap, holm, sign_flip_pvalue
 from . import effects as E
 from .consumers import as_batch, groups_of, load_consumer
 from .dose import DoseFields, check_dose
+from .steering import SteerFields, check_steer
 from .decoder import ABSENT_VALUES, DECODER_MEASURES, Reference, decode, decode_coalition
 from .patching import MODES, aligned, mean_codes, patch
 from .shapley import EXACT_MAX_LAYERS, exact_shapley, full_mask, interaction_indices, sampled_shapley
 
 
 @dataclasses.dataclass(frozen=True)
-class CausalConfig(DoseFields):
+class CausalConfig(DoseFields, SteerFields):
     consumers: tuple[str, ...] = ("speaker", "phone", "lm")
     """Token consumers: a label column (token classifier: speaker, accent, phone, ...), lm (a token
     language model trained on the store) or python:package.module:Class (see docs/causal.md)."""
@@ -107,6 +108,7 @@ class CausalConfig(DoseFields):
         if not self.consumers and not self.decoder:
             raise ValueError("nothing to do: give consumers or decoder = true")
         check_dose(self)
+        check_steer(self)
 
 
 def _stable(s: str, seed: int) -> str:
@@ -456,6 +458,10 @@ class CausalAnalysis(Analysis):
                     from .dose import dose_response
 
                     res.update(dose_response(st, codec, cfg, rows, log))
+                if cfg.steer_label:
+                    from .steering import steering
+
+                    res.update(steering(st, codec, cfg, rows, log))
                 res.update(decoder_attribution(st, codec, cfg, rows, log))
             for k, df in res.items():
                 df.insert(0, "store", st.name)
@@ -477,6 +483,10 @@ class CausalAnalysis(Analysis):
             "dose_response": "Dose-response: effect (vs the unedited decode) of patching layer k on a fraction of the "
                              "frames or interpolating its vectors towards the donor's by α; 95% CI resampling speakers.",
             "dose_per_utterance": "Per-utterance dose-response effects.",
+            "steering": "SAE feature steering: effect (vs the unedited decode) of scaling the SAE latents most associated "
+                        "with the label by s (reconstruction error kept); 95% CI resampling speakers.",
+            "steering_latents": "The steered latents and their association with the label (train-split frames).",
+            "steering_per_utterance": "Per-utterance steering effects.",
         }
         for k, parts in tables.items():
             df = pd.concat(parts, ignore_index=True)
@@ -500,6 +510,12 @@ class CausalAnalysis(Analysis):
             dose_figure(tables["dose_response"], out / "dose_response")
             arts.append(Artifact("dose_response.png", "Dose-response curves per layer and measure: effect vs fraction "
                                  "of frames patched and vs α (95% bands; the square is the unedited decode).", "figure"))
+        if "steering" in tables:
+            from .dose_figures import steering_figure
+
+            steering_figure(tables["steering"], out / "steering")
+            arts.append(Artifact("steering.png", "Effect of scaling the label's SAE latents by s on each decoder measure "
+                                 "(s = 1: the unedited decode; 95% CI).", "figure"))
         return AnalysisResult(self.name, self.title, tuple(arts), "\n".join(lines))
 
 
