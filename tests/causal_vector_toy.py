@@ -122,11 +122,13 @@ def table(l: int) -> np.ndarray:
     return t
 
 
-def make_store(path, n_speakers: int = 10, n_frames: int = 40, seed: int = 0):
+def make_store(path, n_speakers: int = 10, n_frames: int = 40, seed: int = 0, ignored: str = "random"):
     """A store of this codec: ``n_speakers`` x 2 sentences; speakers s0, s1 train (split_spk), the rest
     test. Layer-1 and layer-3 codes are constant within runs of 10 frames; accent a{s % 2} sets the
     pitch register (a0: layer-3 codes 0-3, a1: 4-7); the frame label ``phone`` is lo/hi with the
-    layer-1 code (< 4 / >= 4), ``f0_hz`` the F0 layer 3 makes (jittered by 0.1%)."""
+    layer-1 code (< 4 / >= 4), ``f0_hz`` the F0 layer 3 makes (jittered by 0.1%). The ignored
+    layers 2 and 4 get random codes, or code 0 with ``ignored="zero"`` (what ``encode`` returns, so
+    decode-then-encode gives back the store's codes)."""
     import pandas as pd
 
     from codeclens.store import Store
@@ -136,7 +138,7 @@ def make_store(path, n_speakers: int = 10, n_frames: int = 40, seed: int = 0):
     rows, codes = [], []
     for s in range(n_speakers):
         for sent in range(2):
-            c = rng.integers(0, 8, size=(n_frames, 4))
+            c = rng.integers(0, 8, size=(n_frames, 4)) if ignored == "random" else np.zeros((n_frames, 4), np.int64)
             c[:, 0] = np.repeat(rng.integers(0, 8, size=n_frames // 10), 10)
             c[:, 2] = np.repeat(rng.integers(0, 4, size=n_frames // 10) + 4 * (s % 2), 10)
             codes.append(c)

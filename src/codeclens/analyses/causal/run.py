@@ -35,6 +35,7 @@ from ..stats.paired import cluster_bootstrap, holm, sign_flip_pvalue
 from . import effects as E
 from .consumers import as_batch, groups_of, load_consumer
 from .dose import DoseFields, check_dose
+from .reencoded import ReencodeFields
 from .steering import SteerFields, check_steer
 from .decoder import ABSENT_VALUES, DECODER_MEASURES, Reference, decode, decode_coalition
 from .patching import MODES, aligned, mean_codes, patch
@@ -42,7 +43,7 @@ from .shapley import EXACT_MAX_LAYERS, exact_shapley, full_mask, interaction_ind
 
 
 @dataclasses.dataclass(frozen=True)
-class CausalConfig(DoseFields, SteerFields):
+class CausalConfig(DoseFields, SteerFields, ReencodeFields):
     consumers: tuple[str, ...] = ("speaker", "phone", "lm")
     """Token consumers: a label column (token classifier: speaker, accent, phone, ...), lm (a token
     language model trained on the store) or python:package.module:Class (see docs/causal.md)."""
@@ -390,6 +391,10 @@ def interchange(store, codec, cfg: CausalConfig, rows, refs, full_audio, enc, ma
 
     from .decoder import envelope_distance
 
+    from .reencoded import Reencoded, follow_columns
+
+    rd = Reencoded(store, codec, rows, cfg.seed, log=lambda *_: None) if cfg.interchange_reencode else None
+    rd = rd if rd is not None and rd.active else None
     rec = []
     for r in rows:
         d, how = donors[int(r)]
@@ -399,6 +404,9 @@ def interchange(store, codec, cfg: CausalConfig, rows, refs, full_audio, enc, ma
         src_audio = full_audio[int(r)]
         don_audio = decode(codec, aligned(donor, len(codes)))
         src_f0, don_f0 = refs[int(r)].f0, f0_track(don_audio, sr)
+        if rd is not None:
+            phones = rd.phones(int(r), len(codes))
+            src_read, don_read = rd.read(src_audio, phones), rd.read(don_audio, None)
         for kind, layers in sets:
             audio = decode(codec, patch(codes, layers, "swap", donor=donor))
             e = enc.embed(audio, sr)
@@ -410,17 +418,21 @@ def interchange(store, codec, cfg: CausalConfig, rows, refs, full_audio, enc, ma
             rec.append({"layers": name, "kind": kind, "utt": int(r), "speaker": spk[r], "donor": spk[d], "donor_match": how,
                         "looped_fraction": looped, "cos_donor": cd, "cos_source": cs, "f0_follows_donor": f0_follow,
                         "spectrum_follows_donor": spec_follow,
-                        "follows_donor": float(cd >= tau and cs < tau) if np.isfinite(tau) else np.nan, "threshold": tau})
+                        "follows_donor": float(cd >= tau and cs < tau) if np.isfinite(tau) else np.nan, "threshold": tau,
+                        **(follow_columns(src_read, don_read, rd.read(audio, phones)) if rd is not None else {})})
     per = pd.DataFrame(rec)
     out = []
     for (name, kind), g in per.groupby(["layers", "kind"], sort=False):
         row = {"layers": name, "kind": kind, "threshold": tau, "donor_match": g["donor_match"].iloc[0],
                "looped_fraction": float(g["looped_fraction"].mean())}
-        for col in ("follows_donor", "f0_follows_donor", "spectrum_follows_donor", "cos_donor", "cos_source"):
+        extra = [c for c in ("accent_follows_donor", "phone_acc_change") if c in g.columns]
+        for col in ("follows_donor", "f0_follows_donor", "spectrum_follows_donor", "cos_donor", "cos_source", *extra):
             v = g[col].to_numpy(float)
             est = cluster_bootstrap(v, g["speaker"].to_numpy(), cfg.n_boot, cfg.seed)
             row.update({col: est.mean, f"{col}_ci_low": est.lo, f"{col}_ci_high": est.hi})
         row["n"] = len(g)
+        if "accent_follows_donor" in g.columns:
+            row["accent_pairs"] = int(g["accent_follows_donor"].notna().sum())
         out.append(row)
     return pd.DataFrame(out)
 

@@ -1,0 +1,84 @@
+"""What the interchange's decodes say when they are read back through the codec: the accent
+decision and content retention.
+
+Each decode (the source's full decode, the donor's, every patched one) is re-encoded with the
+same codec and read by
+
+- the toolkit's own accent token classifier (:class:`~.consumers.TokenClassifier` on the
+  ``accent`` label: logistic regression on the utterance mean of the summed table lookups, fit
+  on the store's speaker-disjoint train split). ``accent_follows_donor`` is 1 when the patched
+  decode is classified as the donor's decode is, over the pairs whose source and donor decodes
+  the classifier tells apart (elsewhere undefined: following cannot be told from staying);
+- the phone probe of ``ablate`` (:func:`~codeclens.analyses.ablate.phoneprobe.fit_phone_probe`,
+  trained on speakers none of the measured ones is). ``phone_acc_change`` is the patched decode's
+  frame accuracy against the source's phone labels minus the source's full decode's: 0 when the
+  content is retained, negative when it is lost.
+
+A token classifier on re-encoded audio rather than a classifier on audio features: it is trained
+on the store itself (so it exists for every corpus with an accent column, the synthetic one's
+eight English accents included) and reads the decoded audio only through the codec, as every
+other ``causal`` consumer reads tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class ReencodeFields:
+    """Options of the interchange's re-encoded measures (fields of :class:`~.run.CausalConfig`)."""
+
+    interchange_reencode: bool = True
+    """Re-encode the interchange's decodes to read the accent classifier's decision (accent_follows_donor) and
+    the phone probe's accuracy (phone_acc_change: content retention), where the store has accent / phone labels."""
+
+
+class Reencoded:
+    """Reads decodes of one store's codec: ``read(audio, phones) -> (accent class or None, phone accuracy)``."""
+
+    def __init__(self, store, codec, measured_rows, seed: int = 0, log=print):
+        from ...errors import CodeclensError
+        from ..ablate.phoneprobe import fit_phone_probe
+        from .consumers import TokenClassifier
+
+        self.store, self.codec = store, codec
+        self.accent = None
+        if "accent" in store.utterances.columns:
+            try:
+                self.accent = TokenClassifier(store, "accent", seed=seed)
+            except CodeclensError as e:
+                log(f"interchange: no accent classifier ({e})")
+        self.probe, note = fit_phone_probe(store, measured_rows, seed=seed)
+        log(f"interchange: {note}")
+
+    @property
+    def active(self) -> bool:
+        return self.accent is not None or self.probe is not None
+
+    def phones(self, row: int, n: int) -> np.ndarray | None:
+        if self.probe is None:
+            return None
+        off = int(self.store.utterances["frame_offset"].iloc[row])
+        return np.asarray(self.store.frame_column("phone")[off : off + n])
+
+    def read(self, audio: np.ndarray, phones: np.ndarray | None) -> tuple[str | None, float]:
+        from ..ablate.engine import encode_audio
+
+        codes = encode_audio(self.codec, audio)
+        acc = self.probe.accuracy(codes, self.store.tables, phones) if self.probe is not None and phones is not None \
+            else float("nan")
+        cls = None
+        if self.accent is not None and len(codes):
+            logp = self.accent.score(codes[None], np.array([len(codes)]))
+            cls = str(self.accent.classes[int(np.argmax(logp[0]))])
+        return cls, acc
+
+
+def follow_columns(src: tuple, don: tuple, hyp: tuple) -> dict[str, float]:
+    """The interchange columns of one patched decode from the readings of source, donor and it."""
+    differ = src[0] is not None and don[0] is not None and src[0] != don[0]
+    return {"accent_follows_donor": float(hyp[0] == don[0]) if differ else float("nan"),
+            "phone_acc_change": hyp[1] - src[1]}
