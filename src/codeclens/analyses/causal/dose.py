@@ -57,12 +57,10 @@ class DoseFields:
 
 
 def check_dose(cfg) -> None:
-    bad = [d for d in cfg.dose if d not in DOSES]
-    if bad:
-        raise ValueError(f"dose: unknown {', '.join(bad)}; known: {', '.join(DOSES)}")
-    bad = [m for m in cfg.dose_modes if m not in FRACTION_MODES]
-    if bad:
-        raise ValueError(f"dose_modes: unknown {', '.join(bad)}; known: {', '.join(FRACTION_MODES)}")
+    for name, known in (("dose", DOSES), ("dose_modes", FRACTION_MODES)):
+        bad = [x for x in getattr(cfg, name) if x not in known]
+        if bad:
+            raise ValueError(f"{name}: unknown {', '.join(bad)}; known: {', '.join(known)}")
     for name in ("dose_fractions", "dose_alphas"):
         if any(not (0.0 <= x <= 1.0) for x in getattr(cfg, name)):
             raise ValueError(f"{name} must lie in [0, 1]")

@@ -49,11 +49,7 @@ def dose_figure(df: pd.DataFrame, path: Path) -> list[Path]:
             ax.set_title(f"{meas}: {dose}" + ("" if dose == "alpha" else f" ({mode})"))
             ax.set_xlabel(XLABEL.get(dose, dose))
             ax.set_ylabel(f"Δ {meas} vs unedited")
-    h, l = axes[0][0].get_legend_handles_labels()
-    fig.tight_layout()
-    if h:
-        fig.legend(h, l, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(8, len(h)), frameon=False)
-    return save_figure(fig, path)
+    return _finish(fig, axes, path, 8)
 
 
 def steering_figure(df: pd.DataFrame, path: Path) -> list[Path]:
@@ -75,8 +71,13 @@ def steering_figure(df: pd.DataFrame, path: Path) -> list[Path]:
         ax.set_title(meas)
         ax.set_xlabel("scale s of the label's latents (0: zeroed, 1: unedited)")
         ax.set_ylabel(f"Δ {meas} vs unedited")
+    return _finish(fig, axes, path, 3)
+
+
+def _finish(fig, axes, path: Path, ncol: int) -> list[Path]:
+    """One legend under the panels (from the first), then save."""
     h, l = axes[0][0].get_legend_handles_labels()
     fig.tight_layout()
     if h:
-        fig.legend(h, l, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(3, len(h)), frameon=False)
+        fig.legend(h, l, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(ncol, len(h)), frameon=False)
     return save_figure(fig, path)
