@@ -82,3 +82,20 @@ def follow_columns(src: tuple, don: tuple, hyp: tuple) -> dict[str, float]:
     differ = src[0] is not None and don[0] is not None and src[0] != don[0]
     return {"accent_follows_donor": float(hyp[0] == don[0]) if differ else float("nan"),
             "phone_acc_change": hyp[1] - src[1]}
+
+
+def summary_lines(name: str, ic) -> list[str]:
+    """Which single layer moves the accent decision most, and which loses the most content."""
+    single = ic[ic["kind"] == "layer"] if "kind" in ic.columns else ic.iloc[:0]
+    lines = []
+    if "accent_follows_donor" in single.columns and single["accent_follows_donor"].notna().any():
+        top = single.loc[single["accent_follows_donor"].idxmax()]
+        lines.append(f"{name}: swapping layer {top['layers']} alone makes the accent classifier follow the donor in "
+                     f"{top['accent_follows_donor']:.0%} of the pairs whose accents it tells apart "
+                     f"[{top['accent_follows_donor_ci_low']:.0%}, {top['accent_follows_donor_ci_high']:.0%}].")
+    if "phone_acc_change" in single.columns and single["phone_acc_change"].notna().any():
+        top = single.loc[single["phone_acc_change"].idxmin()]
+        lines.append(f"{name}: swapping layer {top['layers']} alone changes the re-encoded phone accuracy most "
+                     f"({top['phone_acc_change']:+.1%} [{top['phone_acc_change_ci_low']:+.1%}, "
+                     f"{top['phone_acc_change_ci_high']:+.1%}]).")
+    return lines

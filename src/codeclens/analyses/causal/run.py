@@ -564,4 +564,7 @@ def summarise(name: str, res: dict[str, pd.DataFrame], cfg: CausalConfig) -> lis
             top = single.loc[single["follows_donor"].idxmax()]
             lines.append(f"{name}: swapping layer {top['layers']} alone makes the voice follow the donor in "
                          f"{top['follows_donor']:.0%} of pairs ({top['donor_match']} donors).")
+        from .reencoded import summary_lines
+
+        lines.extend(summary_lines(name, ic))
     return lines
