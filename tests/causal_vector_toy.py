@@ -15,6 +15,8 @@ and 4 come back as code 0.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -48,21 +50,32 @@ def render(f0: np.ndarray, tilt: np.ndarray) -> np.ndarray:
     return (0.05 * out).astype(np.float32)
 
 
-def _basis(f0: float) -> np.ndarray:
+@functools.lru_cache(maxsize=None)
+def _fit(f0: float) -> tuple[np.ndarray, np.ndarray]:
+    """(basis [HOP, 2H], its pseudo-inverse) of the harmonics of ``f0`` below 4 kHz."""
     t = np.arange(HOP) / SR
     hs = np.arange(1, int(4000 // f0) + 1)
-    return np.concatenate([np.sin(2 * np.pi * np.outer(t, hs * f0)), np.cos(2 * np.pi * np.outer(t, hs * f0))], axis=1)
+    B = np.concatenate([np.sin(2 * np.pi * np.outer(t, hs * f0)), np.cos(2 * np.pi * np.outer(t, hs * f0))], axis=1)
+    return B, np.linalg.pinv(B)
 
 
 def analyse(audio: np.ndarray) -> np.ndarray:
     """``[T, 4]`` codes of ``audio`` (frames of HOP samples)."""
+    from threadpoolctl import threadpool_limits
+
+    # small matrix products: a BLAS thread pool only contends with the other tests for the cores
+    with threadpool_limits(1):
+        return _analyse(audio)
+
+
+def _analyse(audio: np.ndarray) -> np.ndarray:
     T = len(audio) // HOP
     frames = np.asarray(audio[: T * HOP], np.float64).reshape(T, HOP)
     energy = (frames ** 2).sum(1) + 1e-20
     fits = []
     for f0 in F0S:
-        B = _basis(f0)
-        coef, *_ = np.linalg.lstsq(B, frames.T, rcond=None)
+        B, pinv = _fit(float(f0))
+        coef = pinv @ frames.T
         res = ((frames.T - B @ coef) ** 2).sum(0) / energy
         fits.append((res, coef))
     res = np.stack([r for r, _ in fits])  # [8, T]

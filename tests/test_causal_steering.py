@@ -4,8 +4,6 @@ pitch, ignores layers 2 and 4)."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -76,8 +74,6 @@ def test_steering_known_answer(vtoy, tmp_path, capsys, one_thread):
 
 
 def test_unrelated_latents_change_nothing(vtoy, one_thread):
-    from codeclens.store import Store
-
     codec = VectorToyCodec.from_spec(None, "cpu")
     cfg = CausalConfig(consumers=(), measures=("f0_kept", "loudness"), max_seconds=0.4, n_boot=50,
                        steer_label="f0_hz", steer_scales=(0.0,))

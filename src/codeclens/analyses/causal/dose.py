@@ -148,7 +148,8 @@ def dose_response(store, codec, cfg, rows: np.ndarray, log=print) -> dict[str, p
     expected = expected_vectors(store.tables, code_distributions(np.asarray(store.codes), store.codebook_sizes)) \
         if "mean" in vector_modes else None
     spk = store.utterances["speaker"].astype(str).to_numpy()
-    ids = store.utterances["id"].astype(str).to_numpy() if "id" in store.utterances.columns else rows.astype(str)
+    u = store.utterances
+    ids = u["id"].astype(str).to_numpy() if "id" in u.columns else np.arange(len(u)).astype(str)
     rec = []
     n_decodes = 0
     for r in rows:
