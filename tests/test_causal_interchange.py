@@ -24,8 +24,9 @@ def test_reencoded_readings(tmp_path, one_thread):
     for r, accent in ((4, "a0"), (6, "a1")):  # speakers s2 (a0) and s3 (a1), never trained on
         cls, acc = rd.read(decode(codec, utt_codes(st, r)), rd.phones(r, 40))
         assert cls == accent and acc == 1.0
-    assert follow_columns(("a0", 1.0), ("a1", 1.0), ("a1", 0.75)) == {"accent_follows_donor": 1.0,
-                                                                     "phone_acc_change": -0.25}
+    assert follow_columns(("a0", 1.0, "a0"), ("a1", 1.0), ("a1", 0.75)) == {
+        "accent_follows_donor": 1.0, "accent_source_correct": 1.0, "phone_acc_change": -0.25}
+    assert follow_columns(("a0", 1.0, "a1"), ("a1", 1.0), ("a1", 1.0))["accent_source_correct"] == 0.0
     assert np.isnan(follow_columns(("a0", 1.0), ("a0", 1.0), ("a0", 1.0))["accent_follows_donor"])
 
 
@@ -41,6 +42,7 @@ def test_interchange_accent_and_content(tmp_path, capsys, one_thread):
     assert ic.loc["3", "accent_follows_donor"] == 1.0 and ic.loc["1", "accent_follows_donor"] == 0.0
     assert ic.loc["2", "accent_follows_donor"] == 0.0 and ic.loc["2", "phone_acc_change"] == 0.0
     assert ic.loc["3", "phone_acc_change"] == 0.0  # pitch swapped, content kept exactly
+    assert (ic["accent_source_correct"] == 1.0).all()
     assert ic.loc["1", "phone_acc_change"] < -0.2 and ic.loc["1", "phone_acc_change_ci_high"] < 0
     for c in ("accent_follows_donor_ci_low", "phone_acc_change_ci_low"):
         assert c in ic.columns

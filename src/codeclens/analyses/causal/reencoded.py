@@ -8,7 +8,9 @@ same codec and read by
   ``accent`` label: logistic regression on the utterance mean of the summed table lookups, fit
   on the store's speaker-disjoint train split). ``accent_follows_donor`` is 1 when the patched
   decode is classified as the donor's decode is, over the pairs whose source and donor decodes
-  the classifier tells apart (elsewhere undefined: following cannot be told from staying);
+  the classifier tells apart (elsewhere undefined: following cannot be told from staying).
+  ``accent_source_correct`` is how often it is right about the source's own decode (a held-out
+  speaker): near chance, following the donor means little;
 - the phone probe of ``ablate`` (:func:`~codeclens.analyses.ablate.phoneprobe.fit_phone_probe`,
   trained on speakers none of the measured ones is). ``phone_acc_change`` is the patched decode's
   frame accuracy against the source's phone labels minus the source's full decode's: 0 when the
@@ -64,7 +66,8 @@ class Reencoded:
         off = int(self.store.utterances["frame_offset"].iloc[row])
         return np.asarray(self.store.frame_column("phone")[off : off + n])
 
-    def read(self, audio: np.ndarray, phones: np.ndarray | None) -> tuple[str | None, float]:
+    def read(self, audio: np.ndarray, phones: np.ndarray | None, row: int | None = None) -> tuple:
+        """(accent class or None, phone accuracy), plus the utterance's true accent when ``row`` is given."""
         from ..ablate.engine import encode_audio
 
         codes = encode_audio(self.codec, audio)
@@ -74,13 +77,18 @@ class Reencoded:
         if self.accent is not None and len(codes):
             logp = self.accent.score(codes[None], np.array([len(codes)]))
             cls = str(self.accent.classes[int(np.argmax(logp[0]))])
-        return cls, acc
+        if row is None:
+            return cls, acc
+        return cls, acc, str(self.store.utterances["accent"].iloc[row]) if self.accent is not None else None
 
 
 def follow_columns(src: tuple, don: tuple, hyp: tuple) -> dict[str, float]:
     """The interchange columns of one patched decode from the readings of source, donor and it."""
     differ = src[0] is not None and don[0] is not None and src[0] != don[0]
+    truth = src[2] if len(src) > 2 else None
     return {"accent_follows_donor": float(hyp[0] == don[0]) if differ else float("nan"),
+            # is the classifier right about the source's own decode? (says whether following means anything)
+            "accent_source_correct": float(src[0] == truth) if truth is not None and src[0] is not None else float("nan"),
             "phone_acc_change": hyp[1] - src[1]}
 
 

@@ -406,7 +406,7 @@ def interchange(store, codec, cfg: CausalConfig, rows, refs, full_audio, enc, ma
         src_f0, don_f0 = refs[int(r)].f0, f0_track(don_audio, sr)
         if rd is not None:
             phones = rd.phones(int(r), len(codes))
-            src_read, don_read = rd.read(src_audio, phones), rd.read(don_audio, None)
+            src_read, don_read = rd.read(src_audio, phones, row=int(r)), rd.read(don_audio, None)
         for kind, layers in sets:
             audio = decode(codec, patch(codes, layers, "swap", donor=donor))
             e = enc.embed(audio, sr)
@@ -425,7 +425,7 @@ def interchange(store, codec, cfg: CausalConfig, rows, refs, full_audio, enc, ma
     for (name, kind), g in per.groupby(["layers", "kind"], sort=False):
         row = {"layers": name, "kind": kind, "threshold": tau, "donor_match": g["donor_match"].iloc[0],
                "looped_fraction": float(g["looped_fraction"].mean())}
-        extra = [c for c in ("accent_follows_donor", "phone_acc_change") if c in g.columns]
+        extra = [c for c in ("accent_follows_donor", "accent_source_correct", "phone_acc_change") if c in g.columns]
         for col in ("follows_donor", "f0_follows_donor", "spectrum_follows_donor", "cos_donor", "cos_source", *extra):
             v = g[col].to_numpy(float)
             est = cluster_bootstrap(v, g["speaker"].to_numpy(), cfg.n_boot, cfg.seed)
