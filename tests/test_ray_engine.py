@@ -39,8 +39,8 @@ def _same_store(a: Path, b: Path) -> None:
     assert ma == mb
     # The config differs only in how it was run; the content hash does not differ at all.
     assert sa.manifest["config_hash"] == sb.manifest["config_hash"]
-    da = {k: v for k, v in sa.manifest["config"].items() if k not in ("engine", "workers", "out")}
-    db = {k: v for k, v in sb.manifest["config"].items() if k not in ("engine", "workers", "out")}
+    da = {k: v for k, v in sa.manifest["config"].items() if k not in ("engine", "workers", "label_workers", "staging", "out")}
+    db = {k: v for k, v in sb.manifest["config"].items() if k not in ("engine", "workers", "label_workers", "staging", "out")}
     assert da == db
 
 
@@ -55,6 +55,24 @@ def test_ray_store_equals_local_and_survives_a_crashed_task(audio_folder, melrvq
     s = Store(tmp_path / "ray")
     assert s.n_utterances == 6 and [str(x["where"]).endswith("broken.wav") for x in s.manifest["skipped"]] == [True]
     assert not (tmp_path / "ray" / "shards").exists()
+
+
+def test_labelling_runs_in_its_own_actors_and_survives_their_crash(audio_folder, melrvq_dir, tmp_path, monkeypatch):
+    """Labels are a CPU step after the codec actors: a labelling actor that dies is restarted, the
+    shard is labelled from its saved codes (no re-encode) and the store still equals the local one.
+    The workers commit to a staging URL (fsspec, the object-store protocol: marker after files)
+    that the driver fetches from and clears."""
+    codec = f"melrvq?checkpoint={melrvq_dir}"
+    assert main(_args(str(audio_folder), codec, tmp_path / "local")) == 0
+    fault = tmp_path / "label-crashed-once"
+    monkeypatch.setenv("CODECLENS_RAY_FAULT", str(fault))
+    monkeypatch.setenv("CODECLENS_RAY_FAULT_STAGE", "label")
+    staging = tmp_path / "bucket"
+    assert main(_args(str(audio_folder), codec, tmp_path / "ray", "--engine", "ray", "--workers", "1",
+                      "--label-workers", "2", "--staging", f"file://{staging}")) == 0
+    assert fault.exists()
+    _same_store(tmp_path / "local", tmp_path / "ray")
+    assert staging.is_dir() and not any(staging.iterdir())  # cleared once the store was complete
 
 
 def test_killed_driver_rerun_completes_without_duplicates(audio_folder, melrvq_dir, tmp_path):

@@ -98,6 +98,13 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert set(res_df["n_seeds"]) == {2} and res_df["f1_val"].notna().all()
     assert (res_df["l0"] <= res_df["k"]).all() and res_df["dead_fraction"].between(0, 1).all()
     assert set(res_df.loc[res_df.s == 0.1, "epochs"]) == {8, 10}
+    # `codeclens figures` redraws every SAE figure from the tables alone
+    from codeclens.report.rerender import sae_figures
+
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    for p in out.glob("*.png"):
+        p.unlink()
+    assert sorted(p.name for p in sae_figures(out)) == pngs and "training.png" in pngs
     con = pd.read_csv(out / "contrasts.csv")
     assert set(con["contrast"]) == {"position - magnitude", "z - random_topk", "z - pca_k", "z - shuffled"}
     sel = pd.read_csv(out / "selected.csv")

@@ -206,3 +206,69 @@ def test_corrupt_manifest_is_one_line_error(tmp_path, rng):
     (path / "manifest.json").write_text('{"complete": tr')
     with pytest.raises(CodeclensError, match="unreadable store manifest"):
         Store(path)
+
+
+def test_encoded_shard_round_trip_labels_the_same_as_in_process(audio_folder, melrvq_dir, tmp_path):
+    """The Ray engine's hand-over: codes saved by the codec step and labelled later, with the audio
+    re-read from disk, give the very shard the local engine writes in one go."""
+    from codeclens.codecs import load_codec
+    from codeclens.corpora import load_corpus
+    from codeclens.labels import load_labeller
+    from codeclens.store.writer import ExtractConfig, encode_shard, label_shard, load_encoded, save_encoded, write_shard
+
+    cfg = ExtractConfig(corpus=str(audio_folder), codec=f"melrvq?checkpoint={melrvq_dir}", out=str(tmp_path / "s"),
+                        latent=False, labels=("loudness",))
+    codec = load_codec(cfg.codec, "cpu")
+    utts = list(load_corpus(cfg.corpus))
+    labellers = [load_labeller("loudness")]
+    for lb in labellers:
+        lb.fit(utts)
+    write_shard(utts, codec, labellers, cfg, tmp_path / "direct")
+    enc = encode_shard(utts, codec, cfg, keep_audio=False)
+    assert enc.skipped and len(enc.ids) == len(utts) - len(enc.skipped)  # the broken file is recorded
+    save_encoded(enc, tmp_path / "enc.npz")
+    back = load_encoded(tmp_path / "enc.npz")
+    assert back.ids == enc.ids and all(np.array_equal(a, b) for a, b in zip(back.codes, enc.codes))
+    assert all(a.dtype == b.dtype for a, b in zip(back.codes, enc.codes))
+    label_shard(utts, back, labellers, cfg, tmp_path / "handed")
+    for f in ("codes.npy",):
+        np.testing.assert_array_equal(np.load(tmp_path / "direct" / f), np.load(tmp_path / "handed" / f))
+    for f in ("utterances.parquet", "frames.parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "direct" / f), pd.read_parquet(tmp_path / "handed" / f))
+    assert (tmp_path / "direct" / "skipped.json").read_text() == (tmp_path / "handed" / "skipped.json").read_text()
+
+
+def test_url_sink_commits_by_marker_and_fetches_identical_shards(audio_folder, melrvq_dir, tmp_path):
+    """The staging protocol for object stores, through fsspec: a shard is there only once its marker
+    is, files without the marker (a worker killed mid-upload) do not count, and the fetched shard
+    equals the one written locally; the hand-over file round-trips through the URL too."""
+    from codeclens.codecs import load_codec
+    from codeclens.corpora import load_corpus
+    from codeclens.store.sink import UrlSink
+    from codeclens.store.writer import ExtractConfig, encode_shard, label_shard
+
+    cfg = ExtractConfig(corpus=str(audio_folder), codec=f"melrvq?checkpoint={melrvq_dir}", out=str(tmp_path / "s"),
+                        labels=("none",), engine="ray", staging=f"file://{tmp_path}/bucket")
+    utts = list(load_corpus(cfg.corpus))[:3]
+    enc = encode_shard(utts, load_codec(cfg.codec, "cpu"), cfg, keep_audio=False)
+    sink = UrlSink(cfg.staging, "h")
+    assert not sink.has_encoded(0) and not sink.committed(0)
+    sink.put_encoded(0, enc)
+    assert sink.has_encoded(0) and sink.get_encoded(0).ids == enc.ids
+    (tmp_path / "bucket" / "h" / "shards" / "shard-00000").mkdir(parents=True)  # files, no marker
+    assert not sink.committed(0)
+    sink.commit(0, lambda dest: label_shard(utts, sink.get_encoded(0), [], cfg, dest))
+    assert sink.committed(0)
+    label_shard(utts, enc, [], cfg, tmp_path / "direct")
+    sink.fetch(0, tmp_path / "fetched")
+    for f in sorted((tmp_path / "direct").iterdir()):
+        assert (tmp_path / "fetched" / f.name).read_bytes() == f.read_bytes(), f.name
+    sink.clear()
+    assert not (tmp_path / "bucket" / "h").exists()
+
+
+def test_staging_needs_the_ray_engine():
+    from codeclens.store.writer import ExtractConfig
+
+    with pytest.raises(ValueError, match="Ray engine"):
+        ExtractConfig(corpus="x", codec="y", out="z", staging="file:///tmp/s")

@@ -24,6 +24,7 @@ from codeclens.corpora.folder import FolderCorpus
 from codeclens.corpora.base import Utterance
 from codeclens.spec import parse_spec
 from codeclens.study import StudyError, load_study, run_study
+from codeclens.store import Store
 
 EVIL = "<script>alert(1)</script>"
 #: Set by tests to make the next studytest run raise (an exception instance).
@@ -464,3 +465,46 @@ save_random = true
     finally:
         torch.set_num_threads(threads)
     np.testing.assert_array_equal(np.load(again / "codes.npy"), np.load(out / "stores" / "audio" / "encodec" / "codes.npy"))
+
+
+def test_changed_extraction_keeps_the_old_store_until_the_new_one_is_complete(tmp_path, audio_folder):
+    """An extract step whose configuration changed is rebuilt beside the old store and swapped in
+    at the end: a rebuild that is interrupted loses nothing (the old store still opens, same codes)."""
+    import codeclens.store.writer as writer
+
+    study_file = write_study(tmp_path, audio_folder, analyses="")
+    out = tmp_path / "run"
+    run_study(load_study(study_file), out, progress=False, echo=quiet, report=False)
+    store = out / "stores" / "audio" / "mel"
+    before = np.load(store / "codes.npy")
+    study_file.write_text(study_file.read_text().replace("shard_size = 4", "shard_size = 3"))
+    real = writer.write_shard
+
+    def crashing(*a, **k):
+        raise KeyboardInterrupt
+
+    writer.write_shard = crashing
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_study(load_study(study_file), out, progress=False, echo=quiet, report=False)
+    finally:
+        writer.write_shard = real
+    np.testing.assert_array_equal(Store(store).codes, before)  # untouched by the interrupted rebuild
+    res = run_study(load_study(study_file), out, progress=False, echo=quiet, report=False)
+    assert "extract:audio/mel" in res.ran
+    assert Store(store).manifest["config"]["shard_size"] == 3
+    np.testing.assert_array_equal(Store(store).codes, before)  # same audio, same codes
+
+
+def test_refit_codec_at_the_same_path_rebuilds_its_store(tmp_path, audio_folder):
+    """The fitted codec keeps its folder when refit; its new token is part of the store's identity,
+    so the store is rebuilt (beside the old one) instead of being declared up to date."""
+    study_file = write_study(tmp_path, audio_folder, analyses="")
+    out = tmp_path / "run"
+    run_study(load_study(study_file), out, progress=False, echo=quiet, report=False)
+    store = out / "stores" / "audio" / "mel"
+    h0 = Store(store).manifest["config_hash"]
+    study_file.write_text(study_file.read_text().replace("iters = 3", "iters = 4"))
+    res = run_study(load_study(study_file), out, progress=False, echo=quiet, report=False)
+    assert "fit:mel" in res.ran and "extract:audio/mel" in res.ran
+    assert Store(store).manifest["config_hash"] != h0

@@ -10,7 +10,7 @@ from ..store.writer import ExtractConfig, extract
 
 def add_parser(sub) -> None:
     p = sub.add_parser("extract", help="encode a corpus with a codec into a feature store")
-    add_dataclass_args(p, ExtractConfig)
+    add_dataclass_args(p, ExtractConfig, skip={"inputs"})
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_extract)
 

@@ -160,8 +160,10 @@ def load_hf_model(model_cls, config_cls, checkpoint: str, what: str):
 
 def _from_dir(model_cls, d: Path, shown: Path, what: str):
     try:
+        # ignore_mismatched_sizes: shape mismatches come back in the loading info (reported below,
+        # naming a tensor) instead of as transformers' "look at the above report" RuntimeError.
         model, info = model_cls.from_pretrained(str(d), local_files_only=True, dtype=torch.float32,
-                                                output_loading_info=True)
+                                                output_loading_info=True, ignore_mismatched_sizes=True)
     except Exception as e:  # noqa: BLE001 - safetensors, torch and transformers raise many types
         kind = "a safetensors weights file beside its config.json" if shown.is_file() else "a save_pretrained directory"
         raise CodeclensError(f"{what}: cannot load '{shown}' (expected {kind}): {type(e).__name__}: {_first_line(e)}") from None
@@ -170,7 +172,7 @@ def _from_dir(model_cls, d: Path, shown: Path, what: str):
     if missing or unexpected or mismatched:
         raise CodeclensError(
             f"{what}: '{shown}' does not match its config.json (missing {len(missing)} keys e.g. {sorted(missing)[:2]}, "
-            f"unexpected {len(unexpected)} e.g. {sorted(unexpected)[:2]}, wrong shape {len(mismatched)})"
+            f"unexpected {len(unexpected)} e.g. {sorted(unexpected)[:2]}, wrong shape {len(mismatched)} e.g. {list(mismatched)[:1]})"
         )
     return model.float()
 

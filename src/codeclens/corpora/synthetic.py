@@ -35,6 +35,7 @@ from ..config import build
 from ..errors import CodeclensError
 from ..spec import Spec
 from ..util.atomic import atomic_path, write_json, write_text
+from ..util.cache import cache_root
 from ..util.process import pid_alive
 from . import CORPORA
 from .base import Corpus, Interval, Problem, Utterance
@@ -285,13 +286,6 @@ def identity(cfg: SyntheticConfig, sentences: list[str]) -> dict[str, Any]:
 
 def identity_hash(ident: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def cache_root() -> Path:
-    if os.environ.get("CODECLENS_CACHE"):
-        return Path(os.environ["CODECLENS_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "codeclens"
 
 
 # ----------------------------------------------------------------------------------------------

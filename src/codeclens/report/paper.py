@@ -58,20 +58,14 @@ def _probe_dirs(run_dir: Path) -> list[tuple[Path, dict[str, str]]]:
     """(probe result dir, store label -> corpus spec) for a run directory or one probes directory."""
     if (run_dir / "probes.csv").is_file():
         return [(run_dir, _corpora_of_analysis(run_dir))]
-    rj = run_dir / "run.json"
-    if not rj.is_file():
-        raise CodeclensError(f"{run_dir}: neither a study run (run.json) nor a probes result (probes.csv)")
-    try:
-        run = json.loads(rj.read_text())
-        kinds = {a["name"]: a["kind"] for a in run["study"]["analyses"]}
-        corpora = {c["name"]: c["spec"] for c in run["study"]["corpora"]}
-    except (ValueError, KeyError, TypeError) as e:
-        raise CodeclensError(f"{rj}: unreadable run record ({type(e).__name__}: {e})") from None
+    from .runrecord import read_run
+
+    run = read_run(run_dir, "neither a study run (run.json) nor a probes result (probes.csv)")
     out = []
-    for s in run["steps"]:
-        if s["kind"] == "analysis" and kinds.get(s["group"]) == "probes" and (run_dir / s["out"] / "probes.csv").is_file():
+    for s, adir in run.analysis_steps("probes"):
+        if (adir / "probes.csv").is_file():
             corpus = s["id"].split(":", 1)[-1].split("/", 1)[0]
-            out.append((run_dir / s["out"], {"*": corpora.get(corpus, "")}))
+            out.append((adir, {"*": run.corpora.get(corpus, "")}))
     if not out:
         raise CodeclensError(f"{run_dir}: the run has no finished probes analysis")
     return out

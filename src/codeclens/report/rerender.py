@@ -47,6 +47,11 @@ def causal_figures(out: Path) -> list[Path]:
                      ("consumer_offsets", offsets_figure), ("dose_response", dose_figure), ("steering", steering_figure)):
         if (out / f"{name}.csv").is_file():
             made += fn(pd.read_csv(out / f"{name}.csv"), out / name)
+    if (out / "activation_patching.csv").is_file():
+        from ..analyses.causal.activation_figures import activation_figure
+
+        made += activation_figure(pd.read_csv(out / "activation_patching.csv", dtype={"layers": str}),
+                                  out / "activation_patching")
     return made
 
 
@@ -62,6 +67,25 @@ def ablate_figures(out: Path) -> list[Path]:
         made += [d / f for f, _ in figures.effect_figures(pd.read_csv(d / "effects.csv"), d, group, LABELS, IDEAL)]
         if (d / "voice_conversion.csv").is_file():
             made += [d / f for f, _ in figures.vc_figure(pd.read_csv(d / "voice_conversion.csv"), d, group)]
+    return made
+
+
+@renderer("sae")
+def sae_figures(out: Path) -> list[Path]:
+    from ..analyses.sae import figures
+    from ..analyses.sae.config import SAEStudyConfig
+    from ..analyses.sae.study import _nearest
+
+    cfg = _config(out, SAEStudyConfig)
+    allres = pd.read_csv(out / "results.csv")
+    res = allres[allres["kind"] == "feature"].reset_index(drop=True)
+    ref = pd.read_csv(out / "reference_f1.csv")
+    chance = dict(zip(ref["store"].astype(str), ref["majority_f1"] - ref["f1_ref"]))
+    made = [figures.delta_f1_vs_s(res, chance, out / "delta_f1_vs_s.png"),
+            figures.position_magnitude(res, _nearest(cfg.s, cfg.table_s), out / "position_magnitude.png")]
+    for name, fn in (("density", figures.density), ("training", figures.training_curves), ("bitrate", figures.bitrate)):
+        if (out / f"{name}.csv").is_file():
+            made.append(fn(pd.read_csv(out / f"{name}.csv"), out / f"{name}.png"))
     return made
 
 
@@ -106,28 +130,18 @@ def rerender(run_dir: str | Path, formats: tuple[str, ...], style: str | None = 
     """Redraw every figure a renderer exists for; returns (files written, step ids skipped)."""
     import os
 
-    run_dir = Path(run_dir)
-    rj = run_dir / "run.json"
-    if not rj.is_file():
-        raise CodeclensError(f"{run_dir}: not a study run directory (no run.json)")
-    try:
-        run = json.loads(rj.read_text())
-        kinds = {a["name"]: a["kind"] for a in run["study"]["analyses"]}
-        labels = [c.get("label") or c["name"] for c in run["study"]["codecs"]]
-    except (ValueError, KeyError, TypeError) as e:
-        raise CodeclensError(f"{rj}: unreadable run record ({type(e).__name__}: {e})") from None
+    from .runrecord import read_run
+
+    run = read_run(run_dir)
     if style is not None:
         if not Path(style).is_file():
             raise CodeclensError(f"{style}: no such style file")
         os.environ["CODECLENS_MPLSTYLE"] = str(Path(style).resolve())
     use_style()
     written, skipped = [], []
-    with figure_formats(formats), codec_order(labels):
-        for s in run["steps"]:
-            if s["kind"] != "analysis":
-                continue
-            fn = RENDERERS.get(kinds.get(s["group"], ""))
-            out = run_dir / s["out"]
+    with figure_formats(formats), codec_order(run.codec_labels):
+        for s, out in run.analysis_steps():
+            fn = RENDERERS.get(run.kinds.get(s["group"], ""))
             if fn is None or not (out / "result.json").is_file():
                 skipped.append(s["id"])
                 continue

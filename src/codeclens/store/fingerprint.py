@@ -37,7 +37,7 @@ def file_digest(path: Path, chunk: int = 1 << 22) -> str:
 
 
 def _memo_path(root: Path) -> Path:
-    from ..corpora.synthetic import cache_root
+    from ..util.cache import cache_root
 
     key = hashlib.blake2b(str(root.resolve()).encode(), digest_size=12).hexdigest()
     return cache_root() / MEMO_DIR / f"{key}.json"

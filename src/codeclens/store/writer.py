@@ -72,6 +72,12 @@ class ExtractConfig:
     """Ray engine: GPUs per codec actor (0: CPU actors)."""
     workers: int | None = None
     """Ray engine: codec actors (default: the cluster's GPUs / num_gpus, or its CPUs / 2)."""
+    label_workers: int | None = None
+    """Ray engine: CPU actors that run the labellers (default: as many as codec actors)."""
+    inputs: str | None = None
+    """Hash of what the corpus and codec files were made from, part of the store's identity (set by the study runner, not the CLI: a refitted codec or re-synthesized corpus rebuilds the store though its paths are unchanged)."""
+    staging: str | None = None
+    """Ray engine: fsspec URL (s3://..., gs://..., file://...) where workers commit shards when they share no file system with --out; the driver fetches them."""
 
     def __post_init__(self):
         if self.limit is not None and self.limit < 1:
@@ -82,13 +88,16 @@ class ExtractConfig:
             raise ValueError("shard_size must be >= 1")
         if self.engine not in ("local", "ray"):
             raise ValueError("engine must be local or ray")
-        if self.num_gpus < 0 or (self.workers is not None and self.workers < 1):
-            raise ValueError("num_gpus must be >= 0 and workers >= 1")
+        if self.staging and self.engine != "ray":
+            raise ValueError("staging is a Ray engine option: add --engine ray")
+        if self.num_gpus < 0 or any(w is not None and w < 1 for w in (self.workers, self.label_workers)):
+            raise ValueError("num_gpus must be >= 0 and workers, label_workers >= 1")
 
     def identity(self) -> dict[str, Any]:
         """What determines the store's contents (device and batching do not)."""
         d = to_dict(self)
-        for k in ("out", "device", "batch_seconds", "overwrite", "name", "engine", "address", "num_gpus", "workers"):
+        for k in ("out", "device", "batch_seconds", "overwrite", "name", "engine", "address", "num_gpus", "workers",
+                  "label_workers", "staging"):
             d.pop(k)
         return d
 
@@ -169,6 +178,10 @@ def _build(cfg: ExtractConfig, out: Path, build: Path, codec: CodecAdapter, corp
             bar.close()
 
     finalize_store(build, len(shards), manifest, cfg, list(corpus.problems))
+    if cfg.staging:  # the shards are in the store now; the shared staging copy has done its job
+        from .sink import sink_for
+
+        sink_for(cfg, build).clear()
     if build != out:
         _swap_in(build, out)
 
@@ -347,6 +360,139 @@ def _codes_dtype(codebook_sizes: list[int]) -> type:
     return np.int16 if max(codebook_sizes) <= 32768 else np.int32
 
 
+@dataclasses.dataclass
+class EncodedShard:
+    """One shard's codes before labelling: what a codec worker hands to the labellers.
+
+    Lists run over the utterances that could be read, in shard order; ``skipped``
+    holds the records of those that could not. ``audio`` is kept only in-process (the
+    local engine labels right after encoding); a Ray labelling actor re-reads the files
+    instead of shipping waveforms through the object store."""
+
+    ids: list[str]
+    codes: list[np.ndarray]
+    latents: list[np.ndarray] | None
+    times: list[np.ndarray]
+    durations: list[float]
+    skipped: list[dict[str, Any]]
+    n_layers: int
+    sample_rate: int
+    frame_rate: float
+    audio: list[np.ndarray] | None = None
+
+
+def encode_shard(utts: list[Utterance], codec: CodecAdapter, cfg: ExtractConfig, keep_audio: bool = True) -> EncodedShard:
+    """Read and encode one shard (no labels): the part of :func:`write_shard` that needs the codec."""
+    loaded: list[tuple[Utterance, np.ndarray]] = []
+    skipped: list[dict[str, Any]] = []
+    for u in utts:
+        try:
+            audio, _ = u.load(codec.sample_rate)
+            loaded.append((u, audio))
+        except AudioError as e:
+            skipped.append(_skip(u, e, "audio"))
+    results: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+    for batch in _batches(loaded, cfg.batch_seconds * codec.sample_rate):
+        codes, latents = _encode_batch(codec, [a for _, a in batch], cfg.latent)
+        for (u, _), c, z in zip(batch, codes, latents):
+            results[u.id] = (c, z)
+    dtype = _codes_dtype(codec.codebook_sizes)
+    codes_l, lat_l, times_l = [], [], []
+    for u, _ in loaded:
+        c, z = results[u.id]
+        codes_l.append(c.astype(dtype))
+        lat_l.append(None if z is None else z.astype(np.float16))
+        # The codec's own frame centres (offset, chunking: docs/labels.md#frame-timing).
+        n = c.shape[0]
+        times_l.append(codec.frame_times(n) if hasattr(codec, "frame_times") else frame_times(n, codec.frame_rate))
+    return EncodedShard(
+        ids=[u.id for u, _ in loaded], codes=codes_l, latents=lat_l if cfg.latent else None, times=times_l,
+        durations=[len(a) / codec.sample_rate for _, a in loaded], skipped=skipped, n_layers=codec.n_layers,
+        sample_rate=int(codec.sample_rate), frame_rate=float(codec.frame_rate),
+        audio=[a for _, a in loaded] if keep_audio else None,
+    )
+
+
+def save_encoded(enc: EncodedShard, path: Path) -> None:
+    """Write an encoded shard (without its audio) to ``path`` (.npz), atomically."""
+    lens = np.array([len(c) for c in enc.codes], np.int64)
+    arrays: dict[str, np.ndarray] = {
+        "lengths": lens,
+        "codes": np.concatenate(enc.codes) if enc.codes else np.zeros((0, enc.n_layers), np.int16),
+        "times": np.concatenate(enc.times) if enc.times else np.zeros(0),
+    }
+    if enc.latents is not None:
+        arrays["latents"] = np.concatenate(enc.latents) if enc.latents else np.zeros((0, 0), np.float16)
+    meta = {k: getattr(enc, k) for k in ("ids", "durations", "skipped", "n_layers", "sample_rate", "frame_rate")}
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    with atomic_path(path, ".npz") as tmp:
+        with open(tmp, "wb") as fh:  # a file object: np.savez must not append its own suffix
+            np.savez(fh, **arrays)
+
+
+def load_encoded(path: Path) -> EncodedShard:
+    """Read what :func:`save_encoded` wrote."""
+    with np.load(path) as z:
+        meta = json.loads(z["meta"].tobytes().decode())
+        cut = np.cumsum(z["lengths"])[:-1]
+        split = (lambda a: list(np.split(a, cut))) if len(z["lengths"]) else (lambda a: [])
+        latents = split(z["latents"]) if "latents" in z.files else None
+        return EncodedShard(codes=split(z["codes"]), times=split(z["times"]), latents=latents, **meta)
+
+
+def label_shard(
+    utts: list[Utterance], enc: EncodedShard, labellers: list[Labeller], cfg: ExtractConfig, dest: Path, bar=None,
+) -> float:
+    """Label an encoded shard and commit it to ``dest`` by one rename; returns its seconds of audio.
+
+    Needs no codec: frame times, rates and sizes travel in ``enc``. Without ``enc.audio``
+    the audio is re-read from the utterances' files (same reader, same samples)."""
+    by_id = {u.id: u for u in utts}
+    skipped = list(enc.skipped)
+    if bar is not None and skipped:
+        bar.update(len(skipped))
+    utt_rows, frame_tables, codes_all, lat_all = [], [], [], []
+    seconds = 0.0
+    for j, uid in enumerate(enc.ids):
+        u, c, times = by_id[uid], enc.codes[j], enc.times[j]
+        n = c.shape[0]
+        row = dict(u.meta)
+        row["duration"] = enc.durations[j]
+        row["n_frames"] = n
+        frame_cols: dict[str, Any] = {"utt": np.full(n, j, dtype=np.int64), "frame": np.arange(n), "time": times}
+        try:
+            audio = enc.audio[j] if enc.audio is not None else (u.load(enc.sample_rate)[0] if labellers else None)
+            for lb in labellers:
+                frame_cols.update(lb.frame_labels(u, audio, enc.sample_rate, times, enc.frame_rate))
+                row.update(lb.utterance_labels(u, audio, enc.sample_rate))
+        except (CodeclensError, AudioError) as e:
+            # One bad alignment or label must not stop the run: skip and record.
+            skipped.append(_skip(u, e, "labels"))
+        else:
+            utt_rows.append(row)
+            frame_tables.append(pd.DataFrame(frame_cols))
+            codes_all.append(c)
+            if enc.latents is not None:
+                lat_all.append(enc.latents[j])
+            seconds += row["duration"]
+        if bar is not None:
+            bar.update(1)
+
+    for k, ft in enumerate(frame_tables):
+        ft["utt"] = k
+    dtype = codes_all[0].dtype if codes_all else (enc.codes[0].dtype if enc.codes else np.int16)
+    with atomic_dir(dest) as tmp:
+        np.save(tmp / layout.CODES, np.concatenate(codes_all) if codes_all else np.zeros((0, enc.n_layers), dtype))
+        if cfg.latent:
+            d = lat_all[0].shape[1] if lat_all else 0
+            np.save(tmp / layout.LATENT, np.concatenate(lat_all) if lat_all else np.zeros((0, d), np.float16))
+        pd.DataFrame(utt_rows).to_parquet(tmp / layout.UTTERANCES, index=False)
+        frames = pd.concat(frame_tables, ignore_index=True) if frame_tables else pd.DataFrame({"utt": [], "frame": [], "time": []})
+        frames.to_parquet(tmp / layout.FRAMES, index=False)
+        (tmp / "skipped.json").write_text(json.dumps(skipped))
+    return seconds
+
+
 def write_shard(
     utts: list[Utterance], codec: CodecAdapter, labellers: list[Labeller], cfg: ExtractConfig, dest: Path,
     bar=None,
@@ -356,66 +502,7 @@ def write_shard(
 
     Any engine (in-process, a Ray worker) may call this; writing the same shard twice
     gives the same directory, so a shard redone after a lost worker is harmless."""
-    loaded: list[tuple[Utterance, np.ndarray]] = []
-    skipped: list[dict[str, Any]] = []
-    for u in utts:
-        try:
-            audio, _ = u.load(codec.sample_rate)
-            loaded.append((u, audio))
-        except AudioError as e:
-            skipped.append(_skip(u, e, "audio"))
-            if bar is not None:
-                bar.update(1)
-
-    results: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
-    for batch in _batches(loaded, cfg.batch_seconds * codec.sample_rate):
-        codes, latents = _encode_batch(codec, [a for _, a in batch], cfg.latent)
-        for (u, _), c, z in zip(batch, codes, latents):
-            results[u.id] = (c, z)
-
-    dtype = _codes_dtype(codec.codebook_sizes)
-    utt_rows, frame_tables, codes_all, lat_all = [], [], [], []
-    seconds = 0.0
-    for j, (u, audio) in enumerate(loaded):
-        c, z = results[u.id]
-        n = c.shape[0]
-        # The codec's own frame centres (offset, chunking: docs/labels.md#frame-timing).
-        times = codec.frame_times(n) if hasattr(codec, "frame_times") else frame_times(n, codec.frame_rate)
-        row = dict(u.meta)
-        row["duration"] = len(audio) / codec.sample_rate
-        row["n_frames"] = n
-        frame_cols: dict[str, Any] = {"utt": np.full(n, j, dtype=np.int64), "frame": np.arange(n), "time": times}
-        for lb in labellers:
-            try:
-                frame_cols.update(lb.frame_labels(u, audio, codec.sample_rate, times, codec.frame_rate))
-                row.update(lb.utterance_labels(u, audio, codec.sample_rate))
-            except CodeclensError as e:
-                # One bad alignment or label must not stop the run: skip and record.
-                skipped.append(_skip(u, e, "labels"))
-                break
-        else:
-            utt_rows.append(row)
-            frame_tables.append(pd.DataFrame(frame_cols))
-            codes_all.append(c.astype(dtype))
-            if z is not None:
-                lat_all.append(z.astype(np.float16))
-            seconds += row["duration"]
-        if bar is not None:
-            bar.update(1)
-
-    for k, ft in enumerate(frame_tables):
-        ft["utt"] = k
-    with atomic_dir(dest) as tmp:
-        L = codec.n_layers
-        np.save(tmp / layout.CODES, np.concatenate(codes_all) if codes_all else np.zeros((0, L), dtype))
-        if cfg.latent:
-            d = lat_all[0].shape[1] if lat_all else 0
-            np.save(tmp / layout.LATENT, np.concatenate(lat_all) if lat_all else np.zeros((0, d), np.float16))
-        pd.DataFrame(utt_rows).to_parquet(tmp / layout.UTTERANCES, index=False)
-        frames = pd.concat(frame_tables, ignore_index=True) if frame_tables else pd.DataFrame({"utt": [], "frame": [], "time": []})
-        frames.to_parquet(tmp / layout.FRAMES, index=False)
-        (tmp / "skipped.json").write_text(json.dumps(skipped))
-    return seconds
+    return label_shard(utts, encode_shard(utts, codec, cfg), labellers, cfg, dest, bar)
 
 
 def _skip(u: Utterance, e: Exception, stage: str) -> dict[str, Any]:

@@ -358,7 +358,7 @@ def _explicit_path(v: str) -> bool:
 def _extract_options(t: Mapping[str, Any], at: str) -> tuple[tuple[str, Any], ...]:
     from ..store.writer import ExtractConfig
 
-    reserved = {"corpus", "codec", "out", "overwrite", "name", "device"}
+    reserved = {"corpus", "codec", "out", "overwrite", "name", "device", "inputs"}
     bad = sorted(set(t) & reserved)
     if bad:
         raise StudyError(f"{at}: {', '.join(bad)} cannot be set here (the runner sets them)")

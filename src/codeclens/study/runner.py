@@ -103,12 +103,12 @@ class Runner:
             f.write(line + "\n")
         self.echo(line)
 
+    def inputs(self, step: Step) -> dict[str, str | None]:
+        """The tokens of the steps ``step`` depends on (what its key and a store's identity hold)."""
+        return {d: (self.record(d) or {}).get("token") for d in step.deps}
+
     def key(self, step: Step) -> str:
-        inputs = {}
-        for d in step.deps:
-            rec = self.record(d) or {}
-            inputs[d] = rec.get("token")
-        return config_hash({"id": step.id, "config": step.config, "inputs": inputs})
+        return config_hash({"id": step.id, "config": step.config, "inputs": self.inputs(step)})
 
     def _output_ok(self, step: Step) -> bool:
         if step.kind == "extract":
@@ -172,13 +172,18 @@ class Runner:
                     self.log(f"{tag}: up to date, skipped (key {key})")
                     continue
                 resume = step.resumable and rec is not None and rec.get("key") == key and step.id not in self.forced
-                if not resume and step.out.exists():
+                # A changed extraction is built beside the old store and swapped in when complete
+                # (extract's own --overwrite path, its identity holding the inputs' tokens), so an
+                # interrupted rebuild loses nothing.
+                rebuild_beside = step.kind == "extract" and step.id not in self.forced
+                if not resume and step.out.exists() and not rebuild_beside:
                     self._clean(step)
                 self.log(f"{tag}: {'resuming' if resume else 'running'} (key {key})")
                 rec = {"id": step.id, "kind": step.kind, "key": key, "status": "running", "started": _now(),
                        "out": str(step.out.relative_to(self.root)), "config": step.config, "deps": list(step.deps)}
                 self._write_record(rec)
                 t0 = time.perf_counter()
+                self.ctx.inputs = self.inputs(step)
                 try:
                     info = step.work(step, self.ctx) or {}
                 except (KeyboardInterrupt, SystemExit):

@@ -17,6 +17,7 @@ from ..config import to_dict
 from ..errors import CodeclensError
 from ..spec import Spec, parse_spec
 from ..util.atomic import atomic_dir, write_json
+from ..util.provenance import config_hash
 from .config import AnalysisEntry, CodecEntry, CorpusEntry, Study
 
 
@@ -51,6 +52,8 @@ class Context:
     log: Callable[[str], None] = print
     corpus_specs: dict[str, str] = dataclasses.field(default_factory=dict)
     codec_specs: dict[str, str] = dataclasses.field(default_factory=dict)
+    inputs: dict[str, str | None] = dataclasses.field(default_factory=dict)
+    """Tokens of the steps the running step depends on (set by the runner before each step)."""
 
     @property
     def device(self) -> str:
@@ -170,7 +173,9 @@ def run_extract(step: Step, ctx: Context) -> dict[str, Any]:
     cfg = build(
         ExtractConfig,
         {**c["options"], "corpus": c["corpus_spec"], "codec": c["codec_spec"], "out": str(step.out),
-         "device": ctx.device, "overwrite": True, "name": c["label"]},
+         "device": ctx.device, "overwrite": True, "name": c["label"],
+         # A refit codec or re-synthesized corpus keeps its path: its token makes the store differ.
+         "inputs": config_hash(ctx.inputs) if any(ctx.inputs.values()) else None},
         where=f"extract {step.id}",
     )
     extract(cfg, progress=ctx.progress, log=lambda m: None)

@@ -77,6 +77,10 @@ class CausalConfig(DoseFields, SteerFields, ReencodeFields):
     """Width of the token LM."""
     lm_depth: int = 2
     """Transformer blocks of the token LM."""
+    activations: bool = False
+    """Activation patching inside torch decoders: block × layer maps (docs/causal.md; needs decoder = true)."""
+    activation_windows: int = 1
+    """Time windows of the activation patches: 1 = whole utterance only; n > 1 adds n equal windows."""
     n_boot: int = 1000
     """Speaker-resampling bootstrap replicates for the intervals."""
     seed: int = 0
@@ -106,6 +110,10 @@ class CausalConfig(DoseFields, SteerFields, ReencodeFields):
         bad = [x for x in self.interchange_sets if x not in ("single", "suffix", "all")]
         if bad:
             raise ValueError(f"interchange_sets: unknown {', '.join(bad)}; known: single, suffix, all")
+        if self.activation_windows < 1:
+            raise ValueError("activation_windows must be >= 1")
+        if self.activations and not self.decoder:
+            raise ValueError("activations needs decoder = true")
         if not self.consumers and not self.decoder:
             raise ValueError("nothing to do: give consumers or decoder = true")
         check_dose(self)
@@ -186,9 +194,11 @@ def _ci_rows(df: pd.DataFrame, keys: list[str], value: str, cluster: str, cfg: C
 # -- consumers ---------------------------------------------------------------------------
 
 
-def consumer_effects(store, cfg: CausalConfig, rows: np.ndarray, log=print) -> dict[str, pd.DataFrame]:
+def consumer_effects(store, cfg: CausalConfig, rows: np.ndarray, log=print,
+                     mean: np.ndarray | None = None) -> dict[str, pd.DataFrame]:
+    """``mean``: the store's mean codes (:func:`.patching.mean_codes`; computed when not given)."""
     L = store.n_layers
-    mean = mean_codes(np.asarray(store.codes), store.tables)
+    mean = mean_codes(np.asarray(store.codes), store.tables) if mean is None else mean
     spk = store.utterances["speaker"].astype(str).to_numpy()
     eff, offs, shap = [], [], []
     maxf = int(round(cfg.max_seconds * store.frame_rate))
@@ -272,7 +282,9 @@ def _conf(logp: np.ndarray, top: list[np.ndarray], groups: list[int], n: int) ->
 # -- decoder -----------------------------------------------------------------------------
 
 
-def decoder_attribution(store, codec, cfg: CausalConfig, rows: np.ndarray, log=print) -> dict[str, pd.DataFrame]:
+def decoder_attribution(store, codec, cfg: CausalConfig, rows: np.ndarray, log=print,
+                        mean: np.ndarray | None = None) -> dict[str, pd.DataFrame]:
+    """``mean``: the store's mean codes (computed when not given)."""
     from ..ablate.measures import speaker_encoder
 
     L = store.n_layers
@@ -280,7 +292,7 @@ def decoder_attribution(store, codec, cfg: CausalConfig, rows: np.ndarray, log=p
     from ..ablate.interventions import code_distributions, expected_vectors
 
     all_codes = np.asarray(store.codes)
-    mean = mean_codes(all_codes, store.tables)
+    mean = mean_codes(all_codes, store.tables) if mean is None else mean
     expected = expected_vectors(store.tables, code_distributions(all_codes, store.codebook_sizes)) \
         if "mean" in cfg.absent else None
     spk = store.utterances["speaker"].astype(str).to_numpy()
@@ -460,7 +472,9 @@ class CausalAnalysis(Analysis):
         tables: dict[str, list[pd.DataFrame]] = {}
         for st in stores:
             rows = measured_rows(st, cfg.n_utts, cfg.seed)
-            res = consumer_effects(st, cfg, rows, log) if cfg.consumers else {}
+            # one pass over the store's codes, shared by the consumers and the decoder
+            mean = mean_codes(np.asarray(st.codes), st.tables)
+            res = consumer_effects(st, cfg, rows, log, mean=mean) if cfg.consumers else {}
             if cfg.decoder:
                 try:
                     codec = load_codec(st.codec["spec"], None if cfg.device == "auto" else cfg.device)
@@ -474,7 +488,11 @@ class CausalAnalysis(Analysis):
                     from .steering import steering
 
                     res.update(steering(st, codec, cfg, rows, log))
-                res.update(decoder_attribution(st, codec, cfg, rows, log))
+                res.update(decoder_attribution(st, codec, cfg, rows, log, mean=mean))
+                if cfg.activations:
+                    from .activations import activation_patching
+
+                    res.update(activation_patching(st, codec, cfg, rows, log))
             for k, df in res.items():
                 df.insert(0, "store", st.name)
                 tables.setdefault(k, []).append(df)
@@ -500,6 +518,9 @@ class CausalAnalysis(Analysis):
             "steering_latents": "The steered latents and their association with the label (train-split frames).",
             "steering_per_utterance": "Per-utterance steering effects.",
         }
+        from .activations import CAPTIONS as activation_captions
+
+        captions.update(activation_captions)
         for k, parts in tables.items():
             df = pd.concat(parts, ignore_index=True)
             with atomic_path(out / f"{k}.csv", ".csv") as tmp:
@@ -516,6 +537,13 @@ class CausalAnalysis(Analysis):
         if "consumer_offsets" in tables:
             offsets_figure(tables["consumer_offsets"], out / "consumer_offsets")
             arts.insert(2, Artifact("consumer_offsets.png", "KL at each time offset from a single patched frame.", "figure"))
+        if "activation_patching" in tables:
+            from .activation_figures import activation_figure
+
+            activation_figure(tables["activation_patching"], out / "activation_patching")
+            arts.insert(1, Artifact("activation_patching.png", "Block × layer maps: change of each measure when one "
+                                    "decoder block's output is taken from a run where only layer(s) S came from the donor.",
+                                    "figure"))
         if "dose_response" in tables:
             from .dose_figures import dose_figure
 
@@ -554,6 +582,10 @@ def summarise(name: str, res: dict[str, pd.DataFrame], cfg: CausalConfig) -> lis
             else:
                 lines.append(f"{name}: {cons}: {mode} of layer {int(top['layer'])} flips {top['value']:.1%} of its decisions "
                              f"[{top['ci_low']:.1%}, {top['ci_high']:.1%}].")
+    if res.get("activation_patching") is not None:
+        from .activations import summarise as activation_summary
+
+        lines.extend(activation_summary(name, res["activation_patching"]))
     ic = res.get("interchange")
     if ic is not None and len(ic):
         single = ic[(ic["kind"] == "layer") & ic["follows_donor"].notna()]

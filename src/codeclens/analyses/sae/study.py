@@ -433,6 +433,8 @@ class SAERunner:
         table_art(wide, f"position_magnitude_s{ts:g}.csv", f"ΔF1 (%) at s = {ts:g}: z, position, magnitude by q.")
         if len(dens):
             table_art(dens, "density.csv", "Activation density per ordered latent group.")
+        if len(hist):
+            table_art(hist, "training.csv", "SAE reconstruction loss during training (first seed), per configuration.")
         lat = pd.concat([o.label_latents for o in outs], ignore_index=True)
         if len(lat):
             table_art(lat, "label_latents.csv", f"Latents that carry '{cfg.label}': the largest |coefficients| of "
