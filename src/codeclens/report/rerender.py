@@ -39,11 +39,12 @@ def probes_figures(out: Path) -> list[Path]:
 
 @renderer("causal")
 def causal_figures(out: Path) -> list[Path]:
+    from ..analyses.causal.dose_figures import dose_figure, steering_figure
     from ..analyses.causal.figures import consumer_figure, offsets_figure, shapley_figure
 
     made: list[Path] = []
     for name, fn in (("decoder_shapley", shapley_figure), ("consumer_effects", consumer_figure),
-                     ("consumer_offsets", offsets_figure)):
+                     ("consumer_offsets", offsets_figure), ("dose_response", dose_figure), ("steering", steering_figure)):
         if (out / f"{name}.csv").is_file():
             made += fn(pd.read_csv(out / f"{name}.csv"), out / name)
     if (out / "activation_patching.csv").is_file():

@@ -34,13 +34,16 @@ from ..ablate.engine import utterance_codes, utterance_scales
 from ..stats.paired import cluster_bootstrap, holm, sign_flip_pvalue
 from . import effects as E
 from .consumers import as_batch, groups_of, load_consumer
+from .dose import DoseFields, check_dose
+from .reencoded import ReencodeFields
+from .steering import SteerFields, check_steer
 from .decoder import ABSENT_VALUES, DECODER_MEASURES, Reference, decode, decode_coalition
 from .patching import MODES, aligned, mean_codes, patch
 from .shapley import EXACT_MAX_LAYERS, exact_shapley, full_mask, interaction_indices, sampled_shapley
 
 
 @dataclasses.dataclass(frozen=True)
-class CausalConfig:
+class CausalConfig(DoseFields, SteerFields, ReencodeFields):
     consumers: tuple[str, ...] = ("speaker", "phone", "lm")
     """Token consumers: a label column (token classifier: speaker, accent, phone, ...), lm (a token
     language model trained on the store) or python:package.module:Class (see docs/causal.md)."""
@@ -113,6 +116,8 @@ class CausalConfig:
             raise ValueError("activations needs decoder = true")
         if not self.consumers and not self.decoder:
             raise ValueError("nothing to do: give consumers or decoder = true")
+        check_dose(self)
+        check_steer(self)
 
 
 def _stable(s: str, seed: int) -> str:
@@ -400,6 +405,10 @@ def interchange(store, codec, cfg: CausalConfig, rows, refs, full_audio, enc, ma
 
     from .decoder import envelope_distance
 
+    from .reencoded import Reencoded, follow_columns
+
+    rd = Reencoded(store, codec, rows, cfg.seed, log=lambda *_: None) if cfg.interchange_reencode else None
+    rd = rd if rd is not None and rd.active else None
     rec = []
     for r in rows:
         d, how = donors[int(r)]
@@ -411,6 +420,9 @@ def interchange(store, codec, cfg: CausalConfig, rows, refs, full_audio, enc, ma
         scales = utterance_scales(store, int(r), codec)
         don_audio = decode(codec, aligned(donor, len(codes)), None, scales)
         src_f0, don_f0 = refs[int(r)].f0, f0_track(don_audio, sr)
+        if rd is not None:
+            phones = rd.phones(int(r), len(codes))
+            src_read, don_read = rd.read(src_audio, phones, row=int(r)), rd.read(don_audio, None)
         for kind, layers in sets:
             audio = decode(codec, patch(codes, layers, "swap", donor=donor), None, scales)
             e = enc.embed(audio, sr)
@@ -422,17 +434,21 @@ def interchange(store, codec, cfg: CausalConfig, rows, refs, full_audio, enc, ma
             rec.append({"layers": name, "kind": kind, "utt": int(r), "speaker": spk[r], "donor": spk[d], "donor_match": how,
                         "looped_fraction": looped, "cos_donor": cd, "cos_source": cs, "f0_follows_donor": f0_follow,
                         "spectrum_follows_donor": spec_follow,
-                        "follows_donor": float(cd >= tau and cs < tau) if np.isfinite(tau) else np.nan, "threshold": tau})
+                        "follows_donor": float(cd >= tau and cs < tau) if np.isfinite(tau) else np.nan, "threshold": tau,
+                        **(follow_columns(src_read, don_read, rd.read(audio, phones)) if rd is not None else {})})
     per = pd.DataFrame(rec)
     out = []
     for (name, kind), g in per.groupby(["layers", "kind"], sort=False):
         row = {"layers": name, "kind": kind, "threshold": tau, "donor_match": g["donor_match"].iloc[0],
                "looped_fraction": float(g["looped_fraction"].mean())}
-        for col in ("follows_donor", "f0_follows_donor", "spectrum_follows_donor", "cos_donor", "cos_source"):
+        extra = [c for c in ("accent_follows_donor", "accent_source_correct", "phone_acc_change") if c in g.columns]
+        for col in ("follows_donor", "f0_follows_donor", "spectrum_follows_donor", "cos_donor", "cos_source", *extra):
             v = g[col].to_numpy(float)
             est = cluster_bootstrap(v, g["speaker"].to_numpy(), cfg.n_boot, cfg.seed)
             row.update({col: est.mean, f"{col}_ci_low": est.lo, f"{col}_ci_high": est.hi})
         row["n"] = len(g)
+        if "accent_follows_donor" in g.columns:
+            row["accent_pairs"] = int(g["accent_follows_donor"].notna().sum())
         out.append(row)
     return pd.DataFrame(out)
 
@@ -468,6 +484,14 @@ class CausalAnalysis(Analysis):
                     codec = load_codec(st.codec["spec"], None if cfg.device == "auto" else cfg.device)
                 except CodeclensError as e:
                     raise CodeclensError(f"{st.path}: the decoder analysis needs the store's codec: {e}") from None
+                if cfg.dose:
+                    from .dose import dose_response
+
+                    res.update(dose_response(st, codec, cfg, rows, log))
+                if cfg.steer_label:
+                    from .steering import steering
+
+                    res.update(steering(st, codec, cfg, rows, log))
                 res.update(decoder_attribution(st, codec, cfg, rows, log, mean=mean))
                 if cfg.activations:
                     from .activations import activation_patching
@@ -490,6 +514,13 @@ class CausalAnalysis(Analysis):
             "consumer_offsets": "KL of a frame-level consumer at offset δ from a single patched frame (causal models: 0 for δ < 0).",
             "decoder_shapley_per_utterance": "Per-utterance Shapley values (the unit the intervals resample).",
             "consumer_per_utterance": "Per-utterance consumer effects.",
+            "dose_response": "Dose-response: effect (vs the unedited decode) of patching layer k on a fraction of the "
+                             "frames or interpolating its vectors towards the donor's by α; 95% CI resampling speakers.",
+            "dose_per_utterance": "Per-utterance dose-response effects.",
+            "steering": "SAE feature steering: effect (vs the unedited decode) of scaling the SAE latents most associated "
+                        "with the label by s (reconstruction error kept); 95% CI resampling speakers.",
+            "steering_latents": "The steered latents and their association with the label (train-split frames).",
+            "steering_per_utterance": "Per-utterance steering effects.",
         }
         from .activations import CAPTIONS as activation_captions
 
@@ -517,6 +548,18 @@ class CausalAnalysis(Analysis):
             arts.insert(1, Artifact("activation_patching.png", "Block × layer maps: change of each measure when one "
                                     "decoder block's output is taken from a run where only layer(s) S came from the donor.",
                                     "figure"))
+        if "dose_response" in tables:
+            from .dose_figures import dose_figure
+
+            dose_figure(tables["dose_response"], out / "dose_response")
+            arts.append(Artifact("dose_response.png", "Dose-response curves per layer and measure: effect vs fraction "
+                                 "of frames patched and vs α (95% bands; the square is the unedited decode).", "figure"))
+        if "steering" in tables:
+            from .dose_figures import steering_figure
+
+            steering_figure(tables["steering"], out / "steering")
+            arts.append(Artifact("steering.png", "Effect of scaling the label's SAE latents by s on each decoder measure "
+                                 "(s = 1: the unedited decode; 95% CI).", "figure"))
         return AnalysisResult(self.name, self.title, tuple(arts), "\n".join(lines))
 
 
@@ -557,4 +600,7 @@ def summarise(name: str, res: dict[str, pd.DataFrame], cfg: CausalConfig) -> lis
             top = single.loc[single["follows_donor"].idxmax()]
             lines.append(f"{name}: swapping layer {top['layers']} alone makes the voice follow the donor in "
                          f"{top['follows_donor']:.0%} of pairs ({top['donor_match']} donors).")
+        from .reencoded import summary_lines
+
+        lines.extend(summary_lines(name, ic))
     return lines
