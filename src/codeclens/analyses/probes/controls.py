@@ -18,15 +18,16 @@ import numpy as np
 
 from ...errors import CodeclensError
 from ...store import Repr, Store
+from ..framestream import codes_at
 
 
 def code_types(store: Store, rep: Repr, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Integer type of each row per split: its code (layer) or code tuple (cumulative, latent)."""
     if rep.kind in ("layer", "codes"):
-        return {s: np.asarray(store.codes[r, rep.layer - 1], np.int64) for s, r in rows.items()}
+        return {s: codes_at(store, r, [rep.layer - 1])[:, 0] for s, r in rows.items()}
     upto = rep.layer if rep.kind == "cumulative" else store.n_layers
     splits = list(rows)
-    allc = np.concatenate([np.asarray(store.codes[rows[s], :upto], np.int64) for s in splits])
+    allc = np.concatenate([codes_at(store, rows[s], range(upto)) for s in splits])
     _, inv = np.unique(allc, axis=0, return_inverse=True)
     inv = inv.reshape(-1)
     out, a = {}, 0

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ...store import Repr, Store
+from ..framestream import codes_at
 from .config import ProbeConfig
 from .data import TaskData, Whitener, iter_features, streamed_whitener, weighted_whitener
 from .linear import RidgeStats, fit_logistic, fit_ridge, logits_of, ridge_sse, ridge_stats, threads_for
@@ -67,7 +68,8 @@ def fit_jobs(jobs: Sequence[Job], cfg: ProbeConfig, device: torch.device, log=No
     # Lookup jobs sharing a class list are one group, across stores and layers.
     groups: dict[tuple, list[int]] = {}
     for i in lookup:
-        key = (jobs[i].td.classes, jobs[i].td.n_train_classes) if jobs[i].td.categorical else ("reg",)
+        key = ((jobs[i].td.classes, jobs[i].td.n_train_classes, jobs[i].control) if jobs[i].td.categorical
+               else ("reg",))
         groups.setdefault(key, []).append(i)
     for idx in (sub for g in groups.values() for sub in _split_lookup(g, jobs, cfg)):
         cvs = []
@@ -76,7 +78,7 @@ def fit_jobs(jobs: Sequence[Job], cfg: ProbeConfig, device: torch.device, log=No
             if k not in cache:
                 cache[k] = _compact(code_vectors(jobs[i].store, jobs[i].rep, jobs[i].td.rows))
             cvs.append(cache[k])
-        # A task and its control share a sub-group; per-frame vector ids are not kept past it.
+        # Per-frame vector ids are not kept past a sub-group (tasks and their controls are fitted apart).
         cache.clear()
         fn = _lookup_classify if jobs[idx[0]].td.categorical else _lookup_regress
         work = len(idx) * len(cfg.l2) * max(len(c.vectors) for c in cvs) * max(jobs[idx[0]].td.n_classes, 8)
@@ -159,7 +161,8 @@ def _choose(score: torch.Tensor | None, G: int) -> np.ndarray:
 
 
 # -- lookup path -------------------------------------------------------------
-def _lookup_classify(jobs, cvs, cfg: ProbeConfig, device) -> list[JobFit]:
+def _lookup_classify(jobs, cvs, cfg: ProbeConfig, device, reference: bool = False) -> list[JobFit]:
+    """``reference``: the slower computation this one replaced (float64, autograd gradients), for tests."""
     td = jobs[0].td
     C, Call, G = td.n_train_classes, td.n_classes, len(cfg.l2)
     whs, Zs, Ts, Tvs = [], [], [], []
@@ -171,20 +174,29 @@ def _lookup_classify(jobs, cvs, cfg: ProbeConfig, device) -> list[JobFit]:
         Ts.append(count_table(cv.ids["train"], job.y["train"], U, C))
         Tvs.append(count_table(cv.ids["val"], job.y["val"], U, Call))
     Umax, rmax = max(len(z) for z in Zs), max(z.shape[1] for z in Zs)
-    dt = torch.float64
+    # Task probes in float32: whitened features are O(1) and the loss sums non-negative terms, so single
+    # precision reaches the float64 optimum (to the stopping tolerance) at half the memory traffic. Code
+    # controls stay float64: at weak L2 they are near-memorisation problems stopped early on val, whose
+    # macro-F1 moved by up to 0.06 between precisions (the same accuracy, other near-tied codes).
+    dt = torch.float64 if cfg.l1 > 0 or reference or jobs[0].control else torch.float32
     Z = _pad(Zs, (Umax, rmax), dt, device)
     T = _pad(Ts, (Umax, C), dt, device)
-    Tv = _pad(Tvs, (Umax, Call), dt, device)
+    Tv = _pad(Tvs, (Umax, Call), torch.float64, device)
     cw = _class_weights(T.sum(1), cfg.balance)
     has_val = bool(Tv.sum() > 0)
-    fit = fit_logistic(lambda: iter([(Z, T)]), (lambda: iter([(Z, Tv[..., :C])])) if has_val else None,
-                       len(jobs), rmax, C, cw, cfg.l2, cfg.l1, cfg.max_iter, cfg.patience)
+    Tv_fit = Tv[..., :C].to(dt)
+    fit = fit_logistic(lambda: iter([(Z, T)]), (lambda: iter([(Z, Tv_fit)])) if has_val else None,
+                       len(jobs), rmax, C, cw, cfg.l2, cfg.l1, cfg.max_iter, cfg.patience, closed_form=not reference)
     with torch.no_grad():
         pred = logits_of(Z, fit.W, fit.b).argmax(-1)  # [P, G, U]
         if has_val:
-            onehot = torch.nn.functional.one_hot(pred, Call).to(dt)
-            tp = (onehot * Tv[:, None]).sum(2)
-            predn = (onehot * Tv.sum(-1)[:, None, :, None]).sum(2)
+            # Per (probe, strength, class) counts of val rows by scatter over the U vectors: no
+            # [P, G, U, C] one-hot (hundreds of MB for 200 speakers x 1024 codes).
+            P_, G_, U_ = pred.shape
+            hit = Tv[:, None].expand(P_, G_, U_, Call).gather(-1, pred[..., None]).squeeze(-1)
+            zero = torch.zeros((P_, G_, Call), dtype=Tv.dtype, device=device)
+            tp = zero.clone().scatter_add_(2, pred, hit)
+            predn = zero.scatter_add_(2, pred, Tv.sum(-1)[:, None, :].expand(P_, G_, U_).contiguous())
             truen = Tv.sum(1)[:, None, :]
             choice = _choose(_f1(tp, predn - tp, truen - tp), G)
         else:
@@ -271,7 +283,7 @@ class _RepFeatures:
     def z_t(self, rows: np.ndarray) -> torch.Tensor:
         """Whitened features ``[len(rows), r]`` (float32, on the device)."""
         if self._layers:
-            codes = np.asarray(self.store.codes[rows], np.int64)[:, self._layers]
+            codes = codes_at(self.store, rows, self._layers)
             c = torch.from_numpy(codes).to(self.device)
             z = self._tables[0][c[:, 0]] - self._offset
             for i in range(1, len(self._layers)):
