@@ -81,7 +81,7 @@ FLOOR = r"""
 import sys, time, resource
 import numpy as np, pyarrow.parquet as pq
 from codeclens.store import Store
-t = time.perf_counter()
+t, c = time.perf_counter(), time.process_time()
 s = Store(sys.argv[1])
 fr = pq.read_table(s.path / "frames.parquet", columns=["phone", "f0_hz"])
 ph = fr.column("phone").dictionary_encode().combine_chunks().indices.to_numpy()
@@ -94,7 +94,7 @@ for k in range(s.n_layers):
     np.bincount(c * 256 + spk, minlength=K * 256)
     ok = np.isfinite(f0)
     np.bincount(c[ok], weights=f0[ok], minlength=K)
-print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print(time.perf_counter() - t, time.process_time() - c, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
 
 SKLEARN = r"""
@@ -103,21 +103,22 @@ import numpy as np, pyarrow.parquet as pq
 from sklearn.linear_model import LogisticRegression
 from codeclens.store import Store
 s = Store(sys.argv[1])
-t = time.perf_counter()
+t, c = time.perf_counter(), time.process_time()
 ph = pq.read_table(s.path / "frames.parquet", columns=["phone"]).column("phone").to_numpy().astype(str)
 split = s.utterances["split_spk"].to_numpy()[s.frame_utt]
 tr = np.flatnonzero(split == "train")
 x = s.materialize("layer:1", tr)
 LogisticRegression(max_iter=5).fit(x, ph[tr])  # 5 lbfgs iterations: memory is the point here
-print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print(time.perf_counter() - t, time.process_time() - c, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
 
 
-def run_script(code: str, store: Path) -> tuple[float, float]:
+def run_script(code: str, store: Path) -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds, peak RSS MB) of a script in a fresh process."""
     env = dict(os.environ, PYTHONPATH=str(SRC))
     out = subprocess.run([sys.executable, "-c", code, str(store)], env=env, capture_output=True, text=True, check=True)
-    secs, rss = out.stdout.split()
-    return float(secs), float(rss)
+    secs, cpu, rss = out.stdout.split()
+    return float(secs), float(cpu), float(rss)
 
 
 def main() -> None:
@@ -145,13 +146,15 @@ def main() -> None:
                             f"make_store(Path({str(store)!r}), {int(m * 1e6)})"], check=True)
             print(f"store {store.name}: {time.perf_counter() - t:.0f} s to build", flush=True)
             n = int(json.loads((store / "manifest.json").read_text())["n_frames"])
-            secs, rss = run_script(FLOOR, store)
-            results.append({"frames": n, "analysis": "floor(layer:k)", "secs": secs, "rss_mb": rss})
-            print(f"  {n:>10,} frames  {'floor(layer:k)':<18} {secs:7.1f} s  {rss:7.0f} MB", flush=True)
+            secs, cpu, rss = run_script(FLOOR, store)
+            results.append({"frames": n, "analysis": "floor(layer:k)", "secs": secs, "cpu_secs": cpu, "rss_mb": rss})
+            print(f"  {n:>10,} frames  {'floor(layer:k)':<18} {secs:7.1f} s  (CPU {cpu:7.1f} s)  {rss:7.0f} MB", flush=True)
             if m <= args.sklearn_max:
-                secs, rss = run_script(SKLEARN, store)
-                results.append({"frames": n, "analysis": "sklearn(1 probe, 5 it)", "secs": secs, "rss_mb": rss})
-                print(f"  {n:>10,} frames  {'sklearn(1 probe)':<18} {secs:7.1f} s  {rss:7.0f} MB", flush=True)
+                secs, cpu, rss = run_script(SKLEARN, store)
+                results.append({"frames": n, "analysis": "sklearn(1 probe, 5 it)", "secs": secs, "cpu_secs": cpu,
+                                "rss_mb": rss})
+                print(f"  {n:>10,} frames  {'sklearn(1 probe)':<18} {secs:7.1f} s  (CPU {cpu:7.1f} s)  {rss:7.0f} MB",
+                      flush=True)
             out = root / f"out_{m:g}M"
             for a in names:
                 shutil.rmtree(out / a, ignore_errors=True)

@@ -65,28 +65,35 @@ def fit_jobs(jobs: Sequence[Job], cfg: ProbeConfig, device: torch.device, log=No
     lookup = [i for i, j in enumerate(jobs) if j.lookup]
     frames = [i for i, j in enumerate(jobs) if not j.lookup]
     cache: dict[tuple[int, Repr], object] = {}
-    # Lookup jobs sharing a class list are one group, across stores and layers.
+    test_ids: dict[tuple[int, Repr], np.ndarray] = {}  # one array per layer, shared by its task, control, lookup
+    # One group per layer (and class list); within it tasks and code controls are fitted apart (their
+    # precisions differ, see _lookup_classify). A layer's per-frame vector ids live while its group is fitted
+    # only, so a run holds one layer's ids at a time (4 bytes per frame), not every layer's.
     groups: dict[tuple, list[int]] = {}
     for i in lookup:
-        key = ((jobs[i].td.classes, jobs[i].td.n_train_classes, jobs[i].control) if jobs[i].td.categorical
-               else ("reg",))
+        j = jobs[i]
+        key = (id(j.store), j.rep) + ((j.td.classes, j.td.n_train_classes) if j.td.categorical else ("reg",))
         groups.setdefault(key, []).append(i)
-    for idx in (sub for g in groups.values() for sub in _split_lookup(g, jobs, cfg)):
-        cvs = []
-        for i in idx:
-            k = (id(jobs[i].store), jobs[i].rep)
-            if k not in cache:
-                cache[k] = _compact(code_vectors(jobs[i].store, jobs[i].rep, jobs[i].td.rows))
-            cvs.append(cache[k])
-        # Per-frame vector ids are not kept past a sub-group (tasks and their controls are fitted apart).
+    for g in groups.values():
+        parts = [[i for i in g if not jobs[i].control], [i for i in g if jobs[i].control]]
+        if not jobs[g[0]].td.categorical:  # ridge is exact in float64 for both: one program
+            parts = [g]
+        for idx in (sub for part in parts if part for sub in _split_lookup(part, jobs, cfg)):
+            cvs = []
+            for i in idx:
+                k = (id(jobs[i].store), jobs[i].rep)
+                if k not in cache:
+                    cv = cache[k] = _compact(code_vectors(jobs[i].store, jobs[i].rep, jobs[i].td.rows))
+                    cv.ids["test"] = test_ids.setdefault(k, cv.ids["test"])
+                cvs.append(cache[k])
+            fn = _lookup_classify if jobs[idx[0]].td.categorical else _lookup_regress
+            work = len(idx) * len(cfg.l2) * max(len(c.vectors) for c in cvs) * max(jobs[idx[0]].td.n_classes, 8)
+            with threads_for(work):
+                for i, f in zip(idx, fn([jobs[i] for i in idx], cvs, cfg, device)):
+                    out[i] = f
+            if log:
+                log(len(idx))
         cache.clear()
-        fn = _lookup_classify if jobs[idx[0]].td.categorical else _lookup_regress
-        work = len(idx) * len(cfg.l2) * max(len(c.vectors) for c in cvs) * max(jobs[idx[0]].td.n_classes, 8)
-        with threads_for(work):
-            for i, f in zip(idx, fn([jobs[i] for i in idx], cvs, cfg, device)):
-                out[i] = f
-        if log:
-            log(len(idx))
     by_store: dict[int, list[int]] = {}
     for i in frames:
         by_store.setdefault(id(jobs[i].store), []).append(i)
@@ -110,6 +117,25 @@ def fit_jobs(jobs: Sequence[Job], cfg: ProbeConfig, device: torch.device, log=No
 
 
 # -- helpers -----------------------------------------------------------------
+class Gathered:
+    """``values[ids]``, made when read (``np.asarray``): a count-table probe's test predictions as its
+    per-vector predictions and the layer's test vector ids, which all probes of the layer share. Holding
+    ``values[ids]`` per probe instead cost 4 bytes per test frame and probe (task, control, lookup) until
+    the task was evaluated, the largest per-frame term left in a layer:k run."""
+
+    __slots__ = ("values", "ids")
+
+    def __init__(self, values: np.ndarray, ids: np.ndarray):
+        self.values, self.ids = values, ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        a = self.values[self.ids]
+        return a if dtype is None else a.astype(dtype, copy=False)
+
+
 def _compact(cv: CodeVectors) -> CodeVectors:
     """int32 vector ids and no raw codes: 4 bytes per frame and layer instead of 16."""
     return CodeVectors(cv.vectors, {s: v.astype(np.int32) for s, v in cv.ids.items()}, {})
@@ -207,7 +233,8 @@ def _lookup_classify(jobs, cvs, cfg: ProbeConfig, device, reference: bool = Fals
         pv = pred[p, g, :U].cpu().numpy()
         out.append(JobFit(
             wh, fit.W[p, g, :r].cpu().numpy(), fit.b[p, g].cpu().numpy(), float(cfg.l2[g]),
-            pv[cv.ids["test"]].astype(np.int32), lookup_classifier(Ts[p])[cv.ids["test"]].astype(np.int32), fit.iters,
+            Gathered(pv.astype(np.int32), cv.ids["test"]), Gathered(lookup_classifier(Ts[p]).astype(np.int32), cv.ids["test"]),
+            fit.iters,
         ))
     return out
 
@@ -241,7 +268,8 @@ def _lookup_regress(jobs, cvs, cfg: ProbeConfig, device) -> list[JobFit]:
         g, U, r = int(choice[p]), len(cv.vectors), wh.dim
         pv = pred[p, g, :U].cpu().numpy()
         out.append(JobFit(wh, w[p, g, :r].cpu().numpy(), b[p, g].cpu().numpy(), float(cfg.l2[g]),
-                          pv[cv.ids["test"]].astype(np.float32), lookup_regressor(tr[p])[cv.ids["test"]].astype(np.float32)))
+                          Gathered(pv.astype(np.float32), cv.ids["test"]),
+                          Gathered(lookup_regressor(tr[p]).astype(np.float32), cv.ids["test"])))
     return out
 
 
