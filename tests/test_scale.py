@@ -212,3 +212,37 @@ def test_codes_at_equals_memmap_gather(store):
     assert codes_at(store, rows[:0], [1]).shape == (0, 1)
     with pytest.raises(ValueError, match="ascending"):
         codes_at(store, rows[::-1], [0])
+
+
+def test_semitone_task_equals_per_speaker_median_reference(store):
+    """f0_st from integer speaker codes == 12 log2(Hz / the speaker's median Hz over all its voiced rows),
+    computed the plain way with string speakers per row."""
+    from codeclens.analyses.probes.run import semitone_task
+
+    td = gather_task(store, "f0", ProbeConfig(task=("f0",)))
+    st = semitone_task(store, td)
+    spk = store.utterances["speaker"].astype(str).to_numpy()
+    rows = pd.DataFrame({"spk": np.concatenate([spk[td.groups[s]] for s in ("train", "val", "test")]),
+                         "hz": np.concatenate([td.y[s] for s in ("train", "val", "test")]).astype(np.float64)})
+    med = rows.groupby("spk")["hz"].median()
+    for s in ("train", "val", "test"):
+        want = 12 * np.log2(td.y[s].astype(np.float64) / med.loc[spk[td.groups[s]]].to_numpy())
+        np.testing.assert_allclose(st.y[s], want, rtol=1e-5, atol=1e-4)
+    assert st.task == "f0_st" and np.isfinite(np.concatenate(list(st.y.values()))).all()
+
+
+def test_code_control_labels_made_from_codes_equal_arrays(store):
+    """The lazily made control labels of a layer == control_labels on the layer's codes (same seed)."""
+    from codeclens.analyses.probes.controls import CodeLabels, code_types, control_labels
+    from codeclens.analyses.probes.run import _control
+    from codeclens.store import Repr
+
+    cfg = ProbeConfig(task=("phone",))
+    td = gather_task(store, "phone", cfg)
+    rep = Repr("layer", 2)
+    lazy = _control(store, rep, td, cfg, seed=11)
+    assert isinstance(lazy, CodeLabels)
+    want = control_labels(code_types(store, rep, td.rows), td.y["train"], 11)
+    assert set(lazy) == set(want)
+    for s in want:
+        np.testing.assert_array_equal(lazy[s], want[s])

@@ -263,14 +263,15 @@ def code_rows(store: Any, a: int, b: int, cols: Sequence[int]) -> np.ndarray:
 
 
 def codes_at(store: Any, rows: np.ndarray, cols: Sequence[int], chunk: int = CHUNK_FRAMES) -> np.ndarray:
-    """Codes ``[len(rows), len(cols)]`` (int64) of ascending frame ``rows`` for 0-based layer columns ``cols``.
+    """Codes ``[len(rows), len(cols)]`` (the file's integer dtype) of ascending frame ``rows`` for 0-based
+    layer columns ``cols``.
 
     Read block by block with :func:`code_rows` rather than gathered from the store's memory map: a
     gather of rows spread over the corpus touches every page of ``codes.npy``, and those pages stay
     resident (and counted in the peak RSS) for as long as the map lives, 2 bytes x layers per frame.
     """
     rows = np.asarray(rows)
-    out = np.empty((len(rows), len(cols)), np.int64)
+    out = np.empty((len(rows), len(cols)), _codes_layout(store.path / layout.CODES)[1])
     if not len(rows):
         return out
     if np.any(np.diff(rows) < 0):

@@ -311,7 +311,7 @@ class _RepFeatures:
     def z_t(self, rows: np.ndarray) -> torch.Tensor:
         """Whitened features ``[len(rows), r]`` (float32, on the device)."""
         if self._layers:
-            codes = codes_at(self.store, rows, self._layers)
+            codes = codes_at(self.store, rows, self._layers).astype(np.int64)  # torch indexes with int64
             c = torch.from_numpy(codes).to(self.device)
             z = self._tables[0][c[:, 0]] - self._offset
             for i in range(1, len(self._layers)):
