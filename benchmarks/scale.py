@@ -13,6 +13,7 @@ scikit-learn baseline where it still fits in memory.
     python benchmarks/scale.py --frames 2,4 --analyses probe-layer,probe-cumulative
     python benchmarks/scale.py --frames 2,4,8,16            # everything (long)
     python benchmarks/scale.py --frames 0.05 --analyses probe-layer --keep /tmp/stores   # smoke
+    python benchmarks/scale.py --encode-peak 10,40          # extraction batch memory of full-size EnCodec
 
 Stores are cached under ``--keep`` (default: a temp dir removed at the end).
 """
@@ -81,7 +82,7 @@ FLOOR = r"""
 import sys, time, resource
 import numpy as np, pyarrow.parquet as pq
 from codeclens.store import Store
-t = time.perf_counter()
+t, c0 = time.perf_counter(), time.process_time()
 s = Store(sys.argv[1])
 fr = pq.read_table(s.path / "frames.parquet", columns=["phone", "f0_hz"])
 ph = fr.column("phone").dictionary_encode().combine_chunks().indices.to_numpy()
@@ -94,7 +95,7 @@ for k in range(s.n_layers):
     np.bincount(c * 256 + spk, minlength=K * 256)
     ok = np.isfinite(f0)
     np.bincount(c[ok], weights=f0[ok], minlength=K)
-print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print(time.perf_counter() - t, time.process_time() - c0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
 
 SKLEARN = r"""
@@ -103,21 +104,51 @@ import numpy as np, pyarrow.parquet as pq
 from sklearn.linear_model import LogisticRegression
 from codeclens.store import Store
 s = Store(sys.argv[1])
-t = time.perf_counter()
+t, c = time.perf_counter(), time.process_time()
 ph = pq.read_table(s.path / "frames.parquet", columns=["phone"]).column("phone").to_numpy().astype(str)
 split = s.utterances["split_spk"].to_numpy()[s.frame_utt]
 tr = np.flatnonzero(split == "train")
 x = s.materialize("layer:1", tr)
 LogisticRegression(max_iter=5).fit(x, ph[tr])  # 5 lbfgs iterations: memory is the point here
-print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print(time.perf_counter() - t, time.process_time() - c, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
 
 
-def run_script(code: str, store: Path) -> tuple[float, float]:
+ENCODE = r"""
+import sys, time, resource, torch
+torch.set_num_threads(1)
+from codeclens.codecs import load_codec
+secs = float(sys.argv[1])
+c = load_codec(sys.argv[2], device="cpu")
+model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+L = int(secs * c.sample_rate)
+w, n = torch.randn(1, L) * 0.1, torch.full((1,), L)
+t = time.process_time()
+with torch.no_grad():
+    c.encode(w, n)
+    c.latent(w, n)
+print(time.process_time() - t, model, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+"""Peak RSS of one extraction batch (codes + latent) of a full-size codec against the batch's seconds of
+audio: what ``[extract] batch_seconds`` costs (random weights: the same architecture and activations)."""
+
+
+def encode_peak(seconds: list[float], spec: str) -> None:
+    env = dict(os.environ, PYTHONPATH=str(SRC))
+    for secs in seconds:
+        out = subprocess.run([sys.executable, "-c", ENCODE, str(secs), spec], env=env, capture_output=True,
+                             text=True, check=True)
+        cpu, model, rss = (float(v) for v in out.stdout.split())
+        print(f"  {spec}: {secs:g} s of audio in one batch: model {model:.0f} MB, peak {rss:.0f} MB "
+              f"(+{(rss - model) / secs:.1f} MB per second of audio), CPU {cpu:.1f} s", flush=True)
+
+
+def run_script(code: str, store: Path) -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds, peak RSS MB) of a script in a fresh process."""
     env = dict(os.environ, PYTHONPATH=str(SRC))
     out = subprocess.run([sys.executable, "-c", code, str(store)], env=env, capture_output=True, text=True, check=True)
-    secs, rss = out.stdout.split()
-    return float(secs), float(rss)
+    secs, cpu, rss = out.stdout.split()
+    return float(secs), float(cpu), float(rss)
 
 
 def main() -> None:
@@ -127,7 +158,13 @@ def main() -> None:
     ap.add_argument("--keep", default=None, help="cache the stores here (default: temp dir, removed)")
     ap.add_argument("--sklearn-max", type=float, default=4.0, help="largest store (M frames) for the sklearn baseline")
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--encode-peak", default=None, help="seconds of audio (comma list): peak RSS of one extraction "
+                    "batch of --codec instead of the store benchmarks")
+    ap.add_argument("--codec", default="encodec:24khz@6kbps?random_init=1&seed=0", help="codec of --encode-peak")
     args = ap.parse_args()
+    if args.encode_peak:
+        encode_peak([float(x) for x in args.encode_peak.split(",")], args.codec)
+        return
     sizes = [float(x) for x in args.frames.split(",")]
     names = [a for a in args.analyses.split(",") if a]
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="cc_scale_"))
@@ -145,13 +182,15 @@ def main() -> None:
                             f"make_store(Path({str(store)!r}), {int(m * 1e6)})"], check=True)
             print(f"store {store.name}: {time.perf_counter() - t:.0f} s to build", flush=True)
             n = int(json.loads((store / "manifest.json").read_text())["n_frames"])
-            secs, rss = run_script(FLOOR, store)
-            results.append({"frames": n, "analysis": "floor(layer:k)", "secs": secs, "rss_mb": rss})
-            print(f"  {n:>10,} frames  {'floor(layer:k)':<18} {secs:7.1f} s  {rss:7.0f} MB", flush=True)
+            secs, cpu, rss = run_script(FLOOR, store)
+            results.append({"frames": n, "analysis": "floor(layer:k)", "secs": secs, "cpu_secs": cpu, "rss_mb": rss})
+            print(f"  {n:>10,} frames  {'floor(layer:k)':<18} {secs:7.1f} s  (CPU {cpu:7.1f} s)  {rss:7.0f} MB", flush=True)
             if m <= args.sklearn_max:
-                secs, rss = run_script(SKLEARN, store)
-                results.append({"frames": n, "analysis": "sklearn(1 probe, 5 it)", "secs": secs, "rss_mb": rss})
-                print(f"  {n:>10,} frames  {'sklearn(1 probe)':<18} {secs:7.1f} s  {rss:7.0f} MB", flush=True)
+                secs, cpu, rss = run_script(SKLEARN, store)
+                results.append({"frames": n, "analysis": "sklearn(1 probe, 5 it)", "secs": secs, "cpu_secs": cpu,
+                                "rss_mb": rss})
+                print(f"  {n:>10,} frames  {'sklearn(1 probe)':<18} {secs:7.1f} s  (CPU {cpu:7.1f} s)  {rss:7.0f} MB",
+                      flush=True)
             out = root / f"out_{m:g}M"
             for a in names:
                 shutil.rmtree(out / a, ignore_errors=True)

@@ -262,6 +262,31 @@ def code_rows(store: Any, a: int, b: int, cols: Sequence[int]) -> np.ndarray:
     return block[:, list(cols)]
 
 
+def codes_at(store: Any, rows: np.ndarray, cols: Sequence[int], chunk: int = CHUNK_FRAMES) -> np.ndarray:
+    """Codes ``[len(rows), len(cols)]`` (the file's integer dtype) of ascending frame ``rows`` for 0-based
+    layer columns ``cols``.
+
+    Read block by block with :func:`code_rows` rather than gathered from the store's memory map: a
+    gather of rows spread over the corpus touches every page of ``codes.npy``, and those pages stay
+    resident (and counted in the peak RSS) for as long as the map lives, 2 bytes x layers per frame.
+    """
+    rows = np.asarray(rows)
+    out = np.empty((len(rows), len(cols)), _codes_layout(store.path / layout.CODES)[1])
+    if not len(rows):
+        return out
+    if np.any(np.diff(rows) < 0):
+        raise ValueError("codes_at needs ascending rows")
+    i = 0
+    while i < len(rows):
+        a = int(rows[i])
+        b = a + chunk
+        j = int(np.searchsorted(rows, b, side="left"))
+        block = code_rows(store, a, min(b, int(rows[j - 1]) + 1), cols)
+        out[i:j] = block[rows[i:j] - a]
+        i = j
+    return out
+
+
 def count_codes_by_label(
     store: Any, layers: Sequence[int], column: str, chunk: int = CHUNK_FRAMES, real_message: str = ""
 ) -> tuple[list[np.ndarray], np.ndarray]:

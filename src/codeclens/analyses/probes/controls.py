@@ -14,19 +14,22 @@ Types:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from ...errors import CodeclensError
 from ...store import Repr, Store
+from ..framestream import codes_at
 
 
 def code_types(store: Store, rep: Repr, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Integer type of each row per split: its code (layer) or code tuple (cumulative, latent)."""
     if rep.kind in ("layer", "codes"):
-        return {s: np.asarray(store.codes[r, rep.layer - 1], np.int64) for s, r in rows.items()}
+        return {s: codes_at(store, r, [rep.layer - 1])[:, 0] for s, r in rows.items()}
     upto = rep.layer if rep.kind == "cumulative" else store.n_layers
     splits = list(rows)
-    allc = np.concatenate([np.asarray(store.codes[rows[s], :upto], np.int64) for s in splits])
+    allc = np.concatenate([codes_at(store, rows[s], range(upto)) for s in splits])
     _, inv = np.unique(allc, axis=0, return_inverse=True)
     inv = inv.reshape(-1)
     out, a = {}, 0
@@ -34,6 +37,26 @@ def code_types(store: Store, rep: Repr, rows: dict[str, np.ndarray]) -> dict[str
         out[s] = inv[a : a + len(rows[s])]
         a += len(rows[s])
     return out
+
+
+class CodeLabels(Mapping):
+    """Control labels of a ``layer:k`` / ``codes:k`` code control, made per split when read:
+    ``table[code of each row]``, the codes read from the store again each time.
+
+    A run holds one control per layer and task until the task is evaluated; as arrays that was 4 bytes
+    per labelled frame and layer, the largest per-frame term of a default layer:k run."""
+
+    def __init__(self, store: Store, layer: int, rows: dict[str, np.ndarray], table: np.ndarray):
+        self.store, self.layer, self.rows, self.table = store, layer, rows, table
+
+    def __getitem__(self, split: str) -> np.ndarray:
+        return self.table[codes_at(self.store, self.rows[split], [self.layer - 1])[:, 0]]
+
+    def __iter__(self):
+        return iter(self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
 
 
 def phone_types(store: Store, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -54,6 +77,12 @@ def control_labels(types: dict[str, np.ndarray], y_train: np.ndarray, seed: int)
     representation without information scores the same on both (selectivity ~ 0).
     Types never seen in train draw a label from the train labels.
     """
+    table = control_table(types, y_train, seed)
+    return {s: table[t] for s, t in types.items()}
+
+
+def control_table(types: dict[str, np.ndarray], y_train: np.ndarray, seed: int) -> np.ndarray:
+    """The label of every type (see :func:`control_labels`)."""
     rng = np.random.default_rng(seed)
     n_types = int(max((t.max() for t in types.values() if len(t)), default=-1)) + 1
     y_sorted = np.sort(np.asarray(y_train))
@@ -65,7 +94,7 @@ def control_labels(types: dict[str, np.ndarray], y_train: np.ndarray, seed: int)
     table[order] = y_sorted[np.clip((mid / max(freq.sum(), 1) * n).astype(np.int64), 0, n - 1)]
     unseen = freq == 0
     table[unseen] = rng.choice(y_sorted, size=int(unseen.sum()))
-    return {s: table[t] for s, t in types.items()}
+    return table
 
 
 def selectivity(task_value, control_value, task_chance: float = 0.0, control_chance: float = 0.0) -> np.ndarray:

@@ -90,6 +90,11 @@ def threads_for(work: int):
         torch.set_num_threads(old)
 
 
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise dot products [B] of two [B, n] tensors, without a [B, n] temporary."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
+
+
 class BatchedLBFGS:
     """L-BFGS run independently for B problems at once (own history, own step sizes).
 
@@ -97,6 +102,11 @@ class BatchedLBFGS:
     only, so finished problems cost nothing. Backtracking (Armijo, quadratic
     interpolation) line search per problem; a problem stops when its gradient is
     below ``tol``, its relative decrease below ``ftol``, or :meth:`freeze` says so.
+
+    The curvature history ([m, A, n], the largest state of a fit) holds the A active
+    problems only, compacted when problems finish, so the two-loop recursion reads
+    contiguous slots and never gathers (gathering the history per slot and iteration
+    once cost more than the loss evaluations of a count-table fit).
     """
 
     def __init__(self, f, x0: torch.Tensor, history: int = 10, tol: float = 1e-6, ftol: float | None = None):
@@ -107,8 +117,9 @@ class BatchedLBFGS:
         self.ftol = max(1e-10, 100 * eps) if ftol is None else ftol
         self.slack = 4 * eps
         B = x0.shape[0]
-        self.loss, self.g = f(self.x, torch.arange(B, device=x0.device))
-        # Ring buffers of curvature pairs: slot (head - count + i) % m is the i-th oldest.
+        self.act = torch.arange(B, device=x0.device)
+        self.loss, self.g = f(self.x, self.act)
+        # Ring buffers of curvature pairs of the active problems: slot (head - count + i) % m is the i-th oldest.
         self.S = torch.zeros((history, B, x0.shape[1]), dtype=x0.dtype, device=x0.device)
         self.Y = torch.zeros_like(self.S)
         self.R = torch.zeros((history, B), dtype=x0.dtype, device=x0.device)
@@ -119,50 +130,47 @@ class BatchedLBFGS:
     def freeze(self, mask: torch.Tensor) -> None:
         self.done = self.done | mask
 
-    def _direction(self, g: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
-        """Two-loop recursion over the ring buffers, oldest pair first.
+    def _compact(self) -> None:
+        """Drop finished problems from the active set and the history."""
+        keep = ~self.done[self.act]
+        if bool(keep.all()):
+            return
+        k = torch.nonzero(keep).flatten()
+        self.act = self.act[k]
+        self.S, self.Y, self.R = self.S[:, k].contiguous(), self.Y[:, k].contiguous(), self.R[:, k].contiguous()
 
-        Reads one history slot at a time (indexed by ``idx`` only when some problems
-        are finished), so no copy of the whole history is made: the history is the
-        largest state of a fit ([m, B, n]) and copying it twice per iteration
-        dominated the count-table fits.
-        """
+    def _direction(self, g: torch.Tensor) -> torch.Tensor:
+        """Two-loop recursion over the ring buffers, oldest pair first."""
         slots = [(self.head - self.count + i) % self.m for i in range(self.count)]
-
-        def pair(j):
-            S, Y, R = self.S[j], self.Y[j], self.R[j]
-            return (S, Y, R) if idx is None else (S[idx], Y[idx], R[idx])
-
         q = g.clone()
         alphas = []
         for j in reversed(slots):
-            S, Y, R = pair(j)
-            a = R * (S * q).sum(1)
-            q -= a[:, None] * Y
+            a = self.R[j] * _dot(self.S[j], q)
+            q.addcmul_(self.Y[j], a[:, None], value=-1.0)
             alphas.append(a)
         if slots:
-            S, Y, _ = pair(slots[-1])
-            sy, yy = (S * Y).sum(1), (Y * Y).sum(1)
+            S, Y = self.S[slots[-1]], self.Y[slots[-1]]
+            sy, yy = _dot(S, Y), _dot(Y, Y)
             gamma = torch.where((sy > 0) & (yy > 0), sy / yy.clamp(min=1e-300), torch.ones_like(sy))
             q *= gamma[:, None]
         for j, a in zip(slots, reversed(alphas)):
-            S, Y, R = pair(j)
-            bta = R * (Y * q).sum(1)
-            q += (a - bta)[:, None] * S
-        return -q
+            bta = self.R[j] * _dot(self.Y[j], q)
+            q.addcmul_(self.S[j], (a - bta)[:, None])
+        return q.neg_()
 
     def step(self) -> bool:
         """One iteration for every unfinished problem; False when all are finished."""
-        idx = torch.nonzero(~self.done).flatten()
+        self._compact()
+        idx = self.act
         if not len(idx):
             return False
         x, g, loss = self.x[idx], self.g[idx], self.loss[idx]
-        d = self._direction(g, None if len(idx) == len(self.done) else idx)
-        slope = (d * g).sum(1)
+        d = self._direction(g)
+        slope = _dot(d, g)
         bad = slope >= 0  # stale curvature pairs: restart on the gradient
         if bool(bad.any()):
             d = torch.where(bad[:, None], -g, d)
-            slope = (d * g).sum(1)
+            slope = _dot(d, g)
         slope = slope.double()
         if self.first:
             t = torch.clamp(1.0 / g.abs().sum(1).double().clamp(min=1e-12), max=1.0)
@@ -171,13 +179,19 @@ class BatchedLBFGS:
             t = torch.ones_like(loss)
         pending = torch.ones_like(loss, dtype=torch.bool)
         x_new, loss_new, g_new = x.clone(), loss.clone(), g.clone()
-        for _ in range(12):
+        for it in range(12):
             sub = torch.nonzero(pending).flatten()
-            xt = x[sub] + t[sub].to(x.dtype)[:, None] * d[sub]
+            if it == 0:  # every problem: no gathers
+                xt = torch.addcmul(x, t.to(x.dtype)[:, None], d)
+            else:
+                xt = torch.addcmul(x[sub], t[sub].to(x.dtype)[:, None], d[sub])
             lt, gt = self.f(xt, idx[sub])
             ok = lt <= loss[sub] + 1e-4 * t[sub] * slope[sub] + self.slack * loss[sub].abs()
             acc = sub[ok]
-            x_new[acc], loss_new[acc], g_new[acc] = xt[ok], lt[ok], gt[ok]
+            if it == 0 and bool(ok.all()):
+                x_new, loss_new, g_new = xt, lt, gt
+            else:
+                x_new[acc], loss_new[acc], g_new[acc] = xt[ok], lt[ok], gt[ok]
             pending[acc] = False
             if not bool(pending.any()):
                 break
@@ -188,14 +202,13 @@ class BatchedLBFGS:
             tq = (-sr * tr * tr / (2 * curv)).nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
             t[rej] = torch.minimum(torch.maximum(tq, 0.1 * tr), 0.5 * tr)
         s_, y_ = x_new - x, g_new - g
-        sy = (s_ * y_).sum(1)
-        good = (sy > 1e-12)[:, None]
-        # Finished problems get a zero pair (skipped by the recursion: rho = 0, s = y = 0).
+        sy = _dot(s_, y_)
+        good = (sy > 1e-12).to(x.dtype)
+        # A pair without positive curvature is stored as zeros (skipped by the recursion: rho = 0, s = y = 0).
         h = self.head
-        self.S[h].zero_(), self.Y[h].zero_(), self.R[h].zero_()
-        self.S[h, idx] = torch.where(good, s_, torch.zeros_like(s_))
-        self.Y[h, idx] = torch.where(good, y_, torch.zeros_like(y_))
-        self.R[h, idx] = torch.where(good[:, 0], 1.0 / sy.clamp(min=1e-300), torch.zeros_like(sy))
+        torch.mul(s_, good[:, None], out=self.S[h])
+        torch.mul(y_, good[:, None], out=self.Y[h])
+        self.R[h] = torch.where(good > 0, 1.0 / sy, torch.zeros_like(sy))
         self.head, self.count = (h + 1) % self.m, min(self.count + 1, self.m)
         small = (loss - loss_new) <= self.ftol * loss_new.abs().clamp(min=1.0)
         self.x[idx], self.loss[idx], self.g[idx] = x_new, loss_new, g_new
@@ -206,12 +219,14 @@ class BatchedLBFGS:
 
 def fit_logistic(
     train: Source, val: Source | None, P: int, r: int, C: int, cw: torch.Tensor, l2: Sequence[float],
-    l1: float = 0.0, max_iter: int = 300, patience: int = 3, tol: float = 1e-6,
+    l1: float = 0.0, max_iter: int = 300, patience: int = 3, tol: float = 1e-6, closed_form: bool = True,
 ) -> LogisticFit:
     """Fit P x G multinomial logistic regressions; keep each one's best-validation iterate.
 
     Problem b = p * G + g. Early stopping is per problem: one whose validation loss
     has not improved for ``patience`` rounds stops (and costs nothing afterwards).
+    ``closed_form``: a source of one count-table chunk is evaluated with its analytic
+    gradient (:func:`_table_objective`); False uses autograd, as frame chunks always do.
     """
     dev, dt = cw.device, cw.dtype
     G = len(l2)
@@ -221,7 +236,15 @@ def fit_logistic(
     wsum = _total_weight(train, cw)
     wsum_val = _total_weight(val, cw) if val is not None else None
 
+    table = _one_table(train) if closed_form else None
+    if table is not None:
+        Z, T = table
+        A = T * cw[:, None, :]
+        table = (Z, A, A.sum(-1))
+
     def f(x: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if table is not None:
+            return _table_objective(table, wsum, lam, pof, x, idx, r, C)
         p = pof[idx]
         k = len(idx)
         x = x.detach().requires_grad_(True)
@@ -245,7 +268,11 @@ def fit_logistic(
     if l1 > 0:
         opt = _Fista(f, x0, _fista_steps(train, cw, wsum, l2, r).reshape(-1), l1, nW)
     else:
-        opt = BatchedLBFGS(f, x0, tol=tol if dt == torch.float64 else max(tol, 1e-5))
+        # A float32 count-table fit stops at a relative decrease of 1e-7 (not 100 eps = 1.2e-5): its loss
+        # sums non-negative terms, so decreases that small are real, and stopping earlier changed which
+        # strength won on val for ill-conditioned problems (code controls) against the float64 fit.
+        ftol = 1e-7 if table is not None and dt == torch.float32 else None
+        opt = BatchedLBFGS(f, x0, tol=tol if dt == torch.float64 else max(tol, 1e-5), ftol=ftol)
     best_x = opt.x.clone()
     best = torch.full((B,), float("inf"), dtype=dt, device=dev)
     stale = torch.zeros(B, dtype=torch.long, device=dev)
@@ -268,6 +295,38 @@ def fit_logistic(
         opt.freeze(stale >= patience)
     W, b = unpack(best_x)
     return LogisticFit(W.contiguous(), b.contiguous(), best.view(P, G) if val is not None else None, iters)
+
+
+def _one_table(src: Source) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The (Z, count table) of a source that is one count-table chunk, else None."""
+    chunks = list(src())
+    if len(chunks) == 1 and chunks[0][1].dtype.is_floating_point:
+        return chunks[0]
+    return None
+
+
+def _table_objective(table, wsum: torch.Tensor, lam: torch.Tensor, pof: torch.Tensor,
+                     x: torch.Tensor, idx: torch.Tensor, r: int, C: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss and gradient of count-table problems ``idx`` without autograd.
+
+    ``table`` = (Z, A, a): vectors, weighted counts A = T * cw and their row sums. The
+    loss is -sum_uc A_uc log softmax(l_u)_c (non-negative terms: no cancellation in
+    float32) and its gradient in the logits is a_u softmax(l_u) - A_u: two batched
+    matrix products and one softmax per evaluation, in the table's dtype.
+    """
+    Z, A, a = table
+    p = pof[idx]
+    k, nW = len(idx), r * C
+    Zp, Ap, ap, n = Z[p], A[p], a[p], wsum[p]
+    W, b = x[:, :nW].reshape(k, r, C), x[:, nW:]
+    logp = torch.baddbmm(b[:, None, :], Zp, W)  # [k, U, C] logits, made log-probabilities in place
+    logp.sub_(torch.logsumexp(logp, -1, keepdim=True))
+    loss = -torch.bmm(Ap.reshape(k, 1, -1), logp.reshape(k, -1, 1)).view(k).double() / n.double()
+    G = logp.exp_().mul_(ap[..., None]).sub_(Ap).div_(n[:, None, None])
+    grad = torch.cat([torch.bmm(Zp.transpose(1, 2), G).reshape(k, nW), G.sum(1)], 1)
+    Wd = x[:, :nW]
+    grad[:, :nW].addcmul_(Wd, lam[idx, None], value=2.0)
+    return loss + (lam[idx, None] * Wd * Wd).sum(1).double(), grad
 
 
 def _fista_steps(train: Source, cw: torch.Tensor, wsum: torch.Tensor, l2: Sequence[float], r: int) -> torch.Tensor:

@@ -21,6 +21,7 @@ import dataclasses
 import numpy as np
 
 from ...store import Repr, Store
+from ..framestream import codes_at
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,12 +40,11 @@ def code_vectors(store: Store, rep: Repr, rows: dict[str, np.ndarray]) -> CodeVe
     k = rep.layer - 1
     if rep.kind == "codes":
         vectors = np.eye(store.codebook_sizes[k], dtype=np.float64)
-        remap = np.arange(len(vectors))
+        remap = np.arange(len(vectors), dtype=np.int32)
     else:
         vectors, remap = np.unique(np.asarray(store.tables[k], np.float64), axis=0, return_inverse=True)
-        remap = remap.reshape(-1)
-    codes = {s: np.asarray(store.codes[r, k], dtype=np.int64) if len(r) else np.zeros(0, np.int64)
-             for s, r in rows.items()}
+        remap = remap.reshape(-1).astype(np.int32)  # int32 ids: 4 bytes per frame
+    codes = {s: codes_at(store, r, [k])[:, 0] for s, r in rows.items()}
     return CodeVectors(vectors, {s: remap[c] for s, c in codes.items()}, codes)
 
 

@@ -13,7 +13,7 @@ from ...store import Repr, Store, parse_reprs
 from ...util.device import resolve_device
 from . import metrics as M
 from .config import ProbeConfig
-from .controls import code_types, control_labels, phone_types, selectivity
+from .controls import CodeLabels, code_types, control_labels, control_table, phone_types, selectivity
 from .cv import Pooled, fold_tasks, pool_tasks, target_range, use_cv
 from .cv import pool_labels as cv_pool_labels
 from .data import SPLITS as SPLITS_
@@ -63,6 +63,9 @@ def _control(store: Store, rep: Repr, td: TaskData, cfg: ProbeConfig, seed: int)
         # control labels are random draws no probe can read, so the control sits at chance whatever the
         # representation holds and selectivity would only restate task - chance. Not reported.
         return None
+    if cfg.control == "code" and rep.kind in ("layer", "codes"):
+        # Labels made from the codes when read: only the per-code label table is held.
+        return CodeLabels(store, rep.layer, td.rows, control_table(types, td.y["train"], seed))
     return control_labels(types, td.y["train"], seed)
 
 
@@ -127,12 +130,17 @@ def semitone_task(store: Store, td: TaskData) -> TaskData:
     the pitch contour, without the between-speaker differences that dominate Hz on held-out speakers."""
     if "speaker" not in store.utterances.columns:
         raise CodeclensError(f"{store.path}: f0_st needs a speaker column (or give --no-f0-semitones)")
-    spk = store.utterances["speaker"].astype(str).to_numpy()
-    groups = np.concatenate([td.groups[s] for s in SPLITS_])
+    # Speakers as integer codes per utterance, broadcast to rows by the int32 groups: no per-row strings
+    # (a string array and its sort per voiced frame was the slowest and largest step of f0_st).
+    _, spk = np.unique(store.utterances["speaker"].astype(str).to_numpy(), return_inverse=True)
+    spk = spk.reshape(-1).astype(np.int32)
     hz = np.concatenate([td.y[s] for s in SPLITS_])
-    codes, inv = np.unique(spk[groups], return_inverse=True)
-    med = pd.Series(hz).groupby(inv.reshape(-1)).median().to_numpy()
-    y = {s: 12.0 * np.log2(td.y[s] / med[np.searchsorted(codes, spk[td.groups[s]])]) for s in SPLITS_}
+    of = np.concatenate([spk[td.groups[s]] for s in SPLITS_])
+    med = pd.Series(hz).groupby(of).median()
+    lut = np.full(int(spk.max()) + 1, np.nan, np.float64)
+    lut[med.index.to_numpy()] = med.to_numpy()
+    del hz, of
+    y = {s: (12.0 * np.log2(td.y[s] / lut[spk[td.groups[s]]])).astype(np.float32) for s in SPLITS_}
     return dataclasses.replace(td, task=SEMITONES, column=f"{td.column} (semitones re speaker median)", is_f0=False, y=y)
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ...store import Repr, Store
+from ..framestream import codes_at
 from .config import ProbeConfig
 from .data import TaskData, Whitener, iter_features, streamed_whitener, weighted_whitener
 from .linear import RidgeStats, fit_logistic, fit_ridge, logits_of, ridge_sse, ridge_stats, threads_for
@@ -64,27 +65,35 @@ def fit_jobs(jobs: Sequence[Job], cfg: ProbeConfig, device: torch.device, log=No
     lookup = [i for i, j in enumerate(jobs) if j.lookup]
     frames = [i for i, j in enumerate(jobs) if not j.lookup]
     cache: dict[tuple[int, Repr], object] = {}
-    # Lookup jobs sharing a class list are one group, across stores and layers.
+    test_ids: dict[tuple[int, Repr], np.ndarray] = {}  # one array per layer, shared by its task, control, lookup
+    # One group per layer (and class list); within it tasks and code controls are fitted apart (their
+    # precisions differ, see _lookup_classify). A layer's per-frame vector ids live while its group is fitted
+    # only, so a run holds one layer's ids at a time (4 bytes per frame), not every layer's.
     groups: dict[tuple, list[int]] = {}
     for i in lookup:
-        key = (jobs[i].td.classes, jobs[i].td.n_train_classes) if jobs[i].td.categorical else ("reg",)
+        j = jobs[i]
+        key = (id(j.store), j.rep) + ((j.td.classes, j.td.n_train_classes) if j.td.categorical else ("reg",))
         groups.setdefault(key, []).append(i)
-    for idx in (sub for g in groups.values() for sub in _split_lookup(g, jobs, cfg)):
-        cvs = []
-        for i in idx:
-            k = (id(jobs[i].store), jobs[i].rep)
-            if k not in cache:
-                cache[k] = _compact(code_vectors(jobs[i].store, jobs[i].rep, jobs[i].td.rows))
-            cvs.append(cache[k])
-        # A task and its control share a sub-group; per-frame vector ids are not kept past it.
+    for g in groups.values():
+        parts = [[i for i in g if not jobs[i].control], [i for i in g if jobs[i].control]]
+        if not jobs[g[0]].td.categorical:  # ridge is exact in float64 for both: one program
+            parts = [g]
+        for idx in (sub for part in parts if part for sub in _split_lookup(part, jobs, cfg)):
+            cvs = []
+            for i in idx:
+                k = (id(jobs[i].store), jobs[i].rep)
+                if k not in cache:
+                    cv = cache[k] = _compact(code_vectors(jobs[i].store, jobs[i].rep, jobs[i].td.rows))
+                    cv.ids["test"] = test_ids.setdefault(k, cv.ids["test"])
+                cvs.append(cache[k])
+            fn = _lookup_classify if jobs[idx[0]].td.categorical else _lookup_regress
+            work = len(idx) * len(cfg.l2) * max(len(c.vectors) for c in cvs) * max(jobs[idx[0]].td.n_classes, 8)
+            with threads_for(work):
+                for i, f in zip(idx, fn([jobs[i] for i in idx], cvs, cfg, device)):
+                    out[i] = f
+            if log:
+                log(len(idx))
         cache.clear()
-        fn = _lookup_classify if jobs[idx[0]].td.categorical else _lookup_regress
-        work = len(idx) * len(cfg.l2) * max(len(c.vectors) for c in cvs) * max(jobs[idx[0]].td.n_classes, 8)
-        with threads_for(work):
-            for i, f in zip(idx, fn([jobs[i] for i in idx], cvs, cfg, device)):
-                out[i] = f
-        if log:
-            log(len(idx))
     by_store: dict[int, list[int]] = {}
     for i in frames:
         by_store.setdefault(id(jobs[i].store), []).append(i)
@@ -108,6 +117,25 @@ def fit_jobs(jobs: Sequence[Job], cfg: ProbeConfig, device: torch.device, log=No
 
 
 # -- helpers -----------------------------------------------------------------
+class Gathered:
+    """``values[ids]``, made when read (``np.asarray``): a count-table probe's test predictions as its
+    per-vector predictions and the layer's test vector ids, which all probes of the layer share. Holding
+    ``values[ids]`` per probe instead cost 4 bytes per test frame and probe (task, control, lookup) until
+    the task was evaluated, the largest per-frame term left in a layer:k run."""
+
+    __slots__ = ("values", "ids")
+
+    def __init__(self, values: np.ndarray, ids: np.ndarray):
+        self.values, self.ids = values, ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        a = self.values[self.ids]
+        return a if dtype is None else a.astype(dtype, copy=False)
+
+
 def _compact(cv: CodeVectors) -> CodeVectors:
     """int32 vector ids and no raw codes: 4 bytes per frame and layer instead of 16."""
     return CodeVectors(cv.vectors, {s: v.astype(np.int32) for s, v in cv.ids.items()}, {})
@@ -159,7 +187,8 @@ def _choose(score: torch.Tensor | None, G: int) -> np.ndarray:
 
 
 # -- lookup path -------------------------------------------------------------
-def _lookup_classify(jobs, cvs, cfg: ProbeConfig, device) -> list[JobFit]:
+def _lookup_classify(jobs, cvs, cfg: ProbeConfig, device, reference: bool = False) -> list[JobFit]:
+    """``reference``: the slower computation this one replaced (float64, autograd gradients), for tests."""
     td = jobs[0].td
     C, Call, G = td.n_train_classes, td.n_classes, len(cfg.l2)
     whs, Zs, Ts, Tvs = [], [], [], []
@@ -171,20 +200,29 @@ def _lookup_classify(jobs, cvs, cfg: ProbeConfig, device) -> list[JobFit]:
         Ts.append(count_table(cv.ids["train"], job.y["train"], U, C))
         Tvs.append(count_table(cv.ids["val"], job.y["val"], U, Call))
     Umax, rmax = max(len(z) for z in Zs), max(z.shape[1] for z in Zs)
-    dt = torch.float64
+    # Task probes in float32: whitened features are O(1) and the loss sums non-negative terms, so single
+    # precision reaches the float64 optimum (to the stopping tolerance) at half the memory traffic. Code
+    # controls stay float64: at weak L2 they are near-memorisation problems stopped early on val, whose
+    # macro-F1 moved by up to 0.06 between precisions (the same accuracy, other near-tied codes).
+    dt = torch.float64 if cfg.l1 > 0 or reference or jobs[0].control else torch.float32
     Z = _pad(Zs, (Umax, rmax), dt, device)
     T = _pad(Ts, (Umax, C), dt, device)
-    Tv = _pad(Tvs, (Umax, Call), dt, device)
+    Tv = _pad(Tvs, (Umax, Call), torch.float64, device)
     cw = _class_weights(T.sum(1), cfg.balance)
     has_val = bool(Tv.sum() > 0)
-    fit = fit_logistic(lambda: iter([(Z, T)]), (lambda: iter([(Z, Tv[..., :C])])) if has_val else None,
-                       len(jobs), rmax, C, cw, cfg.l2, cfg.l1, cfg.max_iter, cfg.patience)
+    Tv_fit = Tv[..., :C].to(dt)
+    fit = fit_logistic(lambda: iter([(Z, T)]), (lambda: iter([(Z, Tv_fit)])) if has_val else None,
+                       len(jobs), rmax, C, cw, cfg.l2, cfg.l1, cfg.max_iter, cfg.patience, closed_form=not reference)
     with torch.no_grad():
         pred = logits_of(Z, fit.W, fit.b).argmax(-1)  # [P, G, U]
         if has_val:
-            onehot = torch.nn.functional.one_hot(pred, Call).to(dt)
-            tp = (onehot * Tv[:, None]).sum(2)
-            predn = (onehot * Tv.sum(-1)[:, None, :, None]).sum(2)
+            # Per (probe, strength, class) counts of val rows by scatter over the U vectors: no
+            # [P, G, U, C] one-hot (hundreds of MB for 200 speakers x 1024 codes).
+            P_, G_, U_ = pred.shape
+            hit = Tv[:, None].expand(P_, G_, U_, Call).gather(-1, pred[..., None]).squeeze(-1)
+            zero = torch.zeros((P_, G_, Call), dtype=Tv.dtype, device=device)
+            tp = zero.clone().scatter_add_(2, pred, hit)
+            predn = zero.scatter_add_(2, pred, Tv.sum(-1)[:, None, :].expand(P_, G_, U_).contiguous())
             truen = Tv.sum(1)[:, None, :]
             choice = _choose(_f1(tp, predn - tp, truen - tp), G)
         else:
@@ -195,7 +233,8 @@ def _lookup_classify(jobs, cvs, cfg: ProbeConfig, device) -> list[JobFit]:
         pv = pred[p, g, :U].cpu().numpy()
         out.append(JobFit(
             wh, fit.W[p, g, :r].cpu().numpy(), fit.b[p, g].cpu().numpy(), float(cfg.l2[g]),
-            pv[cv.ids["test"]].astype(np.int32), lookup_classifier(Ts[p])[cv.ids["test"]].astype(np.int32), fit.iters,
+            Gathered(pv.astype(np.int32), cv.ids["test"]), Gathered(lookup_classifier(Ts[p]).astype(np.int32), cv.ids["test"]),
+            fit.iters,
         ))
     return out
 
@@ -229,7 +268,8 @@ def _lookup_regress(jobs, cvs, cfg: ProbeConfig, device) -> list[JobFit]:
         g, U, r = int(choice[p]), len(cv.vectors), wh.dim
         pv = pred[p, g, :U].cpu().numpy()
         out.append(JobFit(wh, w[p, g, :r].cpu().numpy(), b[p, g].cpu().numpy(), float(cfg.l2[g]),
-                          pv[cv.ids["test"]].astype(np.float32), lookup_regressor(tr[p])[cv.ids["test"]].astype(np.float32)))
+                          Gathered(pv.astype(np.float32), cv.ids["test"]),
+                          Gathered(lookup_regressor(tr[p]).astype(np.float32), cv.ids["test"])))
     return out
 
 
@@ -271,7 +311,7 @@ class _RepFeatures:
     def z_t(self, rows: np.ndarray) -> torch.Tensor:
         """Whitened features ``[len(rows), r]`` (float32, on the device)."""
         if self._layers:
-            codes = np.asarray(self.store.codes[rows], np.int64)[:, self._layers]
+            codes = codes_at(self.store, rows, self._layers).astype(np.int64)  # torch indexes with int64
             c = torch.from_numpy(codes).to(self.device)
             z = self._tables[0][c[:, 0]] - self._offset
             for i in range(1, len(self._layers)):
