@@ -146,11 +146,19 @@ def _fit_sklearn(store, train_rows: Sequence[int], max_frames: int, seed: int) -
         return None
     x = cumulative_features(store.tables, np.asarray(store.codes[rows], dtype=np.int64))
     mean, scale = x.mean(0), x.std(0) + 1e-6
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
     model = LogisticRegression(max_iter=200)
-    model.fit((x - mean) / scale, labels)
+    with warnings.catch_warnings(record=True) as caught:  # said in the probe's description, not on the console
+        warnings.simplefilter("always", ConvergenceWarning)
+        model.fit((x - mean) / scale, labels)
+    unconverged = any(issubclass(w.category, ConvergenceWarning) for w in caught)
 
     def predict(codes_tl, tables):
         return model.predict((cumulative_features(tables, codes_tl) - mean) / scale)
 
     key = f"sklearn:{seed}:{max_frames}:{zlib.crc32(np.asarray(sorted(train_rows), np.int64).tobytes())}"
-    return PhoneProbe(predict, "scikit-learn logistic regression (fallback)", len(rows), len(model.classes_), key)
+    source = "scikit-learn logistic regression (fallback" + (", stopped at 200 iterations)" if unconverged else ")")
+    return PhoneProbe(predict, source, len(rows), len(model.classes_), key)
