@@ -155,9 +155,9 @@ def gather_task(store: Store, task: str, cfg: ProbeConfig, seed: int | None = No
             parts[s][1].append(utt[sel])
             parts[s][2].append(x[sel].astype(np.int32 if categorical else np.float32))
         del x, ok, sp, cols
-    rows = {s: _cat(p[0], idt) for s, p in parts.items()}
-    groups = {s: _cat(p[1], np.int32) for s, p in parts.items()}
-    vals = {s: _cat(p[2], np.int32 if categorical else np.float32) for s, p in parts.items()}
+    rows = {s: _cat(p, 0, idt) for s, p in parts.items()}
+    groups = {s: _cat(p, 1, np.int32) for s, p in parts.items()}
+    vals = {s: _cat(p, 2, np.int32 if categorical else np.float32) for s, p in parts.items()}
     del parts
     if cfg.max_train_frames is not None and len(rows["train"]) > cfg.max_train_frames:
         keep = _subsample_by_group(groups["train"], cfg.max_train_frames, cfg.seed if seed is None else seed)
@@ -185,7 +185,7 @@ def gather_task(store: Store, task: str, cfg: ProbeConfig, seed: int | None = No
         lut = np.full(n_names, -1, np.int32)
         used = np.flatnonzero(seen_train | seen_other)
         lut[used] = _encode(names[used], train_classes, extra)
-        y = {s: lut[raw[s]] for s in SPLITS}
+        y = {s: np.take(lut, raw[s], out=raw[s]) for s in SPLITS}  # in place: codes are not needed after
         open_set = not (y["test"] < len(train_classes)).any()
         if open_set and scol != "split_spk":
             raise CodeclensError(
@@ -205,8 +205,11 @@ def gather_task(store: Store, task: str, cfg: ProbeConfig, seed: int | None = No
     return TaskData(task, column, False, (), 0, scol, level, is_f0, rows, y, groups)
 
 
-def _cat(parts: list[np.ndarray], dtype) -> np.ndarray:
-    return np.concatenate(parts) if parts else np.zeros(0, dtype)
+def _cat(parts: tuple[list[np.ndarray], ...], k: int, dtype) -> np.ndarray:
+    """Concatenate ``parts[k]`` and free its pieces: one array at a time is held twice, not all."""
+    out = np.concatenate(parts[k]) if parts[k] else np.zeros(0, dtype)
+    parts[k].clear()
+    return out
 
 
 def _encode(labels: np.ndarray, train_classes: np.ndarray, extra: np.ndarray) -> np.ndarray:

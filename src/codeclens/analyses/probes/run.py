@@ -134,14 +134,35 @@ def semitone_task(store: Store, td: TaskData) -> TaskData:
     # (a string array and its sort per voiced frame was the slowest and largest step of f0_st).
     _, spk = np.unique(store.utterances["speaker"].astype(str).to_numpy(), return_inverse=True)
     spk = spk.reshape(-1).astype(np.int32)
-    hz = np.concatenate([td.y[s] for s in SPLITS_])
-    of = np.concatenate([spk[td.groups[s]] for s in SPLITS_])
-    med = pd.Series(hz).groupby(of).median()
-    lut = np.full(int(spk.max()) + 1, np.nan, np.float64)
-    lut[med.index.to_numpy()] = med.to_numpy()
-    del hz, of
-    y = {s: (12.0 * np.log2(td.y[s] / lut[spk[td.groups[s]]])).astype(np.float32) for s in SPLITS_}
+    med = _speaker_medians(np.concatenate([td.y[s] for s in SPLITS_]),
+                           np.concatenate([spk[td.groups[s]] for s in SPLITS_]), int(spk.max()) + 1)
+    ref = med[spk]  # per utterance
+    y = {s: _semitones(td.y[s], td.groups[s], ref) for s in SPLITS_}
     return dataclasses.replace(td, task=SEMITONES, column=f"{td.column} (semitones re speaker median)", is_f0=False, y=y)
+
+
+def _speaker_medians(hz: np.ndarray, of: np.ndarray, n: int) -> np.ndarray:
+    """Median of ``hz`` per speaker id ``of`` (NaN for absent ids) as pandas' groupby median gives
+    it (mean of the two middle values in float64, returned in the values' dtype), from one stable
+    argsort: no per-row float64 or object temporaries."""
+    order = np.argsort(of, kind="stable")
+    hz, of = hz[order], of[order]
+    del order
+    cuts = np.flatnonzero(np.diff(of)) + 1
+    starts, stops = np.r_[0, cuts], np.r_[cuts, len(of)]
+    med = np.full(n, np.nan, np.float64)
+    for a, b in zip(starts, stops):
+        if b > a:
+            med[of[a]] = np.median(hz[a:b].astype(np.float64)).astype(hz.dtype)
+    return med
+
+
+def _semitones(hz: np.ndarray, utt: np.ndarray, ref: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
+    """``12 log2(hz / ref[utt])`` as float32, computed in float64 a chunk of rows at a time."""
+    out = np.empty(len(hz), np.float32)
+    for a in range(0, len(hz), chunk):
+        out[a : a + chunk] = 12.0 * np.log2(hz[a : a + chunk] / ref[utt[a : a + chunk]])
+    return out
 
 
 def _fit_all(jobs: list[Job], cfg: ProbeConfig, log) -> tuple[list[JobFit], list | None]:
