@@ -1,0 +1,120 @@
+"""Chunked label gathering (store.columns.FrameLabels) gives what whole-column reading gives.
+
+Known answers: the rows, labels and utterance groups of every task on a planted store,
+recomputed here from ``Store.frames`` (pandas, whole columns); gather_task with a chunk of
+a few hundred frames (many chunks, none aligned with utterances) must equal them and the
+one-chunk gather exactly, and the CLI's probes.csv must not change with the chunk size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from codeclens.analyses.probes import ProbeConfig
+from codeclens.analyses.probes.data import SPLITS, gather_task
+from codeclens.analyses.probes.run import _speaker_medians, semitone_task
+from codeclens.analyses.probes.synthetic import planted_store
+from codeclens.cli import main
+from codeclens.store import Store
+from codeclens.store import columns as store_columns
+
+CHUNK = 97
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return Store(planted_store(tmp_path_factory.mktemp("chunks") / "s", n_utt=40, n_speakers=8, frames=(30, 60),
+                               n_layers=3, codebook_size=32, dim=8, seed=3))
+
+
+def _reference(store: Store, task: str, scol: str):
+    """Rows, labels and groups per split straight from the pandas frames table."""
+    fr, u = store.frames, store.utterances
+    utt = np.repeat(np.arange(len(u)), u["n_frames"].to_numpy())
+    split = u[scol].astype(str).to_numpy()[utt]
+    if task == "f0":
+        f0 = fr["f0_hz"].to_numpy(np.float64)
+        with np.errstate(invalid="ignore"):
+            ok = (f0 > 0) & fr["voiced"].to_numpy(bool)
+        lab = f0.astype(np.float32)
+    else:
+        lab = (fr[task] if task in fr.columns else u[task].to_numpy()[utt])
+        lab = np.asarray(lab).astype(str)
+        ok = lab != ""
+    out = {}
+    for s in SPLITS:
+        r = np.flatnonzero(ok & (split == s))
+        out[s] = (r, lab[r], utt[r])
+    return out
+
+
+@pytest.mark.parametrize("task", ["phone", "speaker", "f0"])
+def test_chunked_gather_equals_whole_columns(store, task):
+    cfg = ProbeConfig(task=(task,))
+    assert store.n_frames > 8 * CHUNK  # several chunks, cutting through utterances
+    chunked = gather_task(store, task, cfg, chunk=CHUNK)
+    whole = gather_task(store, task, cfg, chunk=10**9)
+    ref = _reference(store, task, chunked.split_column)
+    assert chunked.classes == whole.classes and chunked.n_train_classes == whole.n_train_classes
+    for s in SPLITS:
+        r, lab, utt = ref[s]
+        assert len(r) > 0
+        for td in (chunked, whole):
+            np.testing.assert_array_equal(td.rows[s], r)
+            np.testing.assert_array_equal(td.groups[s], utt)
+            assert td.rows[s].dtype == np.int32 and td.groups[s].dtype == np.int32
+            if td.categorical:
+                assert td.y[s].dtype == np.int32
+                np.testing.assert_array_equal(np.asarray(td.classes)[td.y[s]], lab)
+            else:
+                assert td.y[s].dtype == np.float32
+                np.testing.assert_array_equal(td.y[s], lab)
+
+
+def test_train_budget_keeps_whole_utterances(store):
+    cfg = ProbeConfig(task=("phone",), max_train_frames=300)
+    chunked = gather_task(store, "phone", cfg, chunk=CHUNK)
+    whole = gather_task(store, "phone", cfg, chunk=10**9)
+    np.testing.assert_array_equal(chunked.rows["train"], whole.rows["train"])
+    assert 0 < len(chunked.rows["train"]) <= 300
+    kept = np.unique(chunked.groups["train"])
+    full = gather_task(store, "phone", ProbeConfig(task=("phone",)), chunk=CHUNK)
+    assert np.isin(full.groups["train"], kept).sum() == len(chunked.rows["train"])  # whole utterances
+
+
+def test_speaker_medians_match_pandas():
+    rng = np.random.default_rng(0)
+    for n in (1001, 1000):  # odd and even group sizes
+        hz = (rng.random(n) * 200 + 60).astype(np.float32)
+        of = rng.integers(0, 7, n).astype(np.int32)
+        of[of == 5] = 4  # an absent speaker id
+        ref = pd.Series(hz).groupby(of).median()
+        got = _speaker_medians(hz, of, 8)
+        np.testing.assert_array_equal(got[ref.index.to_numpy()], ref.to_numpy())
+        assert np.isnan(got[[5, 7]]).all()
+
+
+def test_semitones_against_pandas(store):
+    td = gather_task(store, "f0", ProbeConfig(task=("f0",)), chunk=CHUNK)
+    st = semitone_task(store, td)
+    spk = store.utterances["speaker"].astype(str).to_numpy()
+    hz = np.concatenate([td.y[s] for s in SPLITS])
+    who = np.concatenate([spk[td.groups[s]] for s in SPLITS])
+    med = pd.Series(hz).groupby(who).median()
+    for s in SPLITS:
+        want = (12.0 * np.log2(td.y[s] / med.loc[spk[td.groups[s]]].to_numpy().astype(np.float64))).astype(np.float32)
+        np.testing.assert_array_equal(st.y[s], want)
+
+
+def test_probes_csv_does_not_depend_on_the_chunk(store, tmp_path, monkeypatch):
+    argv = ["--task", "phone,speaker,f0", "--repr", "layer:*", "--bootstrap", "50", "--quiet"]
+    out = {}
+    for name, chunk in (("chunked", CHUNK), ("whole", 10**9)):
+        monkeypatch.setattr(store_columns, "CHUNK_ROWS", chunk)
+        assert main(["probe", "--store", str(store.path), "--out", str(tmp_path / name), *argv]) == 0
+        out[name] = pd.read_csv(tmp_path / name / "probes.csv")
+    a, b = out["chunked"], out["whole"]
+    assert len(a) > 0 and {"phone", "speaker", "f0", "f0_st"} <= set(a["task"])
+    pd.testing.assert_frame_equal(a, b)
