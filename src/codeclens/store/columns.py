@@ -177,7 +177,8 @@ class FrameLabels:
             if c in fcols:
                 continue
             if c not in store.utterances.columns:
-                raise CodeclensError(f"{store.path}: no label column '{c}'; available: {', '.join(store.label_columns())}")
+                raise CodeclensError(
+                    f"{store.path}: no label column '{c}'; available: {', '.join(store.label_columns())}")
             self._utt[c] = _from_values(store.utterances[c].to_numpy())
         self.categorical = {c: (self._utt[c].categorical if c in self._utt else
                                 not pa.types.is_floating(schema.field(c).type)) for c in self.columns}

@@ -95,9 +95,10 @@ def gather_task(store: Store, task: str, cfg: ProbeConfig, seed: int | None = No
     """Rows and labels of ``task`` per split; raises CodeclensError for unusable tasks.
     ``split`` = (name, split of every utterance) replaces the store's split column (cross-validation folds).
 
-    Memory: frame labels are read ``chunk`` frames (default ``store.columns.CHUNK_ROWS``) at a time (:class:`FrameLabels`) and only the
-    usable rows are kept, as int32 rows and groups, int32 class labels or float32 targets: a
-    task costs about 12 bytes per usable frame, and no whole-column array is ever built.
+    Memory: frame labels are read ``chunk`` frames at a time (default ``store.columns.CHUNK_ROWS``;
+    :class:`FrameLabels`) and only the usable rows are kept, as int32 rows and groups, int32 class
+    labels or float32 targets: a task costs about 12 bytes per usable frame, and no whole-column
+    array is ever built.
     """
     column = resolve_column(store, task)
     level = cfg.level
