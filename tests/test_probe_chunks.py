@@ -88,10 +88,13 @@ def test_speaker_medians_match_pandas():
     rng = np.random.default_rng(0)
     for n in (1001, 1000):  # odd and even group sizes
         hz = (rng.random(n) * 200 + 60).astype(np.float32)
+        hz[:10] = hz[10]  # ties
         of = rng.integers(0, 7, n).astype(np.int32)
         of[of == 5] = 4  # an absent speaker id
         ref = pd.Series(hz).groupby(of).median()
-        got = _speaker_medians(hz, of, 8)
+        # Rows as two pieces of utterances, each utterance its own speaker id (0..7; 7 has no rows).
+        cut = n // 3
+        got = _speaker_medians([hz[:cut], hz[cut:]], [of[:cut], of[cut:]], np.arange(8, dtype=np.int32), chunk=64)
         np.testing.assert_array_equal(got[ref.index.to_numpy()], ref.to_numpy())
         assert np.isnan(got[[5, 7]]).all()
 

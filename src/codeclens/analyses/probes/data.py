@@ -135,7 +135,17 @@ def gather_task(store: Store, task: str, cfg: ProbeConfig, seed: int | None = No
     for k, s in enumerate(SPLITS):
         split_of[split_utt == s] = k
     idt = _index_dtype(n_rows)
-    parts = {s: ([], [], []) for s in SPLITS}  # rows, groups, labels
+    # Outputs preallocated at their bound (every row of the split's utterances) and filled in order:
+    # pages past the usable rows are never touched, and the final shrink gives them back. Appending
+    # per-chunk pieces and concatenating held every row twice, and the freed pieces, interleaved on
+    # the heap, were not returned to the system.
+    per_utt = store.utterances["n_frames"].to_numpy() if level == "frame" else np.ones(n_rows, np.int64)
+    vdt = np.int32 if categorical else np.float32
+    out = {}
+    for k, s in enumerate(SPLITS):
+        cap = int(per_utt[split_of == k].sum())
+        out[s] = (np.empty(cap, idt), np.empty(cap, np.int32), np.empty(cap, vdt))
+    filled = dict.fromkeys(SPLITS, 0)
     n_ok = 0
     for a, _, utt, cols in labels:
         x = cols[column]
@@ -152,14 +162,16 @@ def gather_task(store: Store, task: str, cfg: ProbeConfig, seed: int | None = No
         sp = split_of[utt]
         for k, s in enumerate(SPLITS):
             sel = np.flatnonzero(ok & (sp == k))
-            parts[s][0].append((sel + a).astype(idt))
-            parts[s][1].append(utt[sel])
-            parts[s][2].append(x[sel].astype(np.int32 if categorical else np.float32))
+            i, j = filled[s], filled[s] + len(sel)
+            r, g, v = out[s]
+            r[i:j], g[i:j], v[i:j] = sel + a, utt[sel], x[sel]
+            filled[s] = j
         del x, ok, sp, cols
-    rows = {s: _cat(p, 0, idt) for s, p in parts.items()}
-    groups = {s: _cat(p, 1, np.int32) for s, p in parts.items()}
-    vals = {s: _cat(p, 2, np.int32 if categorical else np.float32) for s, p in parts.items()}
-    del parts
+    for s, arrs in out.items():
+        for arr in arrs:
+            arr.resize(filled[s], refcheck=False)  # in place (realloc): nothing else refers to them
+    rows, groups, vals = ({s: out[s][i] for s in SPLITS} for i in range(3))
+    del out
     if cfg.max_train_frames is not None and len(rows["train"]) > cfg.max_train_frames:
         keep = _subsample_by_group(groups["train"], cfg.max_train_frames, cfg.seed if seed is None else seed)
         rows["train"], groups["train"], vals["train"] = rows["train"][keep], groups["train"][keep], vals["train"][keep]
@@ -204,13 +216,6 @@ def gather_task(store: Store, task: str, cfg: ProbeConfig, seed: int | None = No
         raise CodeclensError(f"{store.path}: task '{task}' is constant in the train split; nothing to probe")
     _check_val(store, task, scol, rows, cfg)
     return TaskData(task, column, False, (), 0, scol, level, is_f0, rows, y, groups)
-
-
-def _cat(parts: tuple[list[np.ndarray], ...], k: int, dtype) -> np.ndarray:
-    """Concatenate ``parts[k]`` and free its pieces: one array at a time is held twice, not all."""
-    out = np.concatenate(parts[k]) if parts[k] else np.zeros(0, dtype)
-    parts[k].clear()
-    return out
 
 
 def _encode(labels: np.ndarray, train_classes: np.ndarray, extra: np.ndarray) -> np.ndarray:
