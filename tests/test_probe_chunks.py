@@ -19,6 +19,8 @@ from codeclens.analyses.probes.synthetic import planted_store
 from codeclens.cli import main
 from codeclens.store import Store
 from codeclens.store import columns as store_columns
+from codeclens.store.arrays import write_store
+from codeclens.store.columns import FrameLabels, frame_label
 
 CHUNK = 97
 
@@ -122,3 +124,33 @@ def test_probes_csv_does_not_depend_on_the_chunk(store, tmp_path, monkeypatch):
     a, b = out["chunked"], out["whole"]
     assert len(a) > 0 and {"phone", "speaker", "f0", "f0_st"} <= set(a["task"])
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_frame_labels_chunks_encode_like_whole_columns(tmp_path):
+    """Empty strings, nulls and negative integers are missing, names merged across chunks of 2
+    frames (a name first met in a later chunk), utterance columns broadcast per chunk."""
+
+    u = pd.DataFrame({"id": ["a", "b"], "speaker": ["s1", "s0"], "n_frames": [2, 3], "grp": [5, -1]})
+    fr = pd.DataFrame({"lab": ["x", "", None, "y", "x"], "unit": np.array([3, -1, 0, 3, 7]),
+                       "f": [1.5, np.nan, 2.0, 0.0, -1.0]})
+    s = Store(write_store(tmp_path / "s", np.zeros((5, 1), np.int16), [np.eye(2, dtype=np.float32)], u, fr))
+    cols = ["lab", "unit", "f", "speaker", "grp"]
+    reader = FrameLabels(s, cols, chunk=2)
+    got = {c: [] for c in cols}
+    spans, utts = [], []
+    for a, b, utt, chunk in reader:
+        spans.append((a, b))
+        utts += list(utt)
+        for c in cols:
+            got[c].append(chunk[c])
+    assert spans == [(0, 2), (2, 4), (4, 5)] and utts == [0, 0, 1, 1, 1]
+    for c in cols:
+        whole = frame_label(s, c)
+        x = np.concatenate(got[c])
+        assert reader.categorical[c] == whole.categorical
+        if whole.categorical:
+            names = reader.names(c)
+            assert list(np.where(x >= 0, names[np.maximum(x, 0)], "-")) == \
+                list(np.where(whole.codes >= 0, whole.names[whole.codes], "-"))
+        else:
+            np.testing.assert_array_equal(x, whole.values)

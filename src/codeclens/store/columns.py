@@ -75,22 +75,9 @@ def _from_values(v: np.ndarray) -> LabelColumn:
 def frame_label(store, name: str) -> LabelColumn:
     """Label ``name`` per frame: a frames column, or an utterance column broadcast to frames."""
     if name in frame_column_names(store):
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        col = pq.read_table(store.path / layout.FRAMES, columns=[name]).column(name)
-        t = col.type
-        if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t):
-            enc = col.combine_chunks() if pa.types.is_dictionary(t) else col.combine_chunks().dictionary_encode()
-            names = np.asarray(enc.dictionary.to_pylist(), dtype=object).astype(str)
-            codes = enc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32)
-            empty = np.flatnonzero(np.char.str_len(names) == 0)
-            if len(empty):
-                codes[np.isin(codes, empty)] = -1
-            return LabelColumn(codes, names, None)
-        if pa.types.is_floating(t):
-            return LabelColumn(None, None, col.to_numpy())
-        return _from_values(col.to_numpy(zero_copy_only=False))
+        return _arrow_chunk(pq.read_table(store.path / layout.FRAMES, columns=[name]).column(name).combine_chunks())
     if name in store.utterances.columns:
         per_utt = _from_values(store.utterances[name].to_numpy())
         nf = store.utterances["n_frames"].to_numpy()
