@@ -75,22 +75,9 @@ def _from_values(v: np.ndarray) -> LabelColumn:
 def frame_label(store, name: str) -> LabelColumn:
     """Label ``name`` per frame: a frames column, or an utterance column broadcast to frames."""
     if name in frame_column_names(store):
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        col = pq.read_table(store.path / layout.FRAMES, columns=[name]).column(name)
-        t = col.type
-        if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t):
-            enc = col.combine_chunks() if pa.types.is_dictionary(t) else col.combine_chunks().dictionary_encode()
-            names = np.asarray(enc.dictionary.to_pylist(), dtype=object).astype(str)
-            codes = enc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32)
-            empty = np.flatnonzero(np.char.str_len(names) == 0)
-            if len(empty):
-                codes[np.isin(codes, empty)] = -1
-            return LabelColumn(codes, names, None)
-        if pa.types.is_floating(t):
-            return LabelColumn(None, None, col.to_numpy())
-        return _from_values(col.to_numpy(zero_copy_only=False))
+        return _arrow_chunk(pq.read_table(store.path / layout.FRAMES, columns=[name]).column(name).combine_chunks())
     if name in store.utterances.columns:
         per_utt = _from_values(store.utterances[name].to_numpy())
         nf = store.utterances["n_frames"].to_numpy()
@@ -111,3 +98,113 @@ def frame_utt32(store) -> np.ndarray:
     """Utterance row of every frame as int32 (half of ``Store.frame_utt``)."""
     nf = store.utterances["n_frames"].to_numpy()
     return np.repeat(np.arange(len(nf), dtype=np.int32), nf)
+
+
+CHUNK_ROWS = 1 << 20
+"""Frames per chunk of :func:`iter_frame_labels` (a few MB per column of transient arrays)."""
+
+
+class _GlobalNames:
+    """Category names met chunk by chunk, in first-seen order: chunk codes -> global codes."""
+
+    def __init__(self):
+        self.index: dict[str, int] = {}
+
+    def encode(self, local: LabelColumn) -> np.ndarray:
+        gid = np.asarray([self.index.setdefault(str(n), len(self.index)) for n in local.names], np.int32)
+        if not len(gid):
+            return np.full(len(local.codes), -1, np.int32)
+        return np.where(local.codes >= 0, gid[np.maximum(local.codes, 0)], -1).astype(np.int32)
+
+    @property
+    def names(self) -> np.ndarray:
+        return np.asarray(list(self.index), dtype=object).astype(str) if self.index else np.zeros(0, str)
+
+
+def _arrow_chunk(col) -> LabelColumn:
+    """One record batch's column encoded as :func:`frame_label` encodes the whole column."""
+    import pyarrow as pa
+
+    t = col.type
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t):
+        enc = col if pa.types.is_dictionary(t) else col.dictionary_encode()
+        names = np.asarray(enc.dictionary.to_pylist(), dtype=object).astype(str)
+        codes = enc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32)
+        empty = np.flatnonzero(np.char.str_len(names) == 0) if len(names) else np.zeros(0, np.int64)
+        if len(empty):
+            codes[np.isin(codes, empty)] = -1
+        return LabelColumn(codes, names, None)
+    if pa.types.is_floating(t):
+        return LabelColumn(None, None, col.to_numpy(zero_copy_only=False))
+    return _from_values(col.to_numpy(zero_copy_only=False))
+
+
+class FrameLabels:
+    """Label columns per frame read ``chunk`` frames at a time (frames columns one Parquet record
+    batch at a time, utterance columns broadcast per chunk): the chunked form of :func:`frame_label`,
+    so no whole-column array (Arrow strings, float64 values, int64 inverses) is ever held.
+
+    Iterating yields ``(a, b, utt, {name: codes or values})`` for frames ``[a, b)``; ``utt`` is the
+    utterance row of each of those frames. Categorical codes are int32 into :meth:`names`, which is
+    complete once the iteration has ended (first-seen order: the codes differ from
+    :func:`frame_label`'s, the names they stand for do not).
+    """
+
+    def __init__(self, store, columns, chunk: int = CHUNK_ROWS):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.store, self.chunk = store, int(chunk)
+        self.columns = list(dict.fromkeys(columns))
+        fcols = set(frame_column_names(store))
+        schema = pq.read_schema(store.path / layout.FRAMES)
+        self.frame_cols = [c for c in self.columns if c in fcols]
+        self._utt: dict[str, LabelColumn] = {}
+        for c in self.columns:
+            if c in fcols:
+                continue
+            if c not in store.utterances.columns:
+                raise CodeclensError(
+                    f"{store.path}: no label column '{c}'; available: {', '.join(store.label_columns())}")
+            self._utt[c] = _from_values(store.utterances[c].to_numpy())
+        self.categorical = {c: (self._utt[c].categorical if c in self._utt else
+                                not pa.types.is_floating(schema.field(c).type)) for c in self.columns}
+        self._names = {c: _GlobalNames() for c in self.frame_cols if self.categorical[c]}
+
+    def names(self, column: str) -> np.ndarray:
+        return self._utt[column].names if column in self._utt else self._names[column].names
+
+    def true_codes(self, column: str) -> np.ndarray:
+        """Codes (so far) of the category named ``True`` (a boolean column read as categories)."""
+        if column in self._utt:
+            return np.flatnonzero(self._utt[column].names == "True")
+        i = self._names[column].index.get("True")
+        return np.zeros(0, np.int64) if i is None else np.array([i])
+
+    def __iter__(self):
+        import pyarrow.parquet as pq
+
+        nf = self.store.utterances["n_frames"].to_numpy().astype(np.int64)
+        ends = np.cumsum(nf)
+        n = int(ends[-1]) if len(ends) else 0
+        if self.frame_cols:
+            batches = pq.ParquetFile(self.store.path / layout.FRAMES).iter_batches(
+                batch_size=self.chunk, columns=self.frame_cols)
+        else:
+            batches = (min(self.chunk, n - a) for a in range(0, n, self.chunk))
+        a = 0
+        for batch in batches:
+            b = a + (batch if isinstance(batch, int) else batch.num_rows)
+            utt = np.searchsorted(ends, np.arange(a, b), side="right").astype(np.int32)
+            out = {}
+            for c in self.columns:
+                if c in self._utt:
+                    lc = self._utt[c]
+                    out[c] = lc.codes[utt] if lc.categorical else lc.values[utt]
+                    continue
+                lc = _arrow_chunk(batch.column(self.frame_cols.index(c)))
+                out[c] = self._names[c].encode(lc) if lc.categorical else lc.values
+            yield a, b, utt, out
+            a = b
+        if a != n:
+            raise CodeclensError(f"{self.store.path}: frames.parquet holds {a} frames but the utterances list {n}")

@@ -16,7 +16,8 @@ import torch
 
 from ...errors import CodeclensError
 from ...store import Repr, Store
-from ...store.columns import frame_column_names, frame_label, frame_utt32, utterance_label
+from ...store import columns
+from ...store.columns import FrameLabels, frame_column_names, utterance_label
 from .config import ProbeConfig
 
 SPLITS = ("train", "val", "test")
@@ -90,20 +91,26 @@ def _index_dtype(n: int):
 
 
 def gather_task(store: Store, task: str, cfg: ProbeConfig, seed: int | None = None,
-                split: tuple[str, np.ndarray] | None = None) -> TaskData:
+                split: tuple[str, np.ndarray] | None = None, chunk: int | None = None) -> TaskData:
     """Rows and labels of ``task`` per split; raises CodeclensError for unusable tasks.
     ``split`` = (name, split of every utterance) replaces the store's split column (cross-validation folds).
 
-    Memory: the label column is read alone (categories as int32 codes), rows and
-    groups are int32, class labels int32 and regression targets float32, so a
-    task costs about 12 bytes per usable frame whatever the label type.
+    Memory: frame labels are read ``chunk`` frames at a time (default ``store.columns.CHUNK_ROWS``;
+    :class:`FrameLabels`) and only the usable rows are kept, as int32 rows and groups, int32 class
+    labels or float32 targets: a task costs about 12 bytes per usable frame, and no whole-column
+    array is ever built.
     """
     column = resolve_column(store, task)
     level = cfg.level
-    nf = store.utterances["n_frames"].to_numpy()
+    is_f0 = column in F0_COLUMNS or task == "f0"
     if level == "frame":
-        lab = frame_label(store, column)
-        groups_all = frame_utt32(store)
+        want = [column] + (["voiced"] if is_f0 and "voiced" in frame_column_names(store) else [])
+        labels = FrameLabels(store, want, columns.CHUNK_ROWS if chunk is None else chunk)
+        categorical = labels.categorical[column]
+
+        def voiced(v: np.ndarray) -> np.ndarray:  # a boolean column is read as categories
+            return np.isin(v, labels.true_codes("voiced")) if labels.categorical["voiced"] else v > 0
+        n_rows = int(store.utterances["n_frames"].sum())
     else:
         if column not in store.utterances.columns:
             raise CodeclensError(
@@ -111,63 +118,87 @@ def gather_task(store: Store, task: str, cfg: ProbeConfig, seed: int | None = No
                 f"{', '.join(c for c in store.utterances.columns if c not in ('id', 'path', 'n_frames', 'frame_offset'))}"
             )
         lab = utterance_label(store, column)
-        groups_all = np.arange(store.n_utterances, dtype=np.int32)
-    categorical = lab.categorical
-    is_f0 = column in F0_COLUMNS or task == "f0"
+        categorical = lab.categorical
+        n_rows = store.n_utterances
+        want, labels = [column], [(0, n_rows, np.arange(n_rows, dtype=np.int32),
+                                   {column: lab.codes if categorical else lab.values})]
     if is_f0 and categorical:
         raise CodeclensError(f"{store.path}: F0 column '{column}' is not numeric")
-    if categorical:
-        ok = lab.codes >= 0
-    else:
-        ok = ~np.isnan(lab.values)
-    if is_f0:
-        with np.errstate(invalid="ignore"):
-            ok &= lab.values > 0
-        if level == "frame" and "voiced" in frame_column_names(store):
-            v = frame_label(store, "voiced")
-            ok &= (v.values > 0) if not v.categorical else np.isin(v.codes, np.flatnonzero(v.names == "True"))
     scol, split_utts = split if split is not None else (split_column(task, column, cfg), None)
     if split_utts is None:
         if scol not in store.utterances.columns:
             raise CodeclensError(f"{store.path}: no split column '{scol}' in the store's utterances")
         split_utts = store.utterances[scol].astype(str).to_numpy()
-    # The split is an utterance property: compare strings per utterance, broadcast booleans to frames.
+    # The split is an utterance property: compare strings per utterance, index the split by utterance.
     split_utt = np.asarray(split_utts).astype(str)
-    idt = _index_dtype(len(ok))
-    rows = {}
-    for s in SPLITS:
-        in_s = split_utt == s
-        mask = np.repeat(in_s, nf) if level == "frame" else in_s
-        rows[s] = np.flatnonzero(ok & mask).astype(idt)
-        del mask
-    n_ok = int(ok.sum())
-    del ok
+    split_of = np.full(len(split_utt), -1, np.int8)
+    for k, s in enumerate(SPLITS):
+        split_of[split_utt == s] = k
+    idt = _index_dtype(n_rows)
+    # Outputs preallocated at their bound (every row of the split's utterances) and filled in order:
+    # pages past the usable rows are never touched, and the final shrink gives them back. Appending
+    # per-chunk pieces and concatenating held every row twice, and the freed pieces, interleaved on
+    # the heap, were not returned to the system.
+    per_utt = store.utterances["n_frames"].to_numpy() if level == "frame" else np.ones(n_rows, np.int64)
+    vdt = np.int32 if categorical else np.float32
+    out = {}
+    for k, s in enumerate(SPLITS):
+        cap = int(per_utt[split_of == k].sum())
+        out[s] = (np.empty(cap, idt), np.empty(cap, np.int32), np.empty(cap, vdt))
+    filled = dict.fromkeys(SPLITS, 0)
+    n_ok = 0
+    for a, _, utt, cols in labels:
+        x = cols[column]
+        if categorical:
+            ok = x >= 0
+        else:
+            ok = ~np.isnan(x)
+        if is_f0:
+            with np.errstate(invalid="ignore"):
+                ok &= x > 0
+            if len(want) > 1:
+                ok &= voiced(cols["voiced"])
+        n_ok += int(ok.sum())
+        sp = split_of[utt]
+        for k, s in enumerate(SPLITS):
+            sel = np.flatnonzero(ok & (sp == k))
+            i, j = filled[s], filled[s] + len(sel)
+            r, g, v = out[s]
+            r[i:j], g[i:j], v[i:j] = sel + a, utt[sel], x[sel]
+            filled[s] = j
+        del x, ok, sp, cols
+    for s, arrs in out.items():
+        for arr in arrs:
+            arr.resize(filled[s], refcheck=False)  # in place (realloc): nothing else refers to them
+    rows, groups, vals = ({s: out[s][i] for s in SPLITS} for i in range(3))
+    del out
     if cfg.max_train_frames is not None and len(rows["train"]) > cfg.max_train_frames:
-        rows["train"] = _subsample_by_group(rows["train"], groups_all, cfg.max_train_frames, cfg.seed if seed is None else seed)
+        keep = _subsample_by_group(groups["train"], cfg.max_train_frames, cfg.seed if seed is None else seed)
+        rows["train"], groups["train"], vals["train"] = rows["train"][keep], groups["train"][keep], vals["train"][keep]
     for s in ("train", "test"):
         if not len(rows[s]):
             raise CodeclensError(
                 f"{store.path}: task '{task}' has no usable {s} rows in {scol} "
                 f"({n_ok} labelled rows in all; check the label column and the splits)"
             )
-    groups = {s: groups_all[r] for s, r in rows.items()}
     if categorical:
-        raw = {s: lab.codes[r] for s, r in rows.items()}
-        n_names = len(lab.names)
+        raw = vals
+        names = labels.names(column) if level == "frame" else lab.names
+        n_names = len(names)
         seen_train = np.bincount(raw["train"], minlength=n_names) > 0
         seen_other = (np.bincount(raw["val"], minlength=n_names) + np.bincount(raw["test"], minlength=n_names)) > 0
-        train_classes = np.sort(lab.names[seen_train])
+        train_classes = np.sort(names[seen_train])
         if len(train_classes) < 2:
             raise CodeclensError(
                 f"{store.path}: task '{task}' has one class ({train_classes[0]!s}) in the train split; nothing to probe"
             )
-        extra = np.sort(lab.names[seen_other & ~seen_train])
+        extra = np.sort(names[seen_other & ~seen_train])
         classes = np.concatenate([train_classes, extra])
         # Category code -> class index (train classes sorted, then the others sorted).
         lut = np.full(n_names, -1, np.int32)
         used = np.flatnonzero(seen_train | seen_other)
-        lut[used] = _encode(lab.names[used], train_classes, extra)
-        y = {s: lut[raw[s]] for s in SPLITS}
+        lut[used] = _encode(names[used], train_classes, extra)
+        y = {s: np.take(lut, raw[s], out=raw[s]) for s in SPLITS}  # in place: codes are not needed after
         open_set = not (y["test"] < len(train_classes)).any()
         if open_set and scol != "split_spk":
             raise CodeclensError(
@@ -180,7 +211,7 @@ def gather_task(store: Store, task: str, cfg: ProbeConfig, seed: int | None = No
         _check_val(store, task, scol, rows, cfg)
         return TaskData(task, column, True, tuple(str(c) for c in classes), len(train_classes), scol, level,
                         is_f0, rows, y, groups, open_set)
-    y = {s: lab.values[r].astype(np.float32) for s, r in rows.items()}
+    y = vals
     if np.ptp(y["train"]) == 0:
         raise CodeclensError(f"{store.path}: task '{task}' is constant in the train split; nothing to probe")
     _check_val(store, task, scol, rows, cfg)
@@ -203,15 +234,15 @@ def _check_val(store: Store, task: str, scol: str, rows: dict[str, np.ndarray], 
         )
 
 
-def _subsample_by_group(rows: np.ndarray, groups_all: np.ndarray, budget: int, seed: int) -> np.ndarray:
-    """Whole utterances in random order until ``budget`` rows (keeps the utterance structure)."""
-    g = groups_all[rows]
+def _subsample_by_group(g: np.ndarray, budget: int, seed: int) -> np.ndarray:
+    """Mask of rows (utterance ``g`` each): whole utterances in random order until ``budget`` rows
+    (keeps the utterance structure)."""
     uniq, counts = np.unique(g, return_counts=True)
     order = np.random.default_rng(seed).permutation(len(uniq))
     keep = uniq[order[np.cumsum(counts[order]) <= budget]]
     if not len(keep):
         keep = uniq[order[:1]]
-    return rows[np.isin(g, keep)]
+    return np.isin(g, keep)
 
 
 # -- features ----------------------------------------------------------------

@@ -134,14 +134,49 @@ def semitone_task(store: Store, td: TaskData) -> TaskData:
     # (a string array and its sort per voiced frame was the slowest and largest step of f0_st).
     _, spk = np.unique(store.utterances["speaker"].astype(str).to_numpy(), return_inverse=True)
     spk = spk.reshape(-1).astype(np.int32)
-    hz = np.concatenate([td.y[s] for s in SPLITS_])
-    of = np.concatenate([spk[td.groups[s]] for s in SPLITS_])
-    med = pd.Series(hz).groupby(of).median()
-    lut = np.full(int(spk.max()) + 1, np.nan, np.float64)
-    lut[med.index.to_numpy()] = med.to_numpy()
-    del hz, of
-    y = {s: (12.0 * np.log2(td.y[s] / lut[spk[td.groups[s]]])).astype(np.float32) for s in SPLITS_}
+    med = _speaker_medians([td.y[s] for s in SPLITS_], [td.groups[s] for s in SPLITS_], spk)
+    ref = med[spk]  # per utterance
+    y = {s: _semitones(td.y[s], td.groups[s], ref) for s in SPLITS_}
     return dataclasses.replace(td, task=SEMITONES, column=f"{td.column} (semitones re speaker median)", is_f0=False, y=y)
+
+
+def _speaker_medians(hz: list[np.ndarray], utt: list[np.ndarray], spk: np.ndarray,
+                     chunk: int = 1 << 20) -> np.ndarray:
+    """Median per speaker id of the positive values ``hz`` (float32) of rows of utterances ``utt``
+    (pieces of one sample), with ``spk`` the speaker id of each utterance; NaN for absent ids.
+    As pandas' groupby median gives it (the mean of the two middle values in float64, returned
+    in float32), from one in-place sort of an 8-byte key per row: (speaker << 32) | the float's
+    bits, whose unsigned order is the values' order for positive floats. (pandas' groupby
+    median built int64 codes, a sort indexer and float64 copies per row.)"""
+    n_spk = int(spk.max()) + 1 if len(spk) else 0
+    key = np.empty(sum(len(h) for h in hz), np.uint64)
+    i = 0
+    for h, u in zip(hz, utt):
+        h = np.asarray(h, np.float32)
+        if not (h > 0).all():
+            raise ValueError("speaker medians need positive values")
+        for a in range(0, len(h), chunk):
+            part = (spk[u[a : a + chunk]].astype(np.uint64) << np.uint64(32)) | h[a : a + chunk].view(np.uint32)
+            key[i : i + len(part)] = part
+            i += len(part)
+    key.sort()
+    bounds = np.searchsorted(key, np.arange(n_spk + 1, dtype=np.uint64) << np.uint64(32))
+    med = np.full(n_spk, np.nan, np.float64)
+    low = np.uint64(0xFFFFFFFF)
+    for k in range(n_spk):
+        a, b = int(bounds[k]), int(bounds[k + 1])
+        if b > a:
+            mid = (key[[a + (b - a - 1) // 2, a + (b - a) // 2]] & low).astype(np.uint32).view(np.float32)
+            med[k] = np.float32(mid.astype(np.float64).sum() / 2)
+    return med
+
+
+def _semitones(hz: np.ndarray, utt: np.ndarray, ref: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
+    """``12 log2(hz / ref[utt])`` as float32, computed in float64 a chunk of rows at a time."""
+    out = np.empty(len(hz), np.float32)
+    for a in range(0, len(hz), chunk):
+        out[a : a + chunk] = 12.0 * np.log2(hz[a : a + chunk] / ref[utt[a : a + chunk]])
+    return out
 
 
 def _fit_all(jobs: list[Job], cfg: ProbeConfig, log) -> tuple[list[JobFit], list | None]:
