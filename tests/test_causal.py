@@ -162,3 +162,26 @@ def test_bad_config_is_one_line(toy_store, tmp_path, capsys):
     assert main(["causal", "--store", str(toy_store.path), "--out", str(tmp_path / "x"), "--consumers", "nolabel",
                  "--no-decoder"]) == 2
     assert "no label 'nolabel'" in capsys.readouterr().err
+
+
+def test_token_classifier_log_probabilities_are_finite_and_match_sklearn():
+    """Log-probabilities come from the logits: equal to sklearn's where its probabilities are
+    representable, finite where they underflow (sklearn's own log gives -inf there)."""
+    from sklearn.linear_model import LogisticRegression
+
+    from codeclens.analyses.causal.consumers import TokenClassifier
+
+    rng = np.random.default_rng(0)
+    for n_classes in (2, 3):
+        X = rng.normal(size=(300, 4))
+        y = np.argmax(X[:, :n_classes], axis=1)
+        tc = TokenClassifier.__new__(TokenClassifier)
+        tc.mu, tc.sd = np.zeros(4), np.ones(4)
+        tc.model = LogisticRegression(C=1e4, max_iter=500).fit(X, y)
+        ok = X[:20] * 0.01
+        np.testing.assert_allclose(tc._log_proba(ok), tc.model.predict_log_proba(ok), rtol=1e-6, atol=1e-9)
+        far = X[:20] * 1e3  # probabilities underflow to 0
+        with np.errstate(divide="ignore"):
+            assert np.isinf(tc.model.predict_log_proba(far)).any()
+        lp = tc._log_proba(far)
+        assert np.isfinite(lp).all() and np.allclose(np.exp(lp).sum(1), 1.0)

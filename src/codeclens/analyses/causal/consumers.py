@@ -83,13 +83,22 @@ class TokenClassifier:
     def _utt_features(self, codes: np.ndarray) -> np.ndarray:
         return lookup(codes, self.tables).mean(axis=0)
 
+    def _log_proba(self, X: np.ndarray) -> np.ndarray:
+        # From the logits: sklearn's predict_log_proba takes log(predict_proba), which is -inf
+        # once a probability underflows, and KL / delta-logp are then inf or nan.
+        from scipy.special import log_expit, log_softmax
+
+        d = self.model.decision_function((X - self.mu) / self.sd)
+        if d.ndim == 1:  # two classes: d is the logit of classes_[1]
+            return np.stack([log_expit(-d), log_expit(d)], axis=1)
+        return log_softmax(d, axis=1)
+
     def score(self, codes: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         if self.level == "utterance":
             X = np.stack([self._utt_features(c[: int(n)]) for c, n in zip(codes, lengths)])
-            return self.model.predict_log_proba((X - self.mu) / self.sd)
+            return self._log_proba(X)
         B, T, _ = codes.shape
-        X = lookup(codes.reshape(B * T, -1), self.tables)
-        return self.model.predict_log_proba((X - self.mu) / self.sd).reshape(B, T, -1)
+        return self._log_proba(lookup(codes.reshape(B * T, -1), self.tables)).reshape(B, T, -1)
 
 
 def load_consumer(spec: str, store, seed: int = 0, device: str = "cpu", lm_options: dict | None = None):
