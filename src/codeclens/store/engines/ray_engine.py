@@ -72,7 +72,6 @@ class ShardEncoder:
 
     def __init__(self, cfg_dict: dict[str, Any], device: str, store_dir: str):
         from ...codecs import load_codec
-
         from ..sink import sink_for
 
         self.cfg = _config(cfg_dict)
@@ -95,7 +94,7 @@ class ShardEncoder:
 
 class ShardLabeller:
     """The labelling step (CPU map_batches class): fitted labellers per actor; labels an encoded
-    shard (re-reading its audio) and commits it by one rename."""
+    shard (re-reading its audio) and commits it (by rename; by a marker on a staging URL)."""
 
     def __init__(self, cfg_dict: dict[str, Any], store_dir: str):
         from ...labels import load_labeller, parse_label_list
