@@ -151,3 +151,24 @@ def test_mean_ablation_decodes_chunked_at_the_stored_scales(made):
     dropped = E.decode_codes(codec, codes, [0], scales)
     assert mean.shape == dropped.shape and _rel(mean, dropped) < 1e-6
     assert _rel(E.decode_codes(codec, codes, [0]), dropped) > 0.5  # the scales mattered
+
+
+def test_a_store_without_scales_is_rebuilt_not_called_up_to_date(made, tmp_path, capsys):
+    """A 48 kHz store from before scales were kept (same configuration, no scales table) is not
+    "up to date": extract refuses it without --overwrite and rebuilds it with."""
+    import shutil
+
+    spec, _, store_dir = made
+    old = tmp_path / "old"
+    shutil.copytree(store_dir, old)
+    (old / "scales.parquet").unlink()
+    corpus = store_dir.parent / "corpus"
+    args = ["extract", "--corpus", str(corpus), "--codec", spec, "--out", str(old), "--labels", "none", "--quiet",
+            "--device", "cpu"]
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "before chunk scales were kept" in capsys.readouterr().err
+    assert not Store(old).has_scales  # refused: nothing touched
+    assert main([*args, "--overwrite"]) == 0
+    assert Store(old).has_scales and np.allclose(Store(old).scales(0), Store(store_dir).scales(0))
+    assert main(args) == 0  # now up to date

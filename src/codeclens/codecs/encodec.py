@@ -135,6 +135,8 @@ class EnCodec(TorchCodec, CodecAdapter):
         cfg = self.model.config
         if cfg.chunk_length is not None:  # frame times are not uniform: say how they are laid out
             d.update(chunk_samples=int(cfg.chunk_length), chunk_stride_samples=int(cfg.chunk_stride))
+        if self.needs_scales:
+            d["needs_scales"] = True
         return d
 
     def _stereo(self, x: torch.Tensor) -> torch.Tensor:

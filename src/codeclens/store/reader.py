@@ -286,6 +286,19 @@ def read_manifest(path: Path) -> dict[str, Any]:
     return m
 
 
+def rebuild_reason(path: str | Path, manifest: dict[str, Any]) -> str | None:
+    """Why an intact store should be extracted again by this version (None: it need not).
+
+    EnCodec 48 kHz stores made before chunk scales were kept decode at unit scale; their
+    manifests say ``chunk_samples`` (only the normalising 48 kHz model chunks) but have no
+    scales table."""
+    codec = manifest.get("codec") or {}
+    chunked_encodec = str(codec.get("adapter", "")).endswith("EnCodec") and codec.get("chunk_samples")
+    if (codec.get("needs_scales") or chunked_encodec) and not (Path(path) / layout.SCALES).is_file():
+        return "made before chunk scales were kept (EnCodec 48 kHz: its decodes would be at unit scale)"
+    return None
+
+
 def check_store(path: str | Path) -> dict[str, Any]:
     """Check a store before anything reads it: manifest, array shapes and dtypes, the code
     range and the tables; returns the manifest, or raises a one-line error naming the file.

@@ -235,8 +235,15 @@ def _build_dir(cfg: ExtractConfig, out: Path, h: str, log) -> Path | None:
                 raise CodeclensError(f"{e}; pass --overwrite to rebuild the store") from None
             log(f"{out}: damaged ({e}); rebuilding")
         else:
-            log(f"{out}: up to date (config {h})")
-            return None
+            from .reader import rebuild_reason
+
+            why = rebuild_reason(out, old)
+            if why is None:
+                log(f"{out}: up to date (config {h})")
+                return None
+            if not cfg.overwrite:
+                raise CodeclensError(f"{out}: {why}; pass --overwrite to rebuild the store")
+            log(f"{out}: {why}; rebuilding")
     elif not cfg.overwrite:
         raise CodeclensError(
             f"{out} holds a store made with a different configuration; choose another --out or pass --overwrite"

@@ -113,14 +113,17 @@ class Runner:
     def _output_ok(self, step: Step) -> bool:
         if step.kind == "extract":
             # A damaged store is not up to date: the step re-runs and rebuilds it.
-            from ..store.reader import check_store
+            from ..store.reader import check_store, rebuild_reason
 
             try:
-                check_store(step.out)
+                m = check_store(step.out)
             except CodeclensError as e:
                 self.log(f"{step.id}: store needs rebuilding: {e}")
                 return False
-            return True
+            why = rebuild_reason(step.out, m)
+            if why:
+                self.log(f"{step.id}: store needs rebuilding: {why}")
+            return why is None
         if step.kind == "analysis":
             return (step.out / "result.json").is_file()
         if step.kind in ("fit", "random"):

@@ -73,7 +73,7 @@ def utterance_scales(store, row: int, codec) -> np.ndarray | None:
         _UNSCALED_WARNED.add(str(store.path))
         warnings.warn(f"{store.path}: the store keeps no input scales for codec '{codec.spec}' (made by an older "
                       "codeclens): decoding at unit scale, so levels are normalised per chunk; extract it again "
-                      "(into a new --out, or after deleting it) to compare levels with the original", UserWarning, stacklevel=2)
+                      "(extract --overwrite rebuilds it) to compare levels with the original", UserWarning, stacklevel=2)
     return s
 
 
