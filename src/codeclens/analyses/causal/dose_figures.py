@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ...util.figures import save_figure, use_style
+from ...util.figures import use_style
+from .figures import finish_with_legend
 
 XLABEL = {"fraction": "fraction of frames patched", "alpha": "α (0: clean vectors, 1: donor's)"}
 LINES = ["-", "--", ":", "-."]
@@ -49,7 +50,7 @@ def dose_figure(df: pd.DataFrame, path: Path) -> list[Path]:
             ax.set_title(f"{meas}: {dose}" + ("" if dose == "alpha" else f" ({mode})"))
             ax.set_xlabel(XLABEL.get(dose, dose))
             ax.set_ylabel(f"Δ {meas} vs unedited")
-    return _finish(fig, axes, path, 8)
+    return finish_with_legend(fig, axes, path, 8)
 
 
 def steering_figure(df: pd.DataFrame, path: Path) -> list[Path]:
@@ -71,13 +72,5 @@ def steering_figure(df: pd.DataFrame, path: Path) -> list[Path]:
         ax.set_title(meas)
         ax.set_xlabel("scale s of the label's latents (0: zeroed, 1: unedited)")
         ax.set_ylabel(f"Δ {meas} vs unedited")
-    return _finish(fig, axes, path, 3)
+    return finish_with_legend(fig, axes, path, 3)
 
-
-def _finish(fig, axes, path: Path, ncol: int) -> list[Path]:
-    """One legend under the panels (from the first), then save."""
-    h, l = axes[0][0].get_legend_handles_labels()
-    fig.tight_layout()
-    if h:
-        fig.legend(h, l, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(ncol, len(h)), frameon=False)
-    return save_figure(fig, path)

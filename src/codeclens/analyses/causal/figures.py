@@ -17,6 +17,15 @@ def _plt():
     return plt
 
 
+def finish_with_legend(fig, axes, path: Path, ncol: int) -> list[Path]:
+    """One legend under the panels (from the first panel's lines), then save."""
+    h, l = axes[0][0].get_legend_handles_labels()
+    fig.tight_layout()
+    if h:
+        fig.legend(h, l, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(ncol, len(h)), frameon=False)
+    return save_figure(fig, path)
+
+
 def shapley_figure(df: pd.DataFrame, path: Path) -> list[Path]:
     """Rows: decoder measures; columns: absent = drop / mean; grouped bars per codec."""
     plt = _plt()
@@ -42,11 +51,7 @@ def shapley_figure(df: pd.DataFrame, path: Path) -> list[Path]:
             ax.set_ylabel("Shapley value")
             if i == len(measures) - 1:
                 ax.set_xlabel("RVQ layer")
-    h, l = axes[0][0].get_legend_handles_labels()
-    fig.tight_layout()
-    if h:
-        fig.legend(h, l, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(4, len(h)), frameon=False)
-    return save_figure(fig, path)
+    return finish_with_legend(fig, axes, path, 4)
 
 
 def consumer_figure(df: pd.DataFrame, path: Path) -> list[Path]:
@@ -70,11 +75,7 @@ def consumer_figure(df: pd.DataFrame, path: Path) -> list[Path]:
         ax.set_title(f"patch = {mode}")
         ax.set_xlabel("patched RVQ layer")
     axes[0][0].set_ylabel("decisions flipped")
-    h, l = axes[0][0].get_legend_handles_labels()
-    fig.tight_layout()
-    if h:
-        fig.legend(h, l, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(3, len(h)), frameon=False)
-    return save_figure(fig, path)
+    return finish_with_legend(fig, axes, path, 3)
 
 
 def offsets_figure(df: pd.DataFrame, path: Path) -> list[Path]:
@@ -92,8 +93,4 @@ def offsets_figure(df: pd.DataFrame, path: Path) -> list[Path]:
         ax.set_title(f"{s}: {c}")
         ax.set_xlabel("frames after the patched frame")
         ax.set_ylabel("KL (nats)")
-    h, l = axes[0][0].get_legend_handles_labels()
-    fig.tight_layout()
-    if h:
-        fig.legend(h, l, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(8, len(h)), frameon=False)
-    return save_figure(fig, path)
+    return finish_with_legend(fig, axes, path, 8)
