@@ -15,16 +15,7 @@ from codeclens.analyses.mi import MIConfig, count_targets, heldout_utterances, r
 from codeclens.cli import main
 from codeclens.store import Store
 from codeclens.store.arrays import write_store
-from test_tokens import make_planted_store
-
-
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory):
-    p = make_planted_store(tmp_path_factory.mktemp("stream") / "store")
-    u = pd.read_parquet(p / "utterances.parquet")
-    u["split_utt"] = np.where(np.arange(len(u)) % 3 == 2, "test", "train")
-    u.to_parquet(p / "utterances.parquet", index=False)
-    return p
+from test_mi import planted  # noqa: F401 (fixture: the planted store with a train/test utterance split)
 
 
 def _outputs(out, names):
