@@ -174,6 +174,15 @@ class FrameLabels:
     def names(self, column: str) -> np.ndarray:
         return self._utt[column].names if column in self._utt else self._names[column].names
 
+    def n_names(self, column: str) -> int:
+        """Category names met so far (all of them for utterance columns)."""
+        return len(self._utt[column].names) if column in self._utt else len(self._names[column].index)
+
+    def utterance_codes(self, column: str) -> np.ndarray | None:
+        """int32 code per utterance of an utterance-level column (-1 missing); None for frame columns."""
+        lc = self._utt.get(column)
+        return None if lc is None or not lc.categorical else lc.codes
+
     def true_codes(self, column: str) -> np.ndarray:
         """Codes (so far) of the category named ``True`` (a boolean column read as categories)."""
         if column in self._utt:

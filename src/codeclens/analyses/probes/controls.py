@@ -83,17 +83,36 @@ def control_labels(types: dict[str, np.ndarray], y_train: np.ndarray, seed: int)
 
 def control_table(types: dict[str, np.ndarray], y_train: np.ndarray, seed: int) -> np.ndarray:
     """The label of every type (see :func:`control_labels`)."""
-    rng = np.random.default_rng(seed)
     n_types = int(max((t.max() for t in types.values() if len(t)), default=-1)) + 1
     y_sorted = np.sort(np.asarray(y_train))
-    n = len(y_sorted)
-    freq = np.bincount(types["train"], minlength=n_types).astype(np.float64)
+    freq = np.bincount(types["train"], minlength=n_types)
+    return _table(freq, len(y_sorted), y_sorted.__getitem__, y_sorted.dtype, seed)
+
+
+def control_table_counts(freq: np.ndarray, class_counts: np.ndarray, seed: int) -> np.ndarray:
+    """:func:`control_table` of class labels from counts: ``freq`` the train rows of every type
+    (its length is the number of types), ``class_counts`` the train rows of every class. The i-th
+    sorted train label is the class whose stretch of the cumulative counts holds i, so the table is
+    the one the rows would give, without the rows."""
+    ends = np.cumsum(np.asarray(class_counts, np.int64))
+    n = int(ends[-1]) if len(ends) else 0
+    return _table(np.asarray(freq), n, lambda i: np.searchsorted(ends, i, side="right").astype(np.int32),
+                  np.dtype(np.int32), seed)
+
+
+def _table(freq: np.ndarray, n: int, sorted_label, dtype, seed: int) -> np.ndarray:
+    """The control table from the train rows per type, the number of train rows ``n`` and
+    ``sorted_label(i)``, the i-th sorted train labels."""
+    rng = np.random.default_rng(seed)
+    n_types = len(freq)
+    freq = freq.astype(np.float64)
     order = rng.permutation(n_types)
     mid = np.cumsum(freq[order]) - freq[order] / 2
-    table = np.empty(n_types, dtype=y_sorted.dtype)
-    table[order] = y_sorted[np.clip((mid / max(freq.sum(), 1) * n).astype(np.int64), 0, n - 1)]
+    table = np.empty(n_types, dtype=dtype)
+    table[order] = sorted_label(np.clip((mid / max(freq.sum(), 1) * n).astype(np.int64), 0, n - 1))
     unseen = freq == 0
-    table[unseen] = rng.choice(y_sorted, size=int(unseen.sum()))
+    # rng.choice(n) draws the indices rng.choice(y_sorted) would, so both forms give one table.
+    table[unseen] = sorted_label(rng.choice(n, size=int(unseen.sum())))
     return table
 
 
