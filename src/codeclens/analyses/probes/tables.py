@@ -68,7 +68,12 @@ def _count(flat: np.ndarray, keys: np.ndarray) -> None:
     if not len(keys):
         return
     lo, hi = int(keys.min()), int(keys.max()) + 1
-    flat[lo:hi] += np.bincount(keys - lo, minlength=hi - lo).astype(flat.dtype, copy=False)
+    if hi - lo > 8 * len(keys):  # few keys over a wide range (a dense test table): sort rather than zero the range
+        k, c = np.unique(keys, return_counts=True)
+        flat[k] += c.astype(flat.dtype, copy=False)
+        return
+    part = flat[lo:hi]
+    np.add(part, np.bincount(keys - lo, minlength=hi - lo), out=part, casting="unsafe")
 
 
 class _Grow:
@@ -85,13 +90,18 @@ class _Grow:
         new = max(width, 2 * self.width)
         if budget is not None and int(np.prod(self.lead)) * new * np.dtype(self.dtype).itemsize > budget:
             return False
-        a = self.flat.reshape(*self.lead, self.width) if self.width else np.zeros((*self.lead, 0), self.dtype)
-        self.flat = np.pad(a, [(0, 0)] * len(self.lead) + [(0, new - self.width)]).reshape(-1)
-        self.width = new
+        grown = np.zeros((*self.lead, new), self.dtype)
+        if self.width:
+            grown[..., : self.width] = self.flat.reshape(*self.lead, self.width)
+        self.flat, self.width = grown.reshape(-1), new
         return True
 
     def add(self, keys: np.ndarray) -> None:
         _count(self.flat, keys)
+
+    def layer(self, j: int) -> np.ndarray:
+        """The flat part of the first index ``j`` (a view: counting into it counts into the table)."""
+        return self.flat.reshape(self.lead[0], -1)[j]
 
     def table(self, width: int) -> np.ndarray:
         return self.flat.reshape(*self.lead, self.width)[..., :width] if self.width else \
@@ -99,32 +109,43 @@ class _Grow:
 
 
 class Counts:
-    """The tables of one classification task on one store (see the module docstring)."""
+    """The tables of one classification task on one store (see the module docstring).
+
+    The test table is kept as counted (columns in the order label names were met, units with a test
+    utterance): ``keep`` are the units with usable test rows (the bootstrap's units, in order) and
+    ``take[c]`` the column of class c, applied to the small per-unit results rather than copying the table."""
 
     def __init__(self, store: Store, task: str, column: str, scol: str, layers: list[int], classes: tuple[str, ...],
                  n_train_classes: int, train: np.ndarray, val: np.ndarray, test: np.ndarray,
-                 unit_label: np.ndarray | None, n: dict[str, int], unit: str, n_test_utterances: int):
+                 unit_label: np.ndarray | None, n: dict[str, int], unit: str, n_test_utterances: int,
+                 keep: np.ndarray, take: np.ndarray):
         self.store, self.task, self.column, self.split_column = store, task, column, scol
         self.layers, self.classes, self.n_train_classes = layers, classes, n_train_classes
         self.train, self.val, self.test, self.unit_label = train, val, test, unit_label
         self.n, self.unit, self.n_test_utterances = n, unit, n_test_utterances
+        self.keep, self.take = keep, take
 
     @property
     def n_units(self) -> int:
-        return int(self.test.shape[1])
+        return len(self.keep)
 
     def unit_code(self, j: int) -> np.ndarray:
-        """``[U, K]`` test rows per unit and code of the j-th layer."""
-        t = self.test[j]
-        return t if self.unit_label is not None else t.sum(-1)
+        """``[U, K]`` float64 test rows per unit and code of the j-th layer."""
+        t = self.test[j][self.keep]
+        return np.asarray(t if self.unit_label is not None else t.sum(-1), np.float64)
 
     def true_counts(self, j: int) -> np.ndarray:
         """``[U, C]`` test rows per unit and true class (the same for every layer)."""
         if self.unit_label is None:
-            return self.test[j].sum(1).astype(np.float64)
+            return self.test[j][self.keep].sum(1)[:, self.take].astype(np.float64)
         out = np.zeros((self.n_units, len(self.classes)))
-        out[np.arange(self.n_units), self.unit_label] = self.test[j].sum(1)
+        out[np.arange(self.n_units), self.unit_label[self.keep]] = self.test[j][self.keep].sum(1)
         return out
+
+    def class_at(self, j: int, pred: np.ndarray) -> np.ndarray:
+        """``[U, K]`` test rows of every unit and code whose label is ``pred[code]`` (dense tables only)."""
+        K = len(pred)
+        return np.asarray(self.test[j][self.keep][:, np.arange(K), self.take[pred]], np.float64)
 
 
 def units_of_utterances(store: Store, scol: str) -> tuple[np.ndarray, str]:
@@ -173,12 +194,14 @@ def count_task(store: Store, task: str, cfg: ProbeConfig, chunk: int | None = No
     small = unit == "utterance" and (len(nf) == 0 or int(nf.max()) < 2**16)
     tdt = np.uint16 if unit_label is not None and small else np.int32
     budget = cfg.memory_mb * 2**20
+    # Tables per layer: one small bincount per layer and chunk (a table of one layer stays in cache, and
+    # temporaries of one column of a chunk are reused by the allocator; keys over all layers at once
+    # missed the cache on every row and cost fresh pages per chunk).
     tr, va = _Grow((L, K), np.int64), _Grow((L, K), np.int64)
     te = _Grow((L, U, K), tdt) if unit_label is None else None
-    te_flat = np.zeros(L * U * K, tdt) if unit_label is not None else None
+    te_flat = np.zeros((L, U * K), tdt) if unit_label is not None else None
     per_utt = np.zeros(len(split_of), np.int64)
     n_ok = 0
-    jj = np.arange(L, dtype=np.int64)
     for a, b, utt, cols in labels:
         x = cols[column]
         ok = x >= 0
@@ -187,21 +210,24 @@ def count_task(store: Store, task: str, cfg: ProbeConfig, chunk: int | None = No
         tr.fit(width), va.fit(width)
         if te is not None and not te.fit(width, budget):
             return None  # the dense test table would not fit: per-row evaluation instead
-        codes = framestream.code_rows(store, a, b, layers).astype(np.int64)
-        if len(codes) and (codes.min() < 0 or codes.max() >= K):
+        codes = framestream.code_rows(store, a, b, layers)
+        if len(codes) and (int(codes.min()) < 0 or int(codes.max()) >= K):
             raise CodeclensError(f"{store.path}: codes outside [0, {K})")
-        sp = split_of[utt]
-        for k, acc in ((0, tr), (1, va)):
-            sel = ok & (sp == k)
-            acc.add(((jj[None, :] * K + codes[sel]) * acc.width + x[sel, None]).reshape(-1))
-        sel = ok & (sp == 2)
-        per_utt += np.bincount(utt[sel], minlength=len(per_utt))
-        u = tunit[unit_of[utt[sel]]]
-        key = (jj[None, :] * U + u[:, None]) * K + codes[sel]
-        if te is None:
-            _count(te_flat, key.reshape(-1))
-        else:
-            te.add((key * te.width + x[sel, None]).reshape(-1))
+        sp = np.where(ok, split_of[utt], -1)
+        idx = [np.flatnonzero(sp == k) for k in range(3)]
+        xs = [x[i].astype(np.int64) for i in idx]
+        per_utt += np.bincount(utt[idx[2]], minlength=len(per_utt))
+        u = tunit[unit_of[utt[idx[2]]]]
+        w = te.width if te is not None else 0
+        ubase = u * (K * w) + xs[2] if te is not None else u * K
+        for j in range(L):
+            c = codes[:, j].astype(np.int64)
+            for k, acc in ((0, tr), (1, va)):
+                _count(acc.layer(j), c[idx[k]] * acc.width + xs[k])
+            if te is not None:
+                _count(te.layer(j), c[idx[2]] * w + ubase)
+            else:
+                _count(te_flat[j], ubase + c[idx[2]])
     V = labels.n_names(column)
     names = labels.names(column)
     train, val = tr.table(V), va.table(V)
@@ -230,27 +256,19 @@ def count_task(store: Store, task: str, cfg: ProbeConfig, chunk: int | None = No
         return None  # open set: identification among held-out classes is the general path's
     _check_val(store, task, scol, {"val": range(n["val"])}, cfg)
 
+    take = used[np.argsort(lut)]  # class c <- name take[c]
+
     def reorder(t: np.ndarray) -> np.ndarray:
-        out = np.zeros(t.shape[:-1] + (Call,), t.dtype)
-        out[..., lut] = t[..., used]
-        return out
+        return np.take(t.reshape(-1, t.shape[-1]), take, axis=1).reshape(t.shape[:-1] + (Call,))
 
     train, val = reorder(train), reorder(val)
-    keep = np.flatnonzero(per_unit_rows(test, te is None) > 0)
-    if te is not None:
-        test = reorder(test[:, keep])
-    else:
-        test = test[:, keep]
+    keep = np.flatnonzero((test[0].sum(1) if te is None else test[0].sum((1, 2))) > 0)
+    if te is None:
         full = np.full(V, -1, np.int64)
         full[used] = lut
-        unit_label = full[unit_label[keep]]
+        unit_label = full[unit_label]
     return Counts(store, task, column, scol, layers, tuple(str(c) for c in classes), C, train, val, test,
-                  unit_label, n, unit, int(np.count_nonzero(per_utt)))
-
-
-def per_unit_rows(test: np.ndarray, unit_axis_only: bool) -> np.ndarray:
-    """Usable test rows per unit (from the first layer's table)."""
-    return test[0].sum(1) if unit_axis_only else test[0].sum((1, 2))
+                  unit_label, n, unit, int(np.count_nonzero(per_utt)), keep, take)
 
 
 def distinct_vectors(store: Store, rep: Repr) -> tuple[np.ndarray, np.ndarray]:
@@ -265,7 +283,12 @@ def distinct_vectors(store: Store, rep: Repr) -> tuple[np.ndarray, np.ndarray]:
 def _by_vector(t: np.ndarray, remap: np.ndarray, n_vec: int) -> np.ndarray:
     """Per-code rows summed per distinct vector (float64)."""
     out = np.zeros((n_vec,) + t.shape[1:])
-    np.add.at(out, remap, t)
+    if n_vec == len(remap):  # every code its own vector (the usual case): a permutation
+        out[remap] = t
+        return out
+    order = np.argsort(remap, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(remap[order]) != 0])
+    out[remap[order][starts]] = np.add.reduceat(np.asarray(t, np.float64)[order], starts, axis=0)
     return out
 
 
@@ -280,24 +303,22 @@ def scatter_columns(m: np.ndarray, cols: np.ndarray, n_cols: int) -> np.ndarray:
     return out
 
 
-def class_stats(counts: Counts, j: int, pred: np.ndarray, truth: np.ndarray | None = None) -> M.ClassStats:
-    """Per-unit TP / FP / FN of a predictor of one class per code (``pred [K]``) on the j-th layer's test table;
-    ``truth [K]``: a code control's label per code (None: the task's labels)."""
-    K = len(pred)
+def class_stats(counts: Counts, j: int, nuk: np.ndarray, true_n: np.ndarray, pred: np.ndarray,
+                truth: np.ndarray | None = None) -> M.ClassStats:
+    """Per-unit TP / FP / FN of a predictor of one class per code (``pred [K]``) on the j-th layer's test
+    table (``nuk``: its :meth:`Counts.unit_code`, ``true_n`` its :meth:`Counts.true_counts`); ``truth [K]``:
+    a code control's label per code (None: the task's labels)."""
     Call = len(counts.classes)
-    nuk = counts.unit_code(j)[:, :K]
     pred_n = scatter_columns(nuk, pred, Call)
     if truth is not None:
         true_n = scatter_columns(nuk, truth, Call)
         tp = scatter_columns(nuk * (pred == truth)[None, :], truth, Call)
     elif counts.unit_label is None:
-        true_n = counts.true_counts(j)
-        tp = scatter_columns(counts.test[j][:, np.arange(K), pred], pred, Call)
+        tp = scatter_columns(counts.class_at(j, pred), pred, Call)
     else:
-        true_n = counts.true_counts(j)
         tp = np.zeros_like(pred_n)
-        u = np.arange(counts.n_units)
-        tp[u, counts.unit_label] = pred_n[u, counts.unit_label]
+        u, lab = np.arange(counts.n_units), counts.unit_label[counts.keep]
+        tp[u, lab] = pred_n[u, lab]
     return M.ClassStats(tp, pred_n - tp, true_n - tp, tp.sum(1), true_n.sum(1))
 
 
@@ -344,15 +365,16 @@ def run_store(store: Store, task: str, cfg: ProbeConfig, si: int, names: dict[in
 
             base = row_base(store, rep, names, cfg, **fields)
             f = fit(tr_code, va_code, False)
-            te_classes = counts.true_counts(j).sum(0).astype(np.int64)
-            chance = M.chance_counts(train_classes, te_classes, C)
-            scores = stat_scores(class_stats(counts, j, f.pred_test[remap]), boot)
+            nuk, true_n = counts.unit_code(j)[:, :K], counts.true_counts(j)
+            chance = M.chance_counts(train_classes, true_n.sum(0).astype(np.int64), C)
+            scores = stat_scores(class_stats(counts, j, nuk, true_n, f.pred_test[remap]), boot)
             emit(rows, base, "linear", scores, chance, f.l2)
             if cfg.lookup:
-                emit(rows, base, "lookup", stat_scores(class_stats(counts, j, f.lookup_test[remap]), boot), chance)
+                emit(rows, base, "lookup", stat_scores(class_stats(counts, j, nuk, true_n, f.lookup_test[remap]), boot),
+                     chance)
             if cfg.control != "code":
                 continue
-            te_code = counts.unit_code(j)[:, :K].sum(0)
+            te_code = nuk.sum(0)
             used = (n_tr + va_code.sum(1) + te_code) > 0
             n_types = int(np.flatnonzero(used).max()) + 1 if used.any() else 0
             # control_coverage: share of test rows whose code occurs in train.
@@ -369,7 +391,7 @@ def run_store(store: Store, task: str, cfg: ProbeConfig, si: int, names: dict[in
             fc = fit(onto(n_tr, Call), onto(va_code.sum(1), Call), True)
             c_chance = M.chance_counts(np.bincount(ctl, weights=n_tr, minlength=Call),
                                        np.bincount(ctl, weights=te_code, minlength=Call).astype(np.int64), C)
-            c_scores = stat_scores(class_stats(counts, j, fc.pred_test[remap], ctl), boot)
+            c_scores = stat_scores(class_stats(counts, j, nuk, true_n, fc.pred_test[remap], ctl), boot)
             emit(rows, base, "control", c_scores, c_chance, fc.l2)
             emit(rows, base, "selectivity", _selectivity((scores, chance), c_scores, c_chance), None)
     finally:
