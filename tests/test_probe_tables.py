@@ -140,3 +140,15 @@ def test_sparse_replicates_equal_dense():
     x = np.zeros((50, 40))
     x[np.arange(50), rng.integers(0, 40, 50)] = rng.integers(1, 9, 50)
     np.testing.assert_allclose(_wsum(w, x), w @ x, rtol=1e-12)
+
+
+@pytest.mark.parametrize("task", ["f0", "f0_st"])
+def test_regression_table_path_equals_general_path(store, monkeypatch, one_torch_thread, task):
+    """F0 (MAE in cents too) and f0_st (exact speaker medians in two passes): every row, the control
+    (labels at exact train ranks) and the target-range columns equal the per-row path's to rounding."""
+    fast, slow = _both(store, monkeypatch, task=(task,), f0_semitones=False)
+    assert set(fast["probe"]) == {"linear", "lookup", "control", "selectivity"}
+    _assert_same(fast, slow, atol=1e-7)
+    if task == "f0":
+        lin = fast[(fast.probe == "linear") & (fast.metric == "r2")].set_index("layer")
+        assert lin["value"].idxmax() == 3 and lin.loc[3, "value"] > 0.3

@@ -85,8 +85,7 @@ def control_table(types: dict[str, np.ndarray], y_train: np.ndarray, seed: int) 
     """The label of every type (see :func:`control_labels`)."""
     n_types = int(max((t.max() for t in types.values() if len(t)), default=-1)) + 1
     y_sorted = np.sort(np.asarray(y_train))
-    freq = np.bincount(types["train"], minlength=n_types)
-    return _table(freq, len(y_sorted), y_sorted.__getitem__, y_sorted.dtype, seed)
+    return y_sorted[control_ranks(np.bincount(types["train"], minlength=n_types), len(y_sorted), seed)]
 
 
 def control_table_counts(freq: np.ndarray, class_counts: np.ndarray, seed: int) -> np.ndarray:
@@ -96,24 +95,23 @@ def control_table_counts(freq: np.ndarray, class_counts: np.ndarray, seed: int) 
     the one the rows would give, without the rows."""
     ends = np.cumsum(np.asarray(class_counts, np.int64))
     n = int(ends[-1]) if len(ends) else 0
-    return _table(np.asarray(freq), n, lambda i: np.searchsorted(ends, i, side="right").astype(np.int32),
-                  np.dtype(np.int32), seed)
+    return np.searchsorted(ends, control_ranks(freq, n, seed), side="right").astype(np.int32)
 
 
-def _table(freq: np.ndarray, n: int, sorted_label, dtype, seed: int) -> np.ndarray:
-    """The control table from the train rows per type, the number of train rows ``n`` and
-    ``sorted_label(i)``, the i-th sorted train labels."""
+def control_ranks(freq: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Rank (in the sorted train labels) of the label of every type, from the train rows per type
+    ``freq`` and the number of train rows ``n``: the control table is ``sorted_labels[ranks]``."""
     rng = np.random.default_rng(seed)
     n_types = len(freq)
-    freq = freq.astype(np.float64)
+    freq = np.asarray(freq).astype(np.float64)
     order = rng.permutation(n_types)
     mid = np.cumsum(freq[order]) - freq[order] / 2
-    table = np.empty(n_types, dtype=dtype)
-    table[order] = sorted_label(np.clip((mid / max(freq.sum(), 1) * n).astype(np.int64), 0, n - 1))
+    ranks = np.empty(n_types, np.int64)
+    ranks[order] = np.clip((mid / max(freq.sum(), 1) * n).astype(np.int64), 0, n - 1)
     unseen = freq == 0
-    # rng.choice(n) draws the indices rng.choice(y_sorted) would, so both forms give one table.
-    table[unseen] = sorted_label(rng.choice(n, size=int(unseen.sum())))
-    return table
+    # rng.choice(n) draws the indices rng.choice(sorted_labels) would, so both forms give one table.
+    ranks[unseen] = rng.choice(n, size=int(unseen.sum()))
+    return ranks
 
 
 def selectivity(task_value, control_value, task_chance: float = 0.0, control_chance: float = 0.0) -> np.ndarray:

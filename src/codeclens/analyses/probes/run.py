@@ -385,8 +385,8 @@ def _chance(td: TaskData, y_train: np.ndarray, y_test: np.ndarray, rs: Resamplin
         maj = {"accuracy": M.accuracy(y_test, base_pred), "macro_f1": M.macro_f1(y_test, base_pred, td.n_classes)}
         uni = M.uniform_chance(y_test, td.n_train_classes, td.n_classes)
         return {k: (maj[k], uni[k]) for k in maj}
-    if base_pred is None:
-        base_pred = np.full(len(y_test), float(np.mean(y_train)))
+    if base_pred is None:  # the mean in float64 (a float32 mean drifts with the number of rows)
+        base_pred = np.full(len(y_test), float(np.mean(y_train, dtype=np.float64)))
     s = M.reg_metrics(M.reg_stats(y_test, base_pred, rs.units, rs.n_units, td.is_f0), cents=td.is_f0)
     return {k: (float(v), float("nan")) for k, v in s.items()}
 

@@ -39,7 +39,7 @@ from . import metrics as M
 from .config import ProbeConfig
 from .controls import control_table_counts
 from .cv import use_cv
-from .data import SPLITS, _check_val, _encode, resolve_column, split_column
+from .data import F0_COLUMNS, SPLITS, _check_val, _encode, resolve_column, split_column
 from .linear import threads_for
 from .run import (MIN_CONTROL_COVERAGE, SEMITONES, SPEAKER_DISJOINT, _selectivity, control_seed, emit, row_base,
                   stat_scores, store_reprs)
@@ -50,16 +50,20 @@ def eligible(store: Store, task: str, cfg: ProbeConfig) -> bool:
     """Whether ``task`` on ``store`` can run from count tables (a classification task on frame-level
     layer:k / codes:k probes with the torch backend; see the module docstring)."""
     if (cfg.level != "frame" or cfg.backend != "torch" or cfg.mlp or cfg.control == "type"
-            or cfg.max_train_frames is not None or task == SEMITONES):
+            or cfg.max_train_frames is not None):
         return False
     if not all(r.is_lookup for r in store_reprs(store, cfg)):
         return False
-    column = resolve_column(store, task)
+    base = "f0" if task == SEMITONES else task
+    if task == SEMITONES and "speaker" not in store.utterances.columns:
+        return False  # the general path reports it
+    column = resolve_column(store, base)
     if column not in frame_column_names(store) and column not in store.utterances.columns:
         return False  # the general path reports the missing column
-    if use_cv(store, task, cfg):
+    if use_cv(store, base, cfg):
         return False
-    return FrameLabels(store, [column]).categorical[column]
+    categorical = FrameLabels(store, [column]).categorical[column]
+    return not (categorical and (task == SEMITONES or column in F0_COLUMNS or base == "f0"))  # errors: general path
 
 
 def _count(flat: np.ndarray, keys: np.ndarray) -> None:
@@ -325,7 +329,13 @@ def class_stats(counts: Counts, j: int, nuk: np.ndarray, true_n: np.ndarray, pre
 def run_store(store: Store, task: str, cfg: ProbeConfig, si: int, names: dict[int, str],
               progress: bool = False, chunk: int | None = None) -> list[dict[str, Any]] | None:
     """probes.csv rows of ``task`` on ``store`` (the ``si``-th store of the run) from count tables;
-    None when the general path must do it (see :func:`count_task`)."""
+    None when the general path must do it (see :func:`count_task`). Numeric tasks: :mod:`.regtables`."""
+    base = "f0" if task == SEMITONES else task
+    column = resolve_column(store, base)
+    if task == SEMITONES or not FrameLabels(store, [column]).categorical[column]:
+        from . import regtables
+
+        return regtables.run_store(store, task, cfg, si, names, progress, chunk)
     counts = count_task(store, task, cfg, chunk)
     if counts is None:
         return None
