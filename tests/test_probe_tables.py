@@ -152,3 +152,15 @@ def test_regression_table_path_equals_general_path(store, monkeypatch, one_torch
     if task == "f0":
         lin = fast[(fast.probe == "linear") & (fast.metric == "r2")].set_index("layer")
         assert lin["value"].idxmax() == 3 and lin.loc[3, "value"] > 0.3
+
+
+def test_regression_chunk_size_does_not_change_results(store, one_torch_thread):
+    """f0_st in chunks of 97 frames (many chunks, cutting utterances) == one chunk (float sums: to rounding)."""
+    from codeclens.analyses.probes import regtables
+
+    cfg = ProbeConfig(task=("f0_st",), bootstrap=50)
+    names = {id(store): store.name}
+    a = pd.DataFrame(regtables.run_store(store, "f0_st", cfg, 0, names, chunk=97))
+    b = pd.DataFrame(regtables.run_store(store, "f0_st", cfg, 0, names, chunk=10**9))
+    assert len(a) > 0
+    pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-9, atol=1e-12)

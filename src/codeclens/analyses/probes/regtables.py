@@ -38,7 +38,7 @@ from .linear import threads_for
 from .lookup import CodeSums
 from .orderstats import OrderStats
 from .run import MIN_CONTROL_COVERAGE, SEMITONES, _selectivity, control_seed, emit, row_base, stat_scores, store_reprs
-from .tables import _by_vector, distinct_vectors, units_of_utterances
+from .tables import _by_vector, _count, distinct_vectors, units_of_utterances
 from .torch_backend import TableProblem, fit_table_regress
 
 QUANTILES = {"train": (0.01, 0.99, 0.05, 0.95), "test": (0.05, 0.95)}
@@ -176,7 +176,9 @@ def run_store(store: Store, task: str, cfg: ProbeConfig, si: int, names: dict[in
     layers = sorted({r.layer - 1 for r in reps})
     L, K = len(layers), max(store.codebook_sizes[l] for l in layers)
     sums = np.zeros((2, L, K, 3))  # train, val
-    nuk = np.zeros((L, U, K))
+    nf = store.utterances["n_frames"].to_numpy()
+    small = unit == "utterance" and (len(nf) == 0 or int(nf.max()) < 2**16)
+    nuk = np.zeros((L, U, K), np.uint16 if small else np.int32)  # test rows per (unit, code)
     per_utt = np.zeros(len(rows.split_of), np.int64)
     order = {"train": OrderStats(1, 8), "test": OrderStats(1, 8)}
     n_ok, lo_hi = 0, [np.inf, -np.inf]
@@ -194,11 +196,12 @@ def run_store(store: Store, task: str, cfg: ProbeConfig, si: int, names: dict[in
         order["test"].add(y[te])
         u = tunit[unit_of[utt[ok][te]]]
         per_utt += np.bincount(utt[ok][te], minlength=len(per_utt))
+        split_rows = [(np.flatnonzero(sp == k), y[sp == k]) for k in (0, 1)]
         for j in range(L):
             c = codes[:, j]
-            for k in (0, 1):
-                sums[k, j] += _sums(c[sp == k], y[sp == k], K)
-            nuk[j] += np.bincount(u * K + c[te], minlength=U * K).reshape(U, K)
+            for k, (i, yk) in enumerate(split_rows):
+                sums[k, j] += _sums(c[i], yk, K)
+            _count(nuk[j].reshape(-1), u * K + c[te])
     n = {"train": int(sums[0, 0, :, 0].sum()), "val": int(sums[1, 0, :, 0].sum()), "test": int(per_utt.sum())}
     for s in ("train", "test"):
         if not n[s]:
@@ -296,7 +299,7 @@ def run_store(store: Store, task: str, cfg: ProbeConfig, si: int, names: dict[in
         tr_v, va_v = (_code_sums(_by_vector(t, remap, nv)) for t in code_sums)
         with threads_for(len(cfg.l2) * nv * 8):
             (fc,) = fit_table_regress([TableProblem(vectors, tr_v.n, tr_v, va_v, True)], cfg, device)
-        nu = nuk[j][keep][:, :Kl]
+        nu = nuk[j][keep][:, :Kl].astype(np.float64)
         c_scores = stat_scores(_code_stats(nu, ctl, fc.pred_test[remap], is_f0), boot, is_f0)
         c_mean = float((n_code[0] * c64).sum() / n["train"])
         c_chance = {k: (float(v), float("nan")) for k, v in
