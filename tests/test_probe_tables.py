@@ -164,3 +164,31 @@ def test_regression_chunk_size_does_not_change_results(store, one_torch_thread):
     b = pd.DataFrame(regtables.run_store(store, "f0_st", cfg, 0, names, chunk=10**9))
     assert len(a) > 0
     pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-9, atol=1e-12)
+
+
+def test_order_statistics_are_exact():
+    """Two-pass order statistics per group == sorting all values (signed values, zeros of both signs,
+    tiny magnitudes in the shared bin, ties), and count_below == a comparison of all values."""
+    from codeclens.analyses.probes.orderstats import OrderStats
+
+    rng = np.random.default_rng(0)
+    v = np.concatenate([rng.normal(0, 5, 4000), rng.random(3000) * 300 + 60, [0.0, -0.0, 1e-8, -1e-9, 3.0, 3.0],
+                        rng.normal(0, 1e-6, 50)]).astype(np.float32)
+    g = rng.integers(0, 3, len(v))
+    for shift in (4, 12):
+        st = OrderStats(3, shift)
+        for a in range(0, len(v), 777):
+            st.add(v[a : a + 777], g[a : a + 777])
+        grp = np.repeat(np.arange(3), 60)
+        rk = np.concatenate([rng.integers(0, (g == k).sum(), 60) for k in range(3)])
+        st.plan(grp, rk)
+        for a in range(0, len(v), 777):
+            st.collect(v[a : a + 777], g[a : a + 777])
+        want = np.array([np.sort(v[g == k])[r] for k, r in zip(grp, rk)])
+        np.testing.assert_array_equal(st.values(), want)
+    one = OrderStats(1, 8)
+    one.add(v)
+    x = float(np.sort(v)[1234]) + 1e-9
+    one.plan(np.zeros(1, np.int64), np.array([1234]), extra=one.binner(np.array([x], np.float32)))
+    one.collect(v)
+    assert one.count_below(x) == int((v < x).sum()) and one.count_below(x, strict=False) == int((v <= x).sum())

@@ -19,17 +19,46 @@ def ordered(v: np.ndarray) -> np.ndarray:
     return np.where(b >> np.uint32(31), ~b, b | np.uint32(0x80000000))
 
 
+TINY_OCTAVES = 16
+"""Values below the largest magnitude of the first values over 2**TINY_OCTAVES share one bin."""
+
+
+class Binner:
+    """Monotone bins of float32 values: ``2**shift`` consecutive bit patterns each, and one bin for the
+    values of magnitude below ``tiny`` (fixed at the first values: the largest magnitude over
+    ``2**TINY_OCTAVES``; the bit patterns of tiny floats, all exponents down to 2**-149 and both signs,
+    would otherwise span most of the key range). Any monotone binning gives exact order statistics;
+    this one bounds the number of bins. Share one between OrderStats whose bins are compared."""
+
+    def __init__(self, shift: int):
+        self.shift = int(shift)
+        self.tiny: np.float32 | None = None
+
+    def __call__(self, v: np.ndarray) -> np.ndarray:
+        v = np.asarray(v, np.float32)
+        if self.tiny is None:
+            top = float(np.abs(v).max()) if len(v) else 0.0
+            self.tiny = np.float32(top * 2.0**-TINY_OCTAVES) if top > 0 else np.float32(np.finfo(np.float32).tiny)
+        s = np.uint32(self.shift)
+        kn = int(ordered(np.array([-self.tiny]))[0] >> s)
+        kp = int(ordered(np.array([self.tiny]))[0] >> s)
+        k = (ordered(v) >> s).astype(np.int64)
+        return np.where(v <= -self.tiny, k, np.where(v < self.tiny, kn + 1, k - kp + kn + 2))
+
+
 class OrderStats:
-    def __init__(self, n_groups: int, shift: int):
-        self.G, self.shift = int(n_groups), int(shift)
+    def __init__(self, n_groups: int, shift: int = 8, binner: Binner | None = None):
+        self.G = int(n_groups)
+        self._bins = binner if binner is not None else Binner(shift)
         self.lo, self.R = 0, 0
         self.hist = np.zeros((self.G, 0), np.int64)
         self._need: np.ndarray | None = None
         self._vals: list[np.ndarray] = []
         self._keys: list[np.ndarray] = []
 
-    def _bins(self, v: np.ndarray) -> np.ndarray:
-        return (ordered(v) >> np.uint32(self.shift)).astype(np.int64)
+    @property
+    def binner(self) -> Binner:
+        return self._bins
 
     def add(self, v: np.ndarray, g: np.ndarray | int = 0) -> None:
         """Pass 1: count values ``v`` of groups ``g``."""

@@ -180,13 +180,14 @@ def run_store(store: Store, task: str, cfg: ProbeConfig, si: int, names: dict[in
     small = unit == "utterance" and (len(nf) == 0 or int(nf.max()) < 2**16)
     nuk = np.zeros((L, U, K), np.uint16 if small else np.int32)  # test rows per (unit, code)
     per_utt = np.zeros(len(rows.split_of), np.int64)
-    order = {"train": OrderStats(1, 8), "test": OrderStats(1, 8)}
+    order = {"train": OrderStats(1, 8)}
+    order["test"] = OrderStats(1, binner=order["train"].binner)  # one binning: test bins of train quantiles
     n_ok, lo_hi = 0, [np.inf, -np.inf]
 
     # -- pass: counting
     for a, b, utt, ok, sp, y, n_chunk in rows:
         n_ok += n_chunk
-        codes = framestream.code_rows(store, a, b, layers)[ok].astype(np.int64)
+        codes = framestream.code_rows(store, a, b, layers)[ok]  # int16: converted a layer at a time
         if len(codes) and (int(codes.min()) < 0 or int(codes.max()) >= K):
             raise CodeclensError(f"{store.path}: codes outside [0, {K})")
         tr, te = sp == 0, sp == 2
@@ -198,7 +199,7 @@ def run_store(store: Store, task: str, cfg: ProbeConfig, si: int, names: dict[in
         per_utt += np.bincount(utt[ok][te], minlength=len(per_utt))
         split_rows = [(np.flatnonzero(sp == k), y[sp == k]) for k in (0, 1)]
         for j in range(L):
-            c = codes[:, j]
+            c = codes[:, j].astype(np.int64)
             for k, (i, yk) in enumerate(split_rows):
                 sums[k, j] += _sums(c[i], yk, K)
             _count(nuk[j].reshape(-1), u * K + c[te])
@@ -260,10 +261,10 @@ def run_store(store: Store, task: str, cfg: ProbeConfig, si: int, names: dict[in
         if not te.any():
             continue
         u = tunit[unit_of[utt[ok][te]]]
-        codes = framestream.code_rows(store, a, b, layers)[ok][te].astype(np.int64)
+        codes = framestream.code_rows(store, a, b, layers)[np.flatnonzero(ok)[te]]
         chance_acc.add(yt, np.full(len(yt), mean_train), u, is_f0)
         for ri, (rep, j, *_r) in enumerate(per_rep):
-            c = codes[:, j]
+            c = codes[:, j].astype(np.int64)
             accs[(ri, "linear")].add(yt, preds[ri][0][c], u, is_f0)
             accs[(ri, "lookup")].add(yt, preds[ri][1][c], u, is_f0)
     tr_vals, te_vals = order["train"].values(), order["test"].values()
