@@ -134,9 +134,9 @@ class Counts:
         return len(self.keep)
 
     def unit_code(self, j: int) -> np.ndarray:
-        """``[U, K]`` float64 test rows per unit and code of the j-th layer."""
+        """``[U, K]`` test rows per unit and code of the j-th layer (the table's integer dtype)."""
         t = self.test[j][self.keep]
-        return np.asarray(t if self.unit_label is not None else t.sum(-1), np.float64)
+        return t if self.unit_label is not None else t.sum(-1)
 
     def true_counts(self, j: int) -> np.ndarray:
         """``[U, C]`` test rows per unit and true class (the same for every layer)."""
@@ -149,7 +149,7 @@ class Counts:
     def class_at(self, j: int, pred: np.ndarray) -> np.ndarray:
         """``[U, K]`` test rows of every unit and code whose label is ``pred[code]`` (dense tables only)."""
         K = len(pred)
-        return np.asarray(self.test[j][self.keep][:, np.arange(K), self.take[pred]], np.float64)
+        return self.test[j][self.keep][:, np.arange(K), self.take[pred]]
 
 
 def units_of_utterances(store: Store, scol: str) -> tuple[np.ndarray, str]:
@@ -302,8 +302,8 @@ def scatter_columns(m: np.ndarray, cols: np.ndarray, n_cols: int) -> np.ndarray:
     sc = cols[order]
     starts = np.flatnonzero(np.r_[True, sc[1:] != sc[:-1]]) if len(sc) else np.zeros(0, np.int64)
     out = np.zeros((m.shape[0], n_cols))
-    if len(starts):
-        out[:, sc[starts]] = np.add.reduceat(np.asarray(m, np.float64)[:, order], starts, axis=1)
+    if len(starts):  # summed in float64 from the table's own dtype (no float64 copy of the table)
+        out[:, sc[starts]] = np.add.reduceat(m[:, order], starts, axis=1, dtype=np.float64)
     return out
 
 
@@ -316,7 +316,7 @@ def class_stats(counts: Counts, j: int, nuk: np.ndarray, true_n: np.ndarray, pre
     pred_n = scatter_columns(nuk, pred, Call)
     if truth is not None:
         true_n = scatter_columns(nuk, truth, Call)
-        tp = scatter_columns(nuk * (pred == truth)[None, :], truth, Call)
+        tp = scatter_columns(np.where((pred == truth)[None, :], nuk, 0).astype(nuk.dtype, copy=False), truth, Call)
     elif counts.unit_label is None:
         tp = scatter_columns(counts.class_at(j, pred), pred, Call)
     else:
