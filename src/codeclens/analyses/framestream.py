@@ -295,7 +295,8 @@ def code_rows(store: Any, a: int, b: int, cols: Sequence[int]) -> np.ndarray:
     with open(path, "rb") as f:
         f.seek(offset + a * n_layers * dtype.itemsize)
         block = np.fromfile(f, dtype=dtype, count=(b - a) * n_layers).reshape(b - a, n_layers)
-    return block[:, list(cols)]
+    cols = list(cols)
+    return block if cols == list(range(n_layers)) else block[:, cols]
 
 
 def codes_at(store: Any, rows: np.ndarray, cols: Sequence[int], chunk: int = CHUNK_FRAMES) -> np.ndarray:

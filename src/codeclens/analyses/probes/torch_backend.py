@@ -273,6 +273,91 @@ def _lookup_regress(jobs, cvs, cfg: ProbeConfig, device) -> list[JobFit]:
     return out
 
 
+# -- count-table entry (probes/tables.py) ----------------------------------
+@dataclasses.dataclass(frozen=True)
+class TableProblem:
+    """One count-table probe given by its tables rather than per-row ids (the streamed path of
+    :mod:`.tables`): a layer's distinct vectors, the train rows per vector and the train / val tables."""
+
+    vectors: np.ndarray
+    """[U, D] distinct vectors of the layer."""
+    counts: np.ndarray
+    """[U] train rows per vector (int64)."""
+    train: object
+    """[U, C] float64 train (vector x class) counts, or a :class:`CodeSums` (regression)."""
+    val: object
+    """[U, Call] float64 val counts, or a :class:`CodeSums`."""
+    control: bool = False
+
+
+def fit_table_classify(probs: Sequence[TableProblem], C: int, Call: int, cfg: ProbeConfig, device) -> list[JobFit]:
+    """:func:`_lookup_classify` on given tables (the same whitening, fit, L2 choice and precision rules);
+    ``pred_test`` / ``lookup_test`` of each JobFit are per *vector* (index them with the layer's code ->
+    vector map to get per-code predictions)."""
+    G = len(cfg.l2)
+    whs = [weighted_whitener(p.vectors, p.counts) for p in probs]
+    Zs = [wh.transform(p.vectors).astype(np.float64) for wh, p in zip(whs, probs)]
+    Ts, Tvs = [p.train for p in probs], [p.val for p in probs]
+    Umax, rmax = max(len(z) for z in Zs), max(z.shape[1] for z in Zs)
+    dt = torch.float64 if cfg.l1 > 0 or probs[0].control else torch.float32  # see _lookup_classify
+    Z = _pad(Zs, (Umax, rmax), dt, device)
+    T = _pad(Ts, (Umax, C), dt, device)
+    Tv = _pad(Tvs, (Umax, Call), torch.float64, device)
+    cw = _class_weights(T.sum(1), cfg.balance)
+    has_val = bool(Tv.sum() > 0)
+    Tv_fit = Tv[..., :C].to(dt)
+    fit = fit_logistic(lambda: iter([(Z, T)]), (lambda: iter([(Z, Tv_fit)])) if has_val else None,
+                       len(probs), rmax, C, cw, cfg.l2, cfg.l1, cfg.max_iter, cfg.patience)
+    with torch.no_grad():
+        pred = logits_of(Z, fit.W, fit.b).argmax(-1)  # [P, G, U]
+        choice = _val_choice(pred, Tv, Call, G, device) if has_val else np.zeros(len(probs), np.int64)
+    out = []
+    for p, (pr, wh) in enumerate(zip(probs, whs)):
+        g, U, r = int(choice[p]), len(pr.vectors), wh.dim
+        out.append(JobFit(wh, fit.W[p, g, :r].cpu().numpy(), fit.b[p, g].cpu().numpy(), float(cfg.l2[g]),
+                          pred[p, g, :U].cpu().numpy().astype(np.int32),
+                          lookup_classifier(np.asarray(pr.train)).astype(np.int32), fit.iters))
+    return out
+
+
+def _val_choice(pred: torch.Tensor, Tv: torch.Tensor, Call: int, G: int, device) -> np.ndarray:
+    """Best strength per probe by val macro-F1 from per-vector predictions ``[P, G, U]`` and val tables."""
+    P_, G_, U_ = pred.shape
+    hit = Tv[:, None].expand(P_, G_, U_, Call).gather(-1, pred[..., None]).squeeze(-1)
+    zero = torch.zeros((P_, G_, Call), dtype=Tv.dtype, device=device)
+    tp = zero.clone().scatter_add_(2, pred, hit)
+    predn = zero.scatter_add_(2, pred, Tv.sum(-1)[:, None, :].expand(P_, G_, U_).contiguous())
+    truen = Tv.sum(1)[:, None, :]
+    return _choose(_f1(tp, predn - tp, truen - tp), G)
+
+
+def fit_table_regress(probs: Sequence[TableProblem], cfg: ProbeConfig, device) -> list[JobFit]:
+    """:func:`_lookup_regress` on given per-vector sums; predictions per vector (see fit_table_classify)."""
+    G = len(cfg.l2)
+    whs = [weighted_whitener(p.vectors, p.train.n) for p in probs]
+    Zs = [wh.transform(p.vectors).astype(np.float64) for wh, p in zip(whs, probs)]
+    Umax, rmax = max(len(z) for z in Zs), max(z.shape[1] for z in Zs)
+    dt = torch.float64
+    Z = _pad(Zs, (Umax, rmax), dt, device)
+
+    def stats(sums) -> RidgeStats:
+        n, s1, s2 = (_pad([getattr(s, f) for s in sums], (Umax,), dt, device) for f in ("n", "s1", "s2"))
+        return ridge_stats(iter([(Z, n, s1, s2)]))
+
+    w, b = fit_ridge(stats([p.train for p in probs]), cfg.l2)
+    vst = stats([p.val for p in probs])
+    choice = _choose(-ridge_sse(vst, w, b), G) if bool(vst.n.sum() > 0) else np.zeros(len(probs), np.int64)
+    with torch.no_grad():
+        pred = torch.einsum("pur,pgr->pgu", Z, w) + b[:, :, None]
+    out = []
+    for p, (pr, wh) in enumerate(zip(probs, whs)):
+        g, U, r = int(choice[p]), len(pr.vectors), wh.dim
+        out.append(JobFit(wh, w[p, g, :r].cpu().numpy(), b[p, g].cpu().numpy(), float(cfg.l2[g]),
+                          pred[p, g, :U].cpu().numpy().astype(np.float32),
+                          lookup_regressor(pr.train).astype(np.float32)))
+    return out
+
+
 # -- frame path --------------------------------------------------------------
 class _RepFeatures:
     """Whitening of one representation fitted on the task's train rows; whitened features on demand.
