@@ -120,10 +120,43 @@ def build_task(
             f"{store.path}: the classifier split '{clf_split}' has only label(s) {sorted(set(y[roles['clf']]))}; "
             f"need at least two classes (use more speakers or other splits)"
         )
-    x_all = None if frame_level else store.pooled(rep)
+    x_all = None if frame_level else utterance_means(store, rep)
     labelled = y_raw != ""
     relabelled = bool((labelled & ~keep).any() or (y[keep] != y_raw[keep]).any())
     return TaskData(store, rep, label, y, speaker, roles, x_all, relabelled)
+
+
+POOL_FRAMES = 65536
+"""Frames per chunk of :func:`utterance_means` (the store's batch size: the same sums, bit for bit)."""
+
+
+def utterance_means(store, rep: Repr, chunk_frames: int = POOL_FRAMES) -> np.ndarray:
+    """Utterance means ``[n_utterances, D]`` (float32) of a pooled representation, streamed from the codes.
+
+    Memory is one chunk of frames plus the per-utterance sums: no per-frame array of the
+    whole store (``Store.pooled`` indexes through ``frame_utt``, 8 bytes per frame kept for the
+    store's life). Utterances are contiguous in frame order, so a chunk's frames split into
+    runs at the utterance starts inside it."""
+    base = Repr(rep.kind, rep.layer, False)
+    if base.kind == "codes":
+        raise CodeclensError("mean(codes:k) is not meaningful; pool layer:k instead")
+    nf = store.utterances["n_frames"].to_numpy(np.int64)
+    full = np.flatnonzero(nf > 0)  # empty utterances own no frames (their mean stays 0)
+    starts = np.concatenate([[0], np.cumsum(nf)[:-1]])[full]
+    n = int(nf.sum())
+    sums = None
+    for a in range(0, n, chunk_frames):
+        b = min(a + chunk_frames, n)
+        x = store.materialize(base, slice(a, b))
+        if sums is None:
+            sums = np.zeros((len(nf), x.shape[1]), np.float64)
+        i0 = int(np.searchsorted(starts, a, side="right")) - 1
+        i1 = int(np.searchsorted(starts, b, side="left"))
+        local = np.maximum(starts[i0:i1], a) - a
+        sums[full[i0:i1]] += np.add.reduceat(x.astype(np.float64), local, axis=0)
+    if sums is None:
+        sums = np.zeros((len(nf), store.dim), np.float64)
+    return (sums / np.maximum(nf, 1)[:, None]).astype(np.float32)
 
 
 def map_labels(y: np.ndarray, mapping: Sequence[str]) -> np.ndarray:
