@@ -136,7 +136,9 @@ def utterance_means(store, rep: Repr, chunk_frames: int = POOL_FRAMES) -> np.nda
     Memory is one chunk of frames plus the per-utterance sums: no per-frame array of the
     whole store (``Store.pooled`` indexes through ``frame_utt``, 8 bytes per frame kept for the
     store's life). Utterances are contiguous in frame order, so a chunk's frames split into
-    runs at the utterance starts inside it."""
+    runs at the utterance starts inside it. For ``layer:k`` / ``cumulative:k`` no vector is
+    materialised: an utterance's sum is (its code counts per layer) @ (the layer's table), summed
+    in float64 (the store's float32 frame sums agree to float32 rounding)."""
     base = Repr(rep.kind, rep.layer, False)
     if base.kind == "codes":
         raise CodeclensError("mean(codes:k) is not meaningful; pool layer:k instead")
@@ -144,18 +146,31 @@ def utterance_means(store, rep: Repr, chunk_frames: int = POOL_FRAMES) -> np.nda
     full = np.flatnonzero(nf > 0)  # empty utterances own no frames (their mean stays 0)
     starts = np.concatenate([[0], np.cumsum(nf)[:-1]])[full]
     n = int(nf.sum())
-    sums = None
+    by_codes = base.kind in ("layer", "cumulative")
+    if by_codes:
+        k = base.layer - 1
+        layers = [k] if base.kind == "layer" else list(range(k + 1))
+        tables = [np.asarray(store.tables[l], np.float64) for l in layers]
+        dim = tables[0].shape[1]
+    else:
+        dim = int(store.materialize(base, slice(0, min(n, 1))).shape[1]) if n else store.dim
+    sums = np.zeros((len(nf), dim), np.float64)
     for a in range(0, n, chunk_frames):
         b = min(a + chunk_frames, n)
-        x = store.materialize(base, slice(a, b))
-        if sums is None:
-            sums = np.zeros((len(nf), x.shape[1]), np.float64)
         i0 = int(np.searchsorted(starts, a, side="right")) - 1
         i1 = int(np.searchsorted(starts, b, side="left"))
         local = np.maximum(starts[i0:i1], a) - a
-        sums[full[i0:i1]] += np.add.reduceat(x.astype(np.float64), local, axis=0)
-    if sums is None:
-        sums = np.zeros((len(nf), store.dim), np.float64)
+        if not by_codes:
+            x = store.materialize(base, slice(a, b))
+            sums[full[i0:i1]] += np.add.reduceat(x.astype(np.float64), local, axis=0)
+            continue
+        m = i1 - i0
+        group = np.repeat(np.arange(m, dtype=np.int64), np.diff(np.append(local, b - a)))
+        codes = np.asarray(store.codes[a:b, layers[0] : layers[-1] + 1], np.int64)
+        for j, t in enumerate(tables):
+            K = len(t)
+            counts = np.bincount(group * K + codes[:, j], minlength=m * K).reshape(m, K)
+            sums[full[i0:i1]] += counts @ t
     return (sums / np.maximum(nf, 1)[:, None]).astype(np.float32)
 
 
