@@ -56,8 +56,9 @@ def _rows_hash(rows: np.ndarray) -> str:
     return hashlib.sha256(np.asarray(rows, np.int64).tobytes()).hexdigest()[:16]
 
 
-EVAL_ROWS = 8192
-"""Rows encoded at a time where codes are only summarised (test metrics, browser pages)."""
+EVAL_ROWS = 2048
+"""Rows encoded at a time where codes are only summarised or predicted (test metrics, browser pages,
+validation and test predictions): ~20 MB of codes at d_z = 2560."""
 
 
 @torch.no_grad()
