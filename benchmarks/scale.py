@@ -40,7 +40,9 @@ ANALYSES = {
     "probe-cumulative": ["probe", "--task", "phone,speaker,f0", "--repr", "cumulative:8", "--quiet"],
     "tokens": ["tokens", "--quiet"],
     "mi": ["mi", "--quiet"],
-    "sae": ["sae", "--quiet"],
+    # The planted accents (a0, a1) are one class (non-US-UK) under the paper's grouping, which the
+    # default refuses: --grouping none keeps them as stored, everything else is the default.
+    "sae": ["sae", "--grouping", "none", "--quiet"],
 }
 
 
