@@ -350,7 +350,7 @@ def _fit_table_path(train, val, cw: torch.Tensor, l2: Sequence[float], max_iter:
     vt = None
     if val is not None:
         Av = val[1] * cw[:, None, :]
-        vt = (Av, Av.sum((1, 2)).clamp(min=1e-12))
+        vt = (Av, Av.sum((1, 2)).clamp(min=1e-12), Av.sum(-1))
         seen = val[1] > 0  # val rows: a probe is perfect when it predicts no other class where they are
     stage = _TableStage(table, wsum, vt, r, C, max_iter, patience, tol)
     W_all = torch.zeros(P, G, nW + C, dtype=dt, device=dev)
@@ -380,7 +380,9 @@ def _fit_table_path(train, val, cw: torch.Tensor, l2: Sequence[float], max_iter:
     if bool(cold.any()):
         pp, gg = torch.nonzero(cold, as_tuple=True)
         lam = torch.tensor(list(l2), dtype=dt, device=dev)[gg]
-        res = stage.run(pp, lam, torch.zeros(len(pp), nW + C, dtype=dt, device=dev), stable=max_iter + 1)
+        rank = torch.tensor([order.index(g) for g in gg.tolist()], device=dev)
+        res = stage.run(pp, lam, torch.zeros(len(pp), nW + C, dtype=dt, device=dev), stable=max_iter + 1,
+                        ladder=(pp, rank, seen[pp]))
         W_all[pp, gg], vl_all[pp, gg] = res.x, res.val
     return LogisticFit(W_all[..., :nW].reshape(P, G, r, C).contiguous(), W_all[..., nW:].contiguous(),
                        vl_all if val is not None else None, stage.iters)
@@ -409,7 +411,10 @@ class _TableStage:
         self.ftol = 1e-7 if dt == torch.float32 else None  # see fit_logistic
         self.gtol = tol if dt == torch.float64 else max(tol, 1e-5)
 
-    def run(self, pof: torch.Tensor, lam: torch.Tensor, x0: torch.Tensor, stable: int | None = None) -> _StageResult:
+    def run(self, pof: torch.Tensor, lam: torch.Tensor, x0: torch.Tensor, stable: int | None = None,
+            ladder=None) -> _StageResult:
+        """``ladder`` = (probe, rank of its strength (0 = strongest), val rows [k, U, C]) to stop weaker
+        strengths of a probe once a stronger one is perfect (:meth:`_prune`)."""
         k, dev, tol = len(pof), x0.device, self.tol
         stable = STABLE if stable is None else stable
         if k == self.table[0].shape[0] and bool((pof == torch.arange(k, device=dev)).all()):
@@ -428,6 +433,7 @@ class _TableStage:
             self.iters += it
             return _StageResult(opt.x, torch.full((k,), float("inf"), dtype=x0.dtype, device=dev), None, early)
         best_x, pred = opt.x.clone(), opt.aux[1].clone()
+        src = own.clone()  # problem whose result each problem takes (itself unless pruned)
         best_pred, best = pred.clone(), torch.full((k,), float("inf"), dtype=x0.dtype, device=dev)
         stale = torch.zeros(k, dtype=torch.long, device=dev)
         same = torch.zeros(k, dtype=torch.long, device=dev)
@@ -445,9 +451,26 @@ class _TableStage:
                 best = torch.where(better, vl, best)
                 stale = torch.where(better, torch.zeros_like(stale), stale + 1)
                 early = vl > best + tol * best.abs().clamp(min=1.0)  # the val loss has risen since the kept iterate
-            opt.freeze((stale >= self.patience) | (same >= stable))
+                if ladder is not None:
+                    self._prune(ladder, opt.done, best_pred, src)
+            opt.freeze((stale >= self.patience) | (same >= stable) | (src != own))
         self.iters += it
+        best_x, best, best_pred, early = best_x[src], best[src], best_pred[src], early[src]
         return _StageResult(best_x, best, best_pred, early)
+
+    @staticmethod
+    def _prune(ladder, done: torch.Tensor, pred: torch.Tensor, src: torch.Tensor) -> None:
+        """Problems of a probe weaker than one of its finished problems that predicts every val row right
+        stop and take that one's result (``src``): see :func:`_fit_table_path`."""
+        probe, rank, seen = ladder
+        C = seen.shape[-1]
+        fin = torch.nonzero(done & (src == torch.arange(len(src), device=src.device))).flatten()
+        if not len(fin):
+            return
+        wrong = (seen[fin] & (torch.arange(C, device=seen.device) != pred[fin][..., None])).any(-1).any(-1)
+        for j in fin[~wrong].tolist():
+            weaker = (probe == probe[j]) & (rank > rank[j]) & (src == torch.arange(len(src), device=src.device))
+            src[weaker] = j
 
 
 def _one_table(src: Source) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -466,16 +489,16 @@ def _table_objective(table, wsum: torch.Tensor, lam: torch.Tensor, pof: torch.Te
     loss is -sum_uc A_uc log softmax(l_u)_c (non-negative terms: no cancellation in
     float32) and its gradient in the logits is a_u softmax(l_u) - A_u: two batched
     matrix products and one exponential per evaluation, in the table's dtype.
-    ``val`` = (Av, wsum_val): also return, at the same point, the validation loss [k]
+    ``val`` = (Av, wsum_val, Av row sums): also return, at the same point, the validation loss [k]
     and every vector's predicted class [k, U] (the logits are already there).
     """
     Z, A, a = table
     p = pof[idx]
     k, nW = len(idx), r * C
-    if Z.shape[0] == 1:  # one probe (a layer's program): broadcast, no per-problem copies of the table
-        Zp, Ap, ap = Z.expand(k, -1, -1), A.expand(k, -1, -1), a.expand(k, -1)
-    else:
-        Zp, Ap, ap = Z[p], A[p], a[p]
+    one = Z.shape[0] == 1  # one probe (a layer's program): broadcast, no per-problem copies of the table
+    same = not one and k == Z.shape[0] and bool((p == torch.arange(k, device=p.device)).all())
+    pick = (lambda t: t.expand(k, *t.shape[1:])) if one else (lambda t: t) if same else (lambda t: t[p])
+    Zp, Ap, ap = pick(Z), pick(A), pick(a)
     n = wsum[p]
     W, b = x[:, :nW].reshape(k, r, C), x[:, nW:]
     lg = torch.baddbmm(b[:, None, :], Zp, W)  # [k, U, C] logits, shifted by their row maximum in place
@@ -486,9 +509,8 @@ def _table_objective(table, wsum: torch.Tensor, lam: torch.Tensor, pof: torch.Te
     rows = lambda M: torch.bmm(M.reshape(k, 1, -1), lg.reshape(k, -1, 1)).view(k)  # sum_uc M_uc lg_uc
     loss = (_dot(ap, ls) - rows(Ap)).double() / n.double()
     if val is not None:
-        Av, nv = val
-        Avp = Av.expand(k, -1, -1) if Av.shape[0] == 1 else Av[p]
-        vloss = (_dot(Avp.sum(-1), ls) - rows(Avp)) / nv[p]
+        Av, nv, av = val
+        vloss = (_dot(pick(av), ls) - rows(pick(Av))) / nv[p]
     G = e.mul_((ap / ls.exp_())[..., None]).sub_(Ap).div_(n[:, None, None])
     grad = torch.cat([torch.bmm(Zp.transpose(1, 2), G).reshape(k, nW), G.sum(1)], 1)
     Wd = x[:, :nW]
