@@ -244,10 +244,11 @@ def fit_logistic(
     (:func:`_fit_table_path`); False fits every strength from zero in one program, the
     same stopping as frame fits (kept for comparison: ``benchmarks/table_fits.py``).
     """
-    if closed_form and path and l1 == 0:
-        tr, va = _one_table(train), (_one_table(val) if val is not None else None)
-        if tr is not None and (val is None or va is not None):
-            return _fit_table_path(tr, va, cw, l2, max_iter, patience, tol)
+    one = _one_table(train) if closed_form else None
+    if one is not None and path and l1 == 0:
+        va = _one_table(val) if val is not None else None
+        if val is None or va is not None:
+            return _fit_table_path(one, va, cw, l2, max_iter, patience, tol)
     dev, dt = cw.device, cw.dtype
     G = len(l2)
     B, nW = P * G, r * C
@@ -256,7 +257,7 @@ def fit_logistic(
     wsum = _total_weight(train, cw)
     wsum_val = _total_weight(val, cw) if val is not None else None
 
-    table = _one_table(train) if closed_form else None
+    table = one
     if table is not None:
         Z, T = table
         A = T * cw[:, None, :]
@@ -474,11 +475,13 @@ class _TableStage:
 
 
 def _one_table(src: Source) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The (Z, count table) of a source that is one count-table chunk, else None."""
-    chunks = list(src())
-    if len(chunks) == 1 and chunks[0][1].dtype.is_floating_point:
-        return chunks[0]
-    return None
+    """The (Z, count table) of a source that is one count-table chunk, else None. Reads at most two
+    chunks: a streamed frame source is not materialised whole to find out."""
+    it = iter(src())
+    first = next(it, None)
+    if first is None or not first[1].dtype.is_floating_point or next(it, None) is not None:
+        return None
+    return first
 
 
 def _table_objective(table, wsum: torch.Tensor, lam: torch.Tensor, pof: torch.Tensor,
