@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ...errors import CodeclensError
-from ...store import Repr, Store, parse_reprs
+from ...store import Repr, Store, open_stores, parse_reprs
 from ...util.device import resolve_device
 from . import metrics as M
 from .config import ProbeConfig
@@ -35,10 +35,7 @@ MIN_CONTROL_COVERAGE = 0.9
 
 
 def open_store_list(stores: Sequence[Store | str]) -> list[Store]:
-    out = [s if isinstance(s, Store) else Store(s) for s in stores]
-    if not out:
-        raise CodeclensError("give at least one --store")
-    return out
+    return open_stores(stores, "probe")
 
 
 def store_reprs(store: Store, cfg: ProbeConfig) -> list[Repr]:
