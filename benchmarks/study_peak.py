@@ -52,16 +52,17 @@ def _with_random(base: str) -> str:
     return f"{base}?random_init=1&seed=1"
 
 
-def durations(n: int, seed: int) -> list[float]:
-    """LibriSpeech-like target lengths: 90 % in 2-14 s, 10 % in 20-24.5 s (train-clean-100's longest)."""
+def durations(n: int, seed: int, short: tuple[float, float] = (2.0, 14.0)) -> list[float]:
+    """LibriSpeech-like target lengths: 90 % in ``short``, 10 % in 20-24.5 s (train-clean-100's longest)."""
     import numpy as np
 
     rng = np.random.default_rng([seed, 7])
     long = rng.random(n) < 0.1
-    return [float(rng.uniform(20.0, 24.5) if lg else rng.uniform(2.0, 14.0)) for lg in long]
+    return [float(rng.uniform(20.0, 24.5) if lg else rng.uniform(*short)) for lg in long]
 
 
-def write_librispeech_layout(root: Path, n: int = 120, speakers: int = 12, seed: int = 0, progress: bool = True) -> Path:
+def write_librispeech_layout(root: Path, n: int = 120, speakers: int = 12, seed: int = 0, progress: bool = True,
+                             short: tuple[float, float] = (2.0, 14.0)) -> Path:
     """A LibriSpeech-layout corpus of ``n`` utterances by ``speakers`` eSpeak speakers in ``root``.
 
     Returns the subset folder (``root/LibriSpeech/train-clean-100``); alignments are in
@@ -78,15 +79,19 @@ def write_librispeech_layout(root: Path, n: int = 120, speakers: int = 12, seed:
     subset = root / "LibriSpeech" / "train-clean-100"
     align = root / "alignments" / "train-clean-100"
     done = root / "COMPLETE"
-    if done.is_file() and json.loads(done.read_text()) == {"n": n, "speakers": speakers, "seed": seed}:
+    ident = {"n": n, "speakers": speakers, "seed": seed, "short": list(short)}
+    if done.is_file() and json.loads(done.read_text()) == ident:
         return subset
-    targets = durations(n, seed)
+    if subset.exists():
+        shutil.rmtree(root / "LibriSpeech")
+        shutil.rmtree(root / "alignments", ignore_errors=True)
+    targets = durations(n, seed, short)
     per_spk = -(-n // speakers)
     # eSpeak sentences are ~2-4 s: enough of them for every speaker's total length.
     need = int(sum(targets) / 1.5) + 4 * speakers
     accents = ("en-us", "en-gb")
     spk_per_acc = -(-speakers // len(accents))
-    syn = load_corpus(f"synthetic:{root / 'espeak'}?n={need}&seed={seed}&accents={','.join(accents)}"
+    syn = load_corpus(f"synthetic:{root / f'espeak{need}'}?n={need}&seed={seed}&accents={','.join(accents)}"
                       f"&speakers_per_accent={spk_per_acc}&progress={int(progress)}")
     by_spk: dict[str, list] = {}
     for u in syn:
@@ -129,7 +134,7 @@ def write_librispeech_layout(root: Path, n: int = 120, speakers: int = 12, seed:
     lines = [";ID  |SEX| SUBSET           |MINUTES| NAME"]
     lines += [f"{s:<5}| {'F' if g == 'female' else 'M'} | train-clean-100  | 25.00 | eSpeak {s}" for s, g in genders.items()]
     (root / "LibriSpeech" / "SPEAKERS.TXT").write_text("\n".join(lines) + "\n")
-    done.write_text(json.dumps({"n": n, "speakers": speakers, "seed": seed}))
+    done.write_text(json.dumps(ident))
     return subset
 
 
@@ -184,6 +189,8 @@ def main() -> None:
     ap.add_argument("--study", default=str(Path(__file__).resolve().parents[1] / "studies" / "librispeech_probing.toml"))
     ap.add_argument("--n", type=int, default=120, help="utterances")
     ap.add_argument("--speakers", type=int, default=12)
+    ap.add_argument("--short", default="2,14", help="range of the 90 %% shorter utterances' target seconds "
+                                                   "(a tenth are 20-24.5 s whatever this is)")
     ap.add_argument("--out", default="/tmp/study_peak", help="work folder (corpus, study copy, run)")
     ap.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE",
                     help="override an option of the study copy (TOML value), e.g. analyses.ablate.n_utts=10")
@@ -192,7 +199,8 @@ def main() -> None:
     args = ap.parse_args()
 
     out = Path(args.out)
-    subset = write_librispeech_layout(out / "data", args.n, args.speakers)
+    short = tuple(float(x) for x in args.short.split(","))
+    subset = write_librispeech_layout(out / "data", args.n, args.speakers, short=short)
     spec = f"librispeech:{subset}?alignments={out / 'data' / 'alignments' / 'train-clean-100'}"
     copy, subs = random_study(Path(args.study), spec, out / "study", args.set)
     import soundfile as sf
@@ -221,7 +229,8 @@ def main() -> None:
         gb = (s.get("peak_rss_bytes") or 0) / 1e9
         worst = max(worst, gb)
         flag = "  > limit" if gb > args.limit else ""
-        print(f"  {s['id']:<42} {s['status']:<8} {s.get('seconds') or 0:8.1f} s  {gb:5.2f} GB{flag}")
+        print(f"  {s['id']:<42} {s['status']:<8} {s.get('seconds') or 0:8.1f} s  peak {gb:5.2f} GB"
+              f"  (start {(s.get('rss_start_bytes') or 0) / 1e9:4.2f}){flag}")
     if proc.returncode:
         print(proc.stderr[-3000:])
     sys.exit(1 if worst > args.limit else 0)

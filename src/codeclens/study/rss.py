@@ -11,6 +11,9 @@ Child processes are not counted (the local engine encodes and labels in-process)
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import resource
 import sys
 
@@ -18,15 +21,42 @@ _STATUS = "/proc/self/status"
 _CLEAR = "/proc/self/clear_refs"
 
 
-def _hwm_bytes() -> int | None:
+def _status_bytes(field: str) -> int | None:
     try:
         with open(_STATUS) as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def _hwm_bytes() -> int | None:
+    return _status_bytes("VmHWM")
+
+
+def current_bytes() -> int | None:
+    """The resident set now (None where /proc is missing)."""
+    return _status_bytes("VmRSS")
+
+
+def release_memory() -> None:
+    """Give memory freed by the last step back to the OS before the next one starts.
+
+    A finished step's arrays and models are garbage, but glibc keeps freed heap
+    pages (and raises its mmap threshold after large frees, so later big buffers
+    land on the heap too): without ``malloc_trim`` the process would carry one
+    step's peak into the next step's baseline.
+    """
+    gc.collect()
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl): nothing to trim
+        pass
 
 
 def reset_peak() -> bool:

@@ -28,7 +28,7 @@ from ..util.atomic import write_json, write_text
 from ..util.lock import pid_lock
 from ..util.provenance import config_hash, provenance
 from .config import Study, StudyError, describe
-from .rss import peak_bytes, reset_peak
+from .rss import current_bytes, peak_bytes, release_memory, reset_peak
 from .steps import Step, json_safe, plan
 
 LOG = "run.log"
@@ -188,6 +188,8 @@ class Runner:
                 self._write_record(rec)
                 t0 = time.perf_counter()
                 self.ctx.inputs = self.inputs(step)
+                release_memory()
+                rss_start = current_bytes()
                 was_reset = reset_peak()
                 try:
                     info = step.work(step, self.ctx) or {}
@@ -196,7 +198,7 @@ class Runner:
                     raise
                 except Exception as e:  # recorded and reported; independent steps go on
                     dt = time.perf_counter() - t0
-                    rec.update(_peak(was_reset))
+                    rec.update(_peak(was_reset), rss_start_bytes=rss_start)
                     msg = str(e).splitlines()[0] if str(e) else type(e).__name__
                     if not isinstance(e, CodeclensError):
                         msg = f"{type(e).__name__}: {msg}"
@@ -210,14 +212,15 @@ class Runner:
                     continue
                 dt = time.perf_counter() - t0
                 fin = _now()
-                rec.update(_peak(was_reset))
+                rec.update(_peak(was_reset), rss_start_bytes=rss_start)
                 rec.update(status="done", seconds=dt, finished=fin, info=info,
                            token=config_hash({"key": key, "finished": fin, "t": time.time_ns()}))
                 self._write_record(rec)
                 status[step.id] = "ran"
                 ran.append(step.id)
+                start = f" ({rss_start / 1e9:.2f} GB at its start)" if rss_start else ""
                 self.log(f"{tag}: done in {dt:.1f}s, peak RSS {rec['peak_rss_bytes'] / 1e9:.2f} GB"
-                         + ("" if rec["peak_rss_of"] == "step" else " (process lifetime)"))
+                         + (start if rec["peak_rss_of"] == "step" else " (process lifetime)"))
         finally:
             if threads is not None:
                 import torch
@@ -253,6 +256,7 @@ class Runner:
                 "id": s.id, "kind": s.kind, "group": s.group, "out": str(s.out.relative_to(self.root)),
                 "this_run": status.get(s.id, "not reached"), "status": rec.get("status", "pending"),
                 "seconds": rec.get("seconds"), "peak_rss_bytes": rec.get("peak_rss_bytes"),
+                "rss_start_bytes": rec.get("rss_start_bytes"),
                 "peak_rss_of": rec.get("peak_rss_of"), "finished": rec.get("finished"), "error": rec.get("error"),
                 "info": rec.get("info", {}), "key": rec.get("key"),
             })
