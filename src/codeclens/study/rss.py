@@ -11,9 +11,6 @@ Child processes are not counted (the local engine encodes and labels in-process)
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import gc
 import resource
 import sys
 
@@ -39,24 +36,6 @@ def _hwm_bytes() -> int | None:
 def current_bytes() -> int | None:
     """The resident set now (None where /proc is missing)."""
     return _status_bytes("VmRSS")
-
-
-def release_memory() -> None:
-    """Give memory freed by the last step back to the OS before the next one starts.
-
-    A finished step's arrays and models are garbage, but glibc keeps freed heap
-    pages (and raises its mmap threshold after large frees, so later big buffers
-    land on the heap too): without ``malloc_trim`` the process would carry one
-    step's peak into the next step's baseline.
-    """
-    gc.collect()
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (musl): nothing to trim
-        pass
 
 
 def reset_peak() -> bool:

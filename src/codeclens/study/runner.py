@@ -28,7 +28,8 @@ from ..util.atomic import write_json, write_text
 from ..util.lock import pid_lock
 from ..util.provenance import config_hash, provenance
 from .config import Study, StudyError, describe
-from .rss import current_bytes, peak_bytes, release_memory, reset_peak
+from ..util.heap import mmap_large_buffers, release_memory
+from .rss import current_bytes, peak_bytes, reset_peak
 from .steps import Step, json_safe, plan
 
 LOG = "run.log"
@@ -137,6 +138,7 @@ class Runner:
         if self.root.exists() and not self.root.is_dir():
             raise CodeclensError(f"run directory {self.root} is a file; give another --out")
         self.root.mkdir(parents=True, exist_ok=True)
+        mmap_large_buffers()  # one process runs every step: no step's freed buffers stay resident
         from ..util.figures import codec_order
 
         # every figure of the run gives a codec the same colour, in the study's codec order
