@@ -39,6 +39,8 @@ class StudyTestConfig:
     """1-based layer whose codes are summarised."""
     seed: int = 0
     """Unused; present so the study's seed default is exercised."""
+    hold_mb: int = 0
+    """Megabytes written into one array while running (a planted peak resident set)."""
 
     def __post_init__(self):
         if self.layer < 1:
@@ -59,6 +61,9 @@ class StudyTestAnalysis(Analysis):
         import soundfile as sf
 
         PLANTED["runs"] += 1
+        if cfg.hold_mb:
+            held = np.ones(cfg.hold_mb << 20, dtype=np.uint8)  # every page touched: resident
+            del held
         if PLANTED["raise"] is not None:
             exc, PLANTED["raise"] = PLANTED["raise"], None
             raise exc
@@ -168,7 +173,7 @@ def test_validation_errors_are_one_line(tmp_path, audio_folder, capsys):
         (base.replace('corpus = "audio"', 'corpus = "nope"'), "corpus 'nope' is not a study corpus"),
         (base + '\n[analyses.x]\nkind = "nosuch"\n', "unknown analysis 'nosuch'; known:"),
         (base.replace("scale = 1.0", "scael = 1.0"),
-         "unknown option(s) scael; known: codecs, corpora, kind, layer, per, scale, seed"),
+         "unknown option(s) scael; known: codecs, corpora, hold_mb, kind, layer, per, scale, seed"),
         (base.replace("scale = 1.0", "layer = 0"), "layer must be >= 1"),
         (base.replace('codecs = ["mel"]', 'codecs = ["nope"]'), "codecs: 'nope' is not in the study"),
         (base.replace("shard_size = 4", "shard_sise = 4"), "unknown option(s) shard_sise"),
@@ -252,6 +257,33 @@ def test_run_skip_rerun_and_force(tmp_path, audio_folder):
         sleeper.wait()
     assert main(["run", str(study_file), "--out", str(out), "--quiet"]) == 0
     assert not (out / ".lock").exists()
+
+
+def test_each_step_records_its_own_peak_resident_set(tmp_path, audio_folder):
+    """A planted 400 MB step is recorded at >= 400 MB over the baseline; the steps after it are
+    not (a process-lifetime maximum, getrusage's, would carry it into every later step)."""
+    from codeclens.study.rss import reset_peak
+
+    if not reset_peak():
+        pytest.skip("no resettable high-water mark (not Linux)")
+    study_file = write_study(tmp_path, audio_folder, analyses="""
+        [analyses.big]
+        kind = "studytest"
+        hold_mb = 400
+
+        [analyses.small]
+        kind = "studytest"
+        """)
+    out = tmp_path / "run"
+    assert main(["run", str(study_file), "--out", str(out), "--quiet"]) == 0
+    steps = {s["id"]: s for s in json.loads((out / "run.json").read_text())["steps"]}
+    assert all(s["peak_rss_of"] == "step" and s["peak_rss_bytes"] > 0 for s in steps.values())
+    big, small = steps["big:audio"]["peak_rss_bytes"], steps["small:audio"]["peak_rss_bytes"]
+    base = max(steps["extract:audio/mel"]["peak_rss_bytes"], small)
+    assert big >= small + (400 << 20) * 0.95, (big, small)
+    assert small < big - (300 << 20)
+    assert base < big
+    assert "peak RSS" in (out / "run.log").read_text()
 
 
 def test_interrupted_and_failed_runs_resume(tmp_path, audio_folder, capsys):

@@ -122,6 +122,11 @@ def extract(cfg: ExtractConfig, progress: bool = True, log=print, engine=None) -
     corpus, and one extraction at a time holds ``--out``. ``engine`` writes the
     shards still to do (default :func:`run_shards_in_process`, same signature).
     """
+    from ..util.heap import mmap_large_buffers
+
+    # Utterances of varying length leave a codec's activations fragmenting the heap (RSS creeps
+    # from utterance to utterance) unless big buffers are mapped and unmapped (util/heap.py).
+    mmap_large_buffers()
     out = Path(os.path.abspath(cfg.out))  # '.' or 'x/..' have no name to put siblings beside
     if out.exists() and not out.is_dir():
         raise CodeclensError(f"{out} is a file, not a store directory; choose another --out")

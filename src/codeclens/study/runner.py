@@ -28,6 +28,8 @@ from ..util.atomic import write_json, write_text
 from ..util.lock import pid_lock
 from ..util.provenance import config_hash, provenance
 from .config import Study, StudyError, describe
+from ..util.heap import mmap_large_buffers, release_memory
+from .rss import current_bytes, peak_bytes, reset_peak
 from .steps import Step, json_safe, plan
 
 LOG = "run.log"
@@ -136,6 +138,7 @@ class Runner:
         if self.root.exists() and not self.root.is_dir():
             raise CodeclensError(f"run directory {self.root} is a file; give another --out")
         self.root.mkdir(parents=True, exist_ok=True)
+        mmap_large_buffers()  # one process runs every step: no step's freed buffers stay resident
         from ..util.figures import codec_order
 
         # every figure of the run gives a codec the same colour, in the study's codec order
@@ -187,6 +190,9 @@ class Runner:
                 self._write_record(rec)
                 t0 = time.perf_counter()
                 self.ctx.inputs = self.inputs(step)
+                release_memory()
+                rss_start = current_bytes()
+                was_reset = reset_peak()
                 try:
                     info = step.work(step, self.ctx) or {}
                 except (KeyboardInterrupt, SystemExit):
@@ -194,6 +200,7 @@ class Runner:
                     raise
                 except Exception as e:  # recorded and reported; independent steps go on
                     dt = time.perf_counter() - t0
+                    rec.update(_peak(was_reset), rss_start_bytes=rss_start)
                     msg = str(e).splitlines()[0] if str(e) else type(e).__name__
                     if not isinstance(e, CodeclensError):
                         msg = f"{type(e).__name__}: {msg}"
@@ -207,12 +214,15 @@ class Runner:
                     continue
                 dt = time.perf_counter() - t0
                 fin = _now()
+                rec.update(_peak(was_reset), rss_start_bytes=rss_start)
                 rec.update(status="done", seconds=dt, finished=fin, info=info,
                            token=config_hash({"key": key, "finished": fin, "t": time.time_ns()}))
                 self._write_record(rec)
                 status[step.id] = "ran"
                 ran.append(step.id)
-                self.log(f"{tag}: done in {dt:.1f}s")
+                start = f" ({rss_start / 1e9:.2f} GB at its start)" if rss_start else ""
+                self.log(f"{tag}: done in {dt:.1f}s, peak RSS {rec['peak_rss_bytes'] / 1e9:.2f} GB"
+                         + (start if rec["peak_rss_of"] == "step" else " (process lifetime)"))
         finally:
             if threads is not None:
                 import torch
@@ -247,7 +257,9 @@ class Runner:
             steps.append({
                 "id": s.id, "kind": s.kind, "group": s.group, "out": str(s.out.relative_to(self.root)),
                 "this_run": status.get(s.id, "not reached"), "status": rec.get("status", "pending"),
-                "seconds": rec.get("seconds"), "finished": rec.get("finished"), "error": rec.get("error"),
+                "seconds": rec.get("seconds"), "peak_rss_bytes": rec.get("peak_rss_bytes"),
+                "rss_start_bytes": rec.get("rss_start_bytes"),
+                "peak_rss_of": rec.get("peak_rss_of"), "finished": rec.get("finished"), "error": rec.get("error"),
                 "info": rec.get("info", {}), "key": rec.get("key"),
             })
         write_json(self.root / RUN_JSON, json_safe({
@@ -256,6 +268,12 @@ class Runner:
             "seconds": seconds, "steps": steps, "provenance": provenance(),
             "published": [dataclasses.asdict(p) for p in self.study.published],
         }))
+
+
+def _peak(was_reset: bool) -> dict[str, Any]:
+    """The step's peak resident set for its record (see :mod:`codeclens.study.rss`)."""
+    b, of = peak_bytes(was_reset)
+    return {"peak_rss_bytes": b, "peak_rss_of": of}
 
 
 def _lock(root: Path):

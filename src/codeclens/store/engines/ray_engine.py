@@ -72,8 +72,10 @@ class ShardEncoder:
 
     def __init__(self, cfg_dict: dict[str, Any], device: str, store_dir: str):
         from ...codecs import load_codec
+        from ...util.heap import mmap_large_buffers
         from ..sink import sink_for
 
+        mmap_large_buffers()  # as the local engine: activations must not fragment the actor's heap
         self.cfg = _config(cfg_dict)
         self.sink = sink_for(self.cfg, store_dir)
         self.shards = _shards(self.cfg)
