@@ -24,7 +24,7 @@ COLUMNS = [
     "store", "codec", "representation", "kind", "layer", "task", "column", "probe", "metric", "value",
     "ci_low", "ci_high", "chance_majority", "chance_uniform", "chance", "p_value", "n_train", "n_test",
     "n_test_utterances", "n_test_units", "unit", "l2", "split", "level", "backend",
-    "test_outside_train", "test_covers_train",
+    "test_outside_train", "test_covers_train", "iters", "passes",
 ]
 SPEAKER_DISJOINT = ("split_spk", "cv_spk")
 """Split columns whose test speakers are unseen in train (the bootstrap then resamples speakers)."""
@@ -254,7 +254,8 @@ def _pool_folds(folds: list[TaskData], per_fold) -> tuple[list[Job], list[JobFit
             lookup = cv_pool_labels(folds, td, [f.lookup_test for f in ffits])
         fits.append(dataclasses.replace(
             ffits[0], pred_test=cv_pool_labels(folds, td, [f.pred_test for f in ffits]), lookup_test=lookup,
-            l2=float(np.median([f.l2 for f in ffits]))))
+            l2=float(np.median([f.l2 for f in ffits])), iters=sum(f.iters for f in ffits),
+            passes=sum(f.passes for f in ffits)))
         ms = [pf[2][k] if pf[2] is not None else None for pf, k in zip(per_fold, at)]
         if all(m is not None for m in ms):
             mlps.append(dataclasses.replace(ms[0], pred_test=cv_pool_labels(folds, td, [m.pred_test for m in ms]),
@@ -405,7 +406,7 @@ def evaluate(jobs: list[Job], fits: list[JobFit], cfg: ProbeConfig,
             "test_outside_train": outside, "test_covers_train": cover,
         }
 
-        def emit(probe: str, scores, chance, l2=np.nan, backend=cfg.backend):
+        def emit(probe: str, scores, chance, l2=np.nan, backend=cfg.backend, fit=None):
             for metric, (v, reps, jack) in scores.items():
                 lo, hi = M.bca_ci(v, reps, jack) if reps is not None else (np.nan, np.nan)
                 cm, cu = chance.get(metric, (np.nan, np.nan)) if chance else (np.nan, np.nan)
@@ -414,7 +415,9 @@ def evaluate(jobs: list[Job], fits: list[JobFit], cfg: ProbeConfig,
                 p = M.p_above(reps, bar, metric in M.LOWER_IS_BETTER) if reps is not None else np.nan
                 rows.append({**base, "probe": probe, "metric": metric, "value": v, "ci_low": lo, "ci_high": hi,
                              "chance_majority": cm, "chance_uniform": cu, "chance": bar if chance else np.nan,
-                             "p_value": p, "l2": l2, "backend": backend})
+                             "p_value": p, "l2": l2, "backend": backend,
+                             "iters": fit.iters if fit is not None else np.nan,
+                             "passes": fit.passes if fit is not None else np.nan})
 
         yt = job.y["test"]
         chance = _chance(td, job.y["train"], yt, rs, pool.chance_pred if pool is not None and not job.control else None)
@@ -422,12 +425,12 @@ def evaluate(jobs: list[Job], fits: list[JobFit], cfg: ProbeConfig,
         if td.open_set and f.emb_test is not None:
             scores["eer"] = (M.equal_error_rate(f.emb_test, yt, td.groups["test"], seed=cfg.seed), None, None)
         if not job.control:
-            emit("linear", scores, chance, f.l2)
+            emit("linear", scores, chance, f.l2, fit=f)
             task_reps[(key, job.rep)] = (scores, chance)
             if f.lookup_test is not None and cfg.lookup:
                 emit("lookup", _scores(td, yt, f.lookup_test, rs), chance)
         else:
-            emit("control", scores, chance, f.l2)
+            emit("control", scores, chance, f.l2, fit=f)
             found = task_reps.get((key, job.rep))
             if found is not None:
                 emit("selectivity", _selectivity(found, scores, chance), None)
