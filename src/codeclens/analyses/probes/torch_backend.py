@@ -337,7 +337,7 @@ def _bounded_classify(jobs, sub: _Subsample, feats: list[_RepFeatures], cfg: Pro
     sjobs = [Job(j.store, j.rep, sub.td, {s: np.asarray(j.y[s])[m] for s, m in sub.keep.items()}, j.control)
              for j in jobs]
     fr = _Frames(feats, sub.rows, True, device)
-    m = _chunk_rows(P * len(cfg.l2) * max(C, 1))
+    m = _chunk_rows(P * max(len(cfg.l2) * C, fr.r))
     with threads_for(P * len(cfg.l2) * len(sub.rows["train"]) * max(C, fr.r)):
         fit, choice, _ = _select(sjobs, fr, cfg, device, m)
     del fr
@@ -351,17 +351,18 @@ def _bounded_classify(jobs, sub: _Subsample, feats: list[_RepFeatures], cfg: Pro
     n = len(td.rows["train"])
     resident = P * n * max(f.whitener.dim for f in feats) * 4 <= cfg.memory_mb * 2**20
     full = _Frames(feats, {"train": td.rows["train"], "test": td.rows["test"]}, resident, device, splits=("train",))
-    m = _chunk_rows(P * max(C, 1))
+    m = _chunk_rows(P * max(C, full.r))  # a chunk's features and its logits each about CHUNK_BYTES
 
     def train():
         for a, b, z in full.chunks("train", m):
             yield z, torch.from_numpy(np.stack([y[a:b] for y in ys])).to(device)
 
-    l2 = torch.tensor([cfg.l2[int(c)] for c in choice], dtype=torch.float32, device=device)
+    l2 = [float(cfg.l2[int(c)]) for c in choice]
     with threads_for(P * n * max(C, full.r)):
-        ref = refit_logistic(train, fit.W[ar, g], fit.b[ar, g], cw, wsum, l2, cfg.refit_passes)
+        ref = refit_logistic(train, fit.W[ar, g], fit.b[ar, g], cw, wsum, torch.tensor(l2, device=device),
+                             cfg.refit_passes)
     # 3. Test in one pass.
-    return _finish(jobs, full, ref.W, ref.b, [float(v) for v in l2.tolist()], fit.iters + ref.iters, ref.passes, m)
+    return _finish(jobs, full, ref.W, ref.b, l2, fit.iters + ref.iters, ref.passes, m)
 
 
 def _chunk_rows(width: int) -> int:
@@ -549,7 +550,7 @@ def _select(jobs, fr: _Frames, cfg: ProbeConfig, device, m: int):
 def _frames_classify(jobs, fr: _Frames, cfg: ProbeConfig, device) -> list[JobFit]:
     """Every strength on all train rows (in memory or streamed every evaluation); test in one pass."""
     td = jobs[0].td
-    m = _chunk_rows(len(jobs) * len(cfg.l2) * max(td.n_train_classes, 1))
+    m = _chunk_rows(len(jobs) * len(cfg.l2) * max(td.n_train_classes, 1))  # as before: logits bound the chunk
     fit, choice, passes = _select(jobs, fr, cfg, device, m)
     ar, g = torch.arange(len(jobs), device=device), torch.as_tensor(choice, device=device)
     return _finish(jobs, fr, fit.W[ar, g], fit.b[ar, g], [float(cfg.l2[int(c)]) for c in choice], fit.iters, passes, m)
