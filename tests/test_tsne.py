@@ -118,3 +118,20 @@ def test_missing_units_and_spoken_noise_are_not_classes(tmp_path, rng):
     assert pitch["frames"].sum() == (unit == 0).sum()  # only unit 0, never the -1 frames
     cb = pd.read_csv(out / "tsne_codebook.csv").set_index("code")
     assert cb.loc[13, "phone_class"] == "unused" and cb.loc[0, "phone_class"] == "vowel"
+
+
+def test_figures_command_redraws_tsne_from_its_tables(planted, tmp_path):
+    """The redraw reads the coordinate tables and tsne_figure.json only: the same picture, pixel for pixel."""
+    from codeclens.report.rerender import tsne_figures
+
+    out = tmp_path / "t"
+    assert main(["tsne", "--store", str(planted), "--layer", "2", "--out", str(out), "--quiet"]) == 0
+    first = (out / "tsne.png").read_bytes()
+    meta = json.loads((out / "tsne_figure.json").read_text())
+    assert meta["views"] == ["codebook", "speakers", "pitch"] and meta["perplexity"] > 0
+    for f in out.glob("tsne.*"):
+        f.unlink()
+    assert [p.name for p in tsne_figures(out)] == ["tsne.png"]
+    assert (out / "tsne.png").read_bytes() == first
+    (out / "tsne_figure.json").unlink()  # a run from before the metadata: kept as it is
+    assert tsne_figures(out) == []

@@ -52,6 +52,9 @@ class AnalysisResult:
     """Published-vs-ours tables (csv with a 'source' column quoting the paper)."""
     seconds: float = 0.0
     """Wall time of the analysis."""
+    cpu_seconds: float = 0.0
+    """CPU time (user + system, every thread of this process) of the analysis; with ``seconds``
+    it tells a loaded machine's waiting from the work itself. Worker processes are not counted."""
 
     def save(self, out: Path) -> None:
         write_json(Path(out) / "result.json", dataclasses.asdict(self))
@@ -115,7 +118,7 @@ class Analysis(abc.ABC):
             with naming_failures(out):
                 write_json(out / "config.json", {"analysis": self.name, "stores": [str(getattr(s, "path", s)) for s in stores], **to_dict(cfg)})
                 write_json(out / "provenance.json", provenance())
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 res = self.run(stores, cfg, out, progress)
         except Exception:
             for name, aside in kept.items():
@@ -127,7 +130,7 @@ class Analysis(abc.ABC):
         for aside in kept.values():
             if aside is not None:
                 aside.unlink(missing_ok=True)
-        res = dataclasses.replace(res, seconds=time.perf_counter() - t0)
+        res = dataclasses.replace(res, seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0)
         with naming_failures(out):
             res.save(out)
         return res

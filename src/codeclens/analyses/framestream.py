@@ -3,12 +3,14 @@
 The ``tokens`` and ``mi`` analyses only need co-occurrence counts (and, for the
 variational MI bracket, a bounded subsample of frames), so nothing here holds a
 per-frame array of the whole corpus: label columns are read from
-``frames.parquet`` one record batch at a time (dictionary-encoded, so a string
-column costs an int32 per frame of the batch, not a Python string), utterance
-columns are broadcast per chunk from the utterance table, codes are sliced from
-the memory-mapped ``codes.npy``, and each chunk is counted with one
-``np.bincount`` per layer. Peak memory is set by the chunk size and the count
-tables ``[layers, codes, classes]``, not by the number of frames.
+``frames.parquet`` one record batch at a time (string columns read as parquet
+dictionaries, so a phone costs an int32 index per frame of the batch, never a
+Python or Arrow string), utterance columns are broadcast per chunk from the
+utterance table, codes are read block by block from ``codes.npy``, and each
+chunk is counted with one ``np.bincount`` per layer. Peak memory is set by the
+chunk size and the count tables ``[layers, codes, classes]``, not by the number
+of frames; results do not depend on the chunk size (samples are keyed on frame
+rows, not on the order frames arrive in).
 
 Missing labels never become a class: None, NaN, empty strings and the integer
 ``-1`` ("no unit": unaligned frames, failed labelling) are dropped.
@@ -26,8 +28,9 @@ from ..errors import CodeclensError
 from ..store import layout
 from .infotheory import missing_label
 
-CHUNK_FRAMES = 1 << 20
-"""Frames per streamed chunk (about 1 M: a few tens of MB of transient arrays)."""
+CHUNK_FRAMES = 1 << 18
+"""Frames per streamed chunk (256 k: about 2 MB per transient array and byte per frame; measured peak
+RSS of ``mi --no-club`` on 4 M frames 476 MB against 581 MB with 1 M-frame chunks, at the same speed)."""
 
 
 # -- columns -------------------------------------------------------------------------
@@ -90,20 +93,39 @@ def _factorize_arrow(arr) -> Factorized:
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
     d = arr if pa.types.is_dictionary(arr.type) else pc.dictionary_encode(arr)
-    idx = d.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    # int32 indices gather as well as int64 ones; the null index -1 picks LabelEncoder's trailing -1
+    idx = d.indices.fill_null(-1).to_numpy(zero_copy_only=False)
     return Factorized(idx, np.asarray(d.dictionary.to_numpy(zero_copy_only=False)))
 
 
+def _frames_file(store: Any, factorized: Sequence[str]):
+    """``frames.parquet`` opened for streaming.
+
+    ``pre_buffer`` off: pyarrow's default pre-buffers the column chunks of every row group it will
+    read, which holds a few bytes per frame of the whole corpus (measured: 120 MB for F0 and voicing
+    of 16 M frames). String columns to be factorized are read as their parquet dictionaries: no
+    string per frame is ever built (about 20x faster than decoding and re-encoding them).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = store.path / layout.FRAMES
+    schema = pq.read_schema(path)
+    strings = [c for c in factorized if c in schema.names and
+               (pa.types.is_string(t := schema.field(c).type) or pa.types.is_large_string(t))]
+    return pq.ParquetFile(path, pre_buffer=False, read_dictionary=strings or None)
+
+
 def iter_chunks(
-    store: Any, columns: Sequence[str], raw: Sequence[str] = (), chunk: int = CHUNK_FRAMES
+    store: Any, columns: Sequence[str], raw: Sequence[str] = (), chunk: int | None = None
 ) -> Iterator[tuple[int, int, dict[str, Any]]]:
-    """Yield ``(a, b, values)`` for consecutive frame ranges ``[a, b)``.
+    """Yield ``(a, b, values)`` for consecutive frame ranges ``[a, b)`` of at most ``chunk`` frames
+    (default :data:`CHUNK_FRAMES`, read when called).
 
     ``values[col]`` is a :class:`Factorized` chunk for the columns in ``columns``
     and a float64 array for those in ``raw`` (measurements such as F0).
     """
-    import pyarrow.parquet as pq
-
+    chunk = int(chunk or CHUNK_FRAMES)
     wanted = list(dict.fromkeys([*columns, *raw]))
     src = {c: column_source(store, c) for c in wanted}
     fcols = [c for c in wanted if src[c] == "frame"]
@@ -115,7 +137,7 @@ def iter_chunks(
 
     def batches():
         if fcols:
-            pf = pq.ParquetFile(store.path / layout.FRAMES)
+            pf = _frames_file(store, [c for c in fcols if c in columns and c not in raw])
             yield from pf.iter_batches(batch_size=chunk, columns=fcols)
         else:
             for a in range(0, n, chunk):
@@ -172,7 +194,14 @@ class LabelEncoder:
         """Global ids per row of a factorized chunk (-1 where missing)."""
         g = np.empty(len(f.uniques) + 1, dtype=np.int64)
         g[-1] = -1  # the null index
+        # A dictionary may hold values no row of the chunk uses (a parquet row group's dictionary read
+        # in smaller batches, unused pandas categories): only values that occur become classes.
+        used = np.zeros(len(f.uniques) + 1, dtype=bool)
+        used[f.index] = True
         for i, v in enumerate(f.uniques):
+            if not used[i]:
+                g[i] = -1
+                continue
             v = v.item() if isinstance(v, np.generic) else v
             if missing_label(v):
                 g[i] = -1
@@ -218,9 +247,16 @@ class CodeCounter:
             if not len(ids):
                 continue
             x = codes[:, j].astype(np.int64)
-            if x.min() < 0 or x.max() >= k:
+            x *= n_classes
+            x += ids
+            # a code < 0 makes a negative bin (bincount refuses it), a code >= k a bin past k x n_classes
+            try:
+                flat = np.bincount(x, minlength=k * n_classes)
+            except ValueError:
+                flat = None
+            if flat is None or len(flat) != k * n_classes:
                 raise CodeclensError(f"layer {self.layers[j]}: codes outside [0, {k})")
-            c[:, :n_classes] += np.bincount(x * n_classes + ids, minlength=k * n_classes).reshape(k, n_classes)
+            c[:, :n_classes] += flat.reshape(k, n_classes)
 
     def tables(self, n_classes: int, new_id: np.ndarray | None = None) -> list[np.ndarray]:
         """Final ``[codes, classes]`` tables, columns in the encoder's sorted class order."""
@@ -259,7 +295,8 @@ def code_rows(store: Any, a: int, b: int, cols: Sequence[int]) -> np.ndarray:
     with open(path, "rb") as f:
         f.seek(offset + a * n_layers * dtype.itemsize)
         block = np.fromfile(f, dtype=dtype, count=(b - a) * n_layers).reshape(b - a, n_layers)
-    return block[:, list(cols)]
+    cols = list(cols)
+    return block if cols == list(range(n_layers)) else block[:, cols]
 
 
 def codes_at(store: Any, rows: np.ndarray, cols: Sequence[int], chunk: int = CHUNK_FRAMES) -> np.ndarray:
@@ -288,7 +325,7 @@ def codes_at(store: Any, rows: np.ndarray, cols: Sequence[int], chunk: int = CHU
 
 
 def count_codes_by_label(
-    store: Any, layers: Sequence[int], column: str, chunk: int = CHUNK_FRAMES, real_message: str = ""
+    store: Any, layers: Sequence[int], column: str, chunk: int | None = None, real_message: str = ""
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """``(tables, classes)``: per 1-based layer a ``[codes, classes]`` count of the frames that have a label."""
     sizes = [store.codebook_sizes[l - 1] for l in layers]
@@ -297,41 +334,105 @@ def count_codes_by_label(
     cols = [l - 1 for l in layers]
     for a, b, v in iter_chunks(store, [column], chunk=chunk):
         ids = enc.ids(v[column])
+        codes = code_rows(store, a, b, cols)
         keep = ids >= 0
-        counter.add(code_rows(store, a, b, cols)[keep], ids[keep], enc.n)
+        if keep.all():  # the common case: no copy of the chunk's codes
+            counter.add(codes, ids, enc.n)
+        else:
+            counter.add(codes[keep], ids[keep], enc.n)
     classes, new = enc.finish()
     return counter.tables(enc.n, new), classes
 
 
+_MASK64 = (1 << 64) - 1
+
+
+def _mix64(z: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser on uint64 (a bijection that scatters neighbouring integers)."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def row_keys(rows: np.ndarray, seed: int = 0) -> np.ndarray:
+    """A pseudo-random uint64 key per frame row, a fixed function of ``(seed, row)``.
+
+    Sampling frames by their smallest keys picks a uniform sample that does not depend on how the
+    frames were chunked or in which order they came (a generator's stream would)."""
+    base = np.uint64((int(seed) * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) & _MASK64)
+    with np.errstate(over="ignore"):
+        return _mix64(np.asarray(rows).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) ^ base)
+
+
 class Reservoir:
-    """A uniform random sample of at most ``size`` items from a stream (smallest random keys win)."""
+    """A uniform random sample of at most ``size`` frames from a stream: the frames with the
+    smallest :func:`row_keys`, so the sample is the same whatever the chunking.
 
-    def __init__(self, size: int, rng: np.random.Generator):
+    Once full, only frames whose key is at most the largest kept key are copied in (a chunk costs its
+    keys and one comparison per frame, not a copy of its arrays), and candidates are merged into the
+    sample only when as many as the sample have piled up: amortised O(1) per candidate, whatever the
+    chunk size.
+    """
+
+    def __init__(self, size: int, seed: int = 0):
         self.size = int(size)
-        self.rng = rng
-        self.keys = np.zeros(0)
-        self.items: dict[str, np.ndarray] = {}
+        self.seed = int(seed)
         self.seen = 0
+        self.bound = np.uint64(_MASK64)  # largest key a new frame may have and still enter
+        self._keys: list[np.ndarray] = []
+        self._parts: list[dict[str, np.ndarray]] = []
+        self._pending = 0
+        self._empty: dict[str, np.ndarray] = {}
 
-    def add(self, **arrays: np.ndarray) -> None:
-        n = len(next(iter(arrays.values())))
-        self.seen += n
-        if n == 0:
-            if not self.items:
-                self.items = {k: np.asarray(v)[:0] for k, v in arrays.items()}
+    def add(self, rows: np.ndarray, keys: np.ndarray | None = None, mask: np.ndarray | None = None,
+            **arrays: np.ndarray) -> None:
+        """Offer the frames ``rows`` (with ``arrays`` aligned to them); ``keys`` are their
+        :func:`row_keys` when already computed, ``mask`` selects the frames actually offered."""
+        rows = np.asarray(rows)
+        keys = row_keys(rows, self.seed) if keys is None else keys
+        ok = keys <= self.bound
+        if mask is not None:
+            self.seen += int(np.count_nonzero(mask))
+            ok &= mask
+        else:
+            self.seen += len(rows)
+        new = {"row": rows, **arrays}
+        if not self._empty:
+            self._empty = {k: np.asarray(v)[:0] for k, v in new.items()}
+        idx = np.flatnonzero(ok)
+        if not len(idx):
             return
-        keys = np.concatenate([self.keys, self.rng.random(n)])
-        items = {k: np.concatenate([self.items[k], np.asarray(v)]) if k in self.items else np.asarray(v)
-                 for k, v in arrays.items()}
+        self._keys.append(keys[idx])
+        self._parts.append({k: np.asarray(v)[idx] for k, v in new.items()})
+        self._pending += len(idx)
+        if self._pending >= 2 * self.size:
+            self._compact()
+
+    def _compact(self) -> None:
+        if len(self._keys) <= 1 and self._pending <= self.size:
+            return
+        keys = np.concatenate(self._keys)
+        items = {k: np.concatenate([p[k] for p in self._parts]) for k in self._parts[0]}
         if len(keys) > self.size:
             top = np.argpartition(keys, self.size - 1)[: self.size]
             keys = keys[top]
             items = {k: v[top] for k, v in items.items()}
-        self.keys, self.items = keys, items
+        if len(keys) >= self.size:
+            self.bound = keys.max()
+        self._keys, self._parts, self._pending = [keys], [items], len(keys)
 
-    def sorted_by(self, name: str) -> dict[str, np.ndarray]:
-        """The sample ordered by one of its arrays (frame rows: sorted reads of the memory map)."""
-        if not self.items:
+    @property
+    def items(self) -> dict[str, np.ndarray]:
+        """The sample (``row`` and the offered arrays), in no particular order."""
+        if not self._parts:
+            return dict(self._empty)
+        self._compact()
+        return self._parts[0]
+
+    def sorted_by(self, name: str = "row") -> dict[str, np.ndarray]:
+        """The sample ordered by one of its arrays (frame rows: sorted reads of the codes)."""
+        items = self.items
+        if not items:
             return {}
-        o = np.argsort(self.items[name], kind="stable")
-        return {k: v[o] for k, v in self.items.items()}
+        o = np.argsort(items[name], kind="stable")
+        return {k: v[o] for k, v in items.items()}

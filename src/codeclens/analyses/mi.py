@@ -125,7 +125,8 @@ def continuous_values(chunk: dict[str, Any], tgt: Target) -> np.ndarray:
     return np.where(ok, v, np.nan)
 
 
-def resolve_targets(store: Any, names: Sequence[str], n_bins: int, seed: int = 0) -> list[Target]:
+def resolve_targets(store: Any, names: Sequence[str], n_bins: int, seed: int = 0,
+                    chunk: int | None = None) -> list[Target]:
     """Find the column of each target and choose discrete or continuous; quantile edges of continuous ones.
 
     One streamed pass over the float columns (labels only, no codes): a float column
@@ -147,20 +148,22 @@ def resolve_targets(store: Any, names: Sequence[str], n_bins: int, seed: int = 0
         else:
             out.append(Target(name, col, True))
     if floats:
-        rng = np.random.default_rng(seed)
-        samples = {i: fs.Reservoir(QUANTILE_SAMPLE, rng) for i, _ in floats}
+        samples = {i: fs.Reservoir(QUANTILE_SAMPLE, seed) for i, _ in floats}
         encoders = {i: fs.LabelEncoder(t.column) for i, t in floats if not t.is_f0}
         extra = ["voiced"] if any(t.voiced_column for _, t in floats) else []
-        for _, _, chunk in fs.iter_chunks(store, [c for c in extra], raw=[t.column for _, t in floats]):
+        for a, b, values in fs.iter_chunks(store, [c for c in extra], raw=[t.column for _, t in floats],
+                                           chunk=chunk):
+            rows = np.arange(a, b)
+            keys = fs.row_keys(rows, seed)
             for i, t in floats:
                 if i in encoders:
-                    raw = chunk["raw:" + t.column]
+                    raw = values["raw:" + t.column]
                     try:
                         encoders[i].ids(fs.Factorized(*_factorize_numeric(raw)))
                     except CodeclensError:
                         del encoders[i]  # a measurement: continuous
-                v = continuous_values(chunk, t)
-                samples[i].add(v=v[np.isfinite(v)])
+                v = continuous_values(values, t)
+                samples[i].add(rows, keys, np.isfinite(v), v=v)
         for i, t in floats:
             if i in encoders:
                 out[i] = Target(t.name, t.column, True)
@@ -201,43 +204,50 @@ class _Counted:
     n_classes: int
 
 
-def count_targets(store: Any, layers: Sequence[int], targets: Sequence[Target], cfg: "MIConfig") -> list[_Counted]:
+def count_targets(store: Any, layers: Sequence[int], targets: Sequence[Target], cfg: "MIConfig",
+                  chunk: int | None = None) -> list[_Counted]:
     """One streamed pass over codes and labels: per target, ``[codes, classes]`` tables for every
-    layer, and seeded uniform samples of at most ``max_train`` training / ``max_test`` held-out frames."""
+    layer, and uniform samples of at most ``max_train`` training / ``max_test`` held-out frames.
+
+    The samples are the frames with the smallest seeded row keys (:func:`framestream.row_keys`)
+    among those with a value of the target: the same frames whatever the chunk size, and the same
+    frames for every target that has a value on them."""
     cols = [l - 1 for l in layers]
     sizes = [store.codebook_sizes[l - 1] for l in layers]
     counters = [fs.CodeCounter(layers, sizes) for _ in targets]
     encoders = [fs.LabelEncoder(t.column, max_classes=1 << 62) if t.discrete else None for t in targets]
-    rng = np.random.default_rng(cfg.seed)
-    res_tr = [fs.Reservoir(cfg.max_train, rng) for _ in targets]
-    res_te = [fs.Reservoir(cfg.max_test, rng) for _ in targets]
+    res_tr = [fs.Reservoir(cfg.max_train, cfg.seed) for _ in targets]
+    res_te = [fs.Reservoir(cfg.max_test, cfg.seed) for _ in targets]
     held = heldout_utterances(store, cfg.seed)
     ends = fs.utterance_ends(store)
     disc = [t.column for t in targets if t.discrete]
     if any(t.voiced_column for t in targets):
         disc.append("voiced")
     raw = [t.column for t in targets if not t.discrete]
-    for a, b, chunk in fs.iter_chunks(store, disc, raw=raw):
+    for a, b, values in fs.iter_chunks(store, disc, raw=raw, chunk=chunk):
         codes = fs.code_rows(store, a, b, cols)
-        utt = fs.utt_of_rows(ends, a, b)
+        rows = np.arange(a, b)
+        keys = fs.row_keys(rows, cfg.seed)
+        h = held[fs.utt_of_rows(ends, a, b)]
         for j, t in enumerate(targets):
             if t.discrete:
-                ids = encoders[j].ids(chunk[t.column])
+                ids = encoders[j].ids(values[t.column])
                 n_cls = encoders[j].n
                 y = ids
             else:
-                v = continuous_values(chunk, t)
+                v = continuous_values(values, t)
                 ids = np.where(np.isfinite(v), np.searchsorted(t.edges, np.nan_to_num(v), side="right"), -1)
                 n_cls = t.n_classes
                 y = v
             keep = ids >= 0
-            counters[j].add(codes[keep], ids[keep], n_cls)
-            rows = np.flatnonzero(keep)
-            h = held[utt[rows]]
+            if keep.all():  # no copy of the chunk's codes
+                counters[j].add(codes, ids, n_cls)
+            else:
+                counters[j].add(codes[keep], ids[keep], n_cls)
             # The sample keeps its frames' codes too: the bracket's vectors are lookups of them, so the
-            # fits never touch the memory-mapped codes (whose pages would stay resident).
-            res_tr[j].add(row=rows[~h] + a, y=y[rows[~h]], codes=codes[rows[~h]])
-            res_te[j].add(row=rows[h] + a, y=y[rows[h]], codes=codes[rows[h]])
+            # fits never read the codes file again.
+            res_tr[j].add(rows, keys, keep & ~h, y=y, codes=codes)
+            res_te[j].add(rows, keys, keep & h, y=y, codes=codes)
     out = []
     for j, t in enumerate(targets):
         tr, te = res_tr[j].sorted_by("row"), res_te[j].sorted_by("row")

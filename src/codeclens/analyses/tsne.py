@@ -28,7 +28,11 @@ from ..labels.phones import CLASSES, normalize_phone, phone_class
 from . import ANALYSES
 from . import infotheory as it
 from .base import Analysis, AnalysisResult, Artifact
+from ..util.atomic import write_json
 from .tokens import label_column_name, layer_codes, pyplot, save_csv, save_figure
+
+FIGURE_META = "tsne_figure.json"
+"""Perplexity used, store name, vowel and views of the figure (read by :func:`redraw`)."""
 
 CLASS_COLOURS = {
     "vowel": "#d62728", "stop": "#1f77b4", "affricate": "#9467bd", "fricative": "#2ca02c", "nasal": "#ff7f0e",
@@ -168,6 +172,8 @@ class TsneAnalysis(Analysis):
             views[key] = (x, df)
             save_csv(df, out / f"tsne_{key}.csv")
             arts.append(Artifact(f"tsne_{key}.csv", f"t-SNE coordinates of the {key} view (layer {cfg.layer}).", "table"))
+        # What the figure needs beyond the coordinate tables, so `codeclens figures` redraws it without t-SNE.
+        write_json(out / FIGURE_META, {"perplexity": perp, "store": store.name, "vowel": vowel, "views": list(views)})
         self._figure({k: d for k, (_, d) in views.items()}, cfg, perp, store.name, vowel, out / "tsne.png")
         cap = (f"t-SNE of RVQ layer {cfg.layer} of {store.name} (openTSNE, perplexity {perp:.2f}, seed {cfg.seed}, "
                f"same for all panels; cf. Sadok et al. 2025 Figs. 3-5). ")
@@ -264,6 +270,19 @@ class TsneAnalysis(Analysis):
         fig.suptitle(f"{name}, layer {cfg.layer}: t-SNE (perplexity {perp:.2f}, seed {cfg.seed})", fontsize=11)
         fig.tight_layout()
         save_figure(fig, path)
+
+    @staticmethod
+    def redraw(out: Path, cfg: TsneConfig) -> list[Path]:
+        """The figure again from ``tsne_<view>.csv`` and :data:`FIGURE_META` (no embedding is recomputed);
+        [] for a run written before the metadata existed."""
+        import json
+
+        if not (out / FIGURE_META).is_file():
+            return []
+        meta = json.loads((out / FIGURE_META).read_text())
+        views = {k: pd.read_csv(out / f"tsne_{k}.csv", dtype={"speaker": str, "utterance": str}) for k in meta["views"]}
+        TsneAnalysis._figure(views, cfg, float(meta["perplexity"]), meta["store"], meta["vowel"], out / "tsne.png")
+        return [out / "tsne.png"]
 
     @staticmethod
     def _summary(views, cfg: TsneConfig, perp: float) -> str:

@@ -125,6 +125,13 @@ def mi_figures(out: Path) -> list[Path]:
     return [out / "mi.png"]
 
 
+@renderer("tsne")
+def tsne_figures(out: Path) -> list[Path]:
+    from ..analyses.tsne import TsneAnalysis, TsneConfig
+
+    return TsneAnalysis.redraw(out, _config(out, TsneConfig))
+
+
 def rerender(run_dir: str | Path, formats: tuple[str, ...], style: str | None = None,
              log=print) -> tuple[list[Path], list[str]]:
     """Redraw every figure a renderer exists for; returns (files written, step ids skipped)."""

@@ -57,6 +57,10 @@ def _from_values(v: np.ndarray) -> LabelColumn:
     v = np.asarray(v)
     if v.dtype.kind in "fc":
         return LabelColumn(None, None, v)
+    if v.dtype.kind == "b":  # as np.unique would encode it (sorted present values), without the sort
+        present = np.array([False, True])[[bool((~v).any()), bool(v.any())]]
+        codes = v.astype(np.int32) if len(present) == 2 else np.zeros(len(v), np.int32)
+        return LabelColumn(codes, present.astype(str), None)
     if v.dtype.kind in "iub":
         ok = v >= 0 if v.dtype.kind == "i" else np.ones(len(v), bool)
         uniq, inv = np.unique(v[ok], return_inverse=True)
@@ -139,6 +143,17 @@ def _arrow_chunk(col) -> LabelColumn:
     return _from_values(col.to_numpy(zero_copy_only=False))
 
 
+def _utt_of_range(ends: np.ndarray, a: int, b: int) -> np.ndarray:
+    """int32 utterance row of frames ``a..b-1`` (``ends``: exclusive end frame of every utterance), by one
+    repeat over the utterances the range touches (a searchsorted per frame cost a binary search each)."""
+    if b <= a:
+        return np.zeros(0, np.int32)
+    u0, u1 = int(np.searchsorted(ends, a, side="right")), int(np.searchsorted(ends, b - 1, side="right"))
+    starts = np.r_[a, ends[u0:u1]]
+    stops = np.r_[ends[u0:u1], b]
+    return np.repeat(np.arange(u0, u1 + 1, dtype=np.int32), stops - starts)
+
+
 class FrameLabels:
     """Label columns per frame read ``chunk`` frames at a time (frames columns one Parquet record
     batch at a time, utterance columns broadcast per chunk): the chunked form of :func:`frame_label`,
@@ -174,6 +189,15 @@ class FrameLabels:
     def names(self, column: str) -> np.ndarray:
         return self._utt[column].names if column in self._utt else self._names[column].names
 
+    def n_names(self, column: str) -> int:
+        """Category names met so far (all of them for utterance columns)."""
+        return len(self._utt[column].names) if column in self._utt else len(self._names[column].index)
+
+    def utterance_codes(self, column: str) -> np.ndarray | None:
+        """int32 code per utterance of an utterance-level column (-1 missing); None for frame columns."""
+        lc = self._utt.get(column)
+        return None if lc is None or not lc.categorical else lc.codes
+
     def true_codes(self, column: str) -> np.ndarray:
         """Codes (so far) of the category named ``True`` (a boolean column read as categories)."""
         if column in self._utt:
@@ -195,7 +219,7 @@ class FrameLabels:
         a = 0
         for batch in batches:
             b = a + (batch if isinstance(batch, int) else batch.num_rows)
-            utt = np.searchsorted(ends, np.arange(a, b), side="right").astype(np.int32)
+            utt = _utt_of_range(ends, a, b)
             out = {}
             for c in self.columns:
                 if c in self._utt:

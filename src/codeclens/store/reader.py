@@ -428,5 +428,10 @@ def _add_by_group(sums: np.ndarray, groups: np.ndarray, x: np.ndarray) -> None:
     sums[groups[starts]] += np.add.reduceat(x.astype(np.float64), starts, axis=0)
 
 
-def open_stores(paths: Sequence[str | Path]) -> list[Store]:
-    return [Store(p) for p in paths]
+def open_stores(stores: Sequence["Store | str | Path"], who: str = "") -> list[Store]:
+    """Stores from paths (open ones pass through); a one-line error when there are none (``who``: the
+    analysis named in it)."""
+    out = [s if isinstance(s, Store) else Store(s) for s in stores]
+    if not out:
+        raise CodeclensError(f"{who + ': ' if who else ''}give at least one store (--store PATH)")
+    return out

@@ -291,12 +291,10 @@ class AblateAnalysis(Analysis):
     def run(self, stores, cfg: AblateConfig, out: Path, progress: bool = True) -> AnalysisResult:
         from . import figures
 
-        from ...store import Store
+        from ...store import open_stores
 
         out = Path(out)
-        stores = [s if isinstance(s, Store) else Store(s) for s in stores]
-        if not stores:
-            raise CodeclensError("ablate: give at least one store")
+        stores = open_stores(stores, "ablate")
         artifacts: list[Artifact] = []
         summary: list[str] = []
         notes: list[str] = []

@@ -464,12 +464,10 @@ class CausalAnalysis(Analysis):
 
     def run(self, stores: Sequence, cfg: CausalConfig, out: Path, progress: bool = True) -> AnalysisResult:
         from ...codecs import load_codec
-        from ...store import Store
+        from ...store import open_stores
         from .figures import consumer_figure, offsets_figure, shapley_figure
 
-        stores = [s if isinstance(s, Store) else Store(s) for s in stores]
-        if not stores:
-            raise CodeclensError("give at least one store")
+        stores = open_stores(stores, "causal")
         log = print if progress else (lambda *_: None)
         arts: list[Artifact] = []
         lines = []

@@ -83,18 +83,35 @@ def control_labels(types: dict[str, np.ndarray], y_train: np.ndarray, seed: int)
 
 def control_table(types: dict[str, np.ndarray], y_train: np.ndarray, seed: int) -> np.ndarray:
     """The label of every type (see :func:`control_labels`)."""
-    rng = np.random.default_rng(seed)
     n_types = int(max((t.max() for t in types.values() if len(t)), default=-1)) + 1
     y_sorted = np.sort(np.asarray(y_train))
-    n = len(y_sorted)
-    freq = np.bincount(types["train"], minlength=n_types).astype(np.float64)
+    return y_sorted[control_ranks(np.bincount(types["train"], minlength=n_types), len(y_sorted), seed)]
+
+
+def control_table_counts(freq: np.ndarray, class_counts: np.ndarray, seed: int) -> np.ndarray:
+    """:func:`control_table` of class labels from counts: ``freq`` the train rows of every type
+    (its length is the number of types), ``class_counts`` the train rows of every class. The i-th
+    sorted train label is the class whose stretch of the cumulative counts holds i, so the table is
+    the one the rows would give, without the rows."""
+    ends = np.cumsum(np.asarray(class_counts, np.int64))
+    n = int(ends[-1]) if len(ends) else 0
+    return np.searchsorted(ends, control_ranks(freq, n, seed), side="right").astype(np.int32)
+
+
+def control_ranks(freq: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Rank (in the sorted train labels) of the label of every type, from the train rows per type
+    ``freq`` and the number of train rows ``n``: the control table is ``sorted_labels[ranks]``."""
+    rng = np.random.default_rng(seed)
+    n_types = len(freq)
+    freq = np.asarray(freq).astype(np.float64)
     order = rng.permutation(n_types)
     mid = np.cumsum(freq[order]) - freq[order] / 2
-    table = np.empty(n_types, dtype=y_sorted.dtype)
-    table[order] = y_sorted[np.clip((mid / max(freq.sum(), 1) * n).astype(np.int64), 0, n - 1)]
+    ranks = np.empty(n_types, np.int64)
+    ranks[order] = np.clip((mid / max(freq.sum(), 1) * n).astype(np.int64), 0, n - 1)
     unseen = freq == 0
-    table[unseen] = rng.choice(y_sorted, size=int(unseen.sum()))
-    return table
+    # rng.choice(n) draws the indices rng.choice(sorted_labels) would, so both forms give one table.
+    ranks[unseen] = rng.choice(n, size=int(unseen.sum()))
+    return ranks
 
 
 def selectivity(task_value, control_value, task_chance: float = 0.0, control_chance: float = 0.0) -> np.ndarray:

@@ -28,6 +28,7 @@ import torch
 
 Source = Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]
 ROUND = 10  # L-BFGS iterations between validation checks
+STABLE = 5  # count-table fits: iterations without a change of any vector's predicted class after which a problem stops
 SMALL_WORK = 2_000_000  # elements per tensor op below which one thread is faster
 
 
@@ -99,8 +100,10 @@ class BatchedLBFGS:
     """L-BFGS run independently for B problems at once (own history, own step sizes).
 
     ``f(x_sub, idx) -> (loss [k], grad [k, n])`` evaluates the problems ``idx``
-    only, so finished problems cost nothing. Backtracking (Armijo, quadratic
-    interpolation) line search per problem; a problem stops when its gradient is
+    only, so finished problems cost nothing. ``f`` may return a third item, a tuple of
+    per-problem tensors ``[k, ...]`` computed at the same point (e.g. validation
+    scores): they are kept for the accepted iterates in :attr:`aux`.
+    Backtracking (Armijo, quadratic interpolation) line search per problem; a problem stops when its gradient is
     below ``tol``, its relative decrease below ``ftol``, or :meth:`freeze` says so.
 
     The curvature history ([m, A, n], the largest state of a fit) holds the A active
@@ -118,7 +121,7 @@ class BatchedLBFGS:
         self.slack = 4 * eps
         B = x0.shape[0]
         self.act = torch.arange(B, device=x0.device)
-        self.loss, self.g = f(self.x, self.act)
+        self.loss, self.g, self.aux = self._f(self.x, self.act)
         # Ring buffers of curvature pairs of the active problems: slot (head - count + i) % m is the i-th oldest.
         self.S = torch.zeros((history, B, x0.shape[1]), dtype=x0.dtype, device=x0.device)
         self.Y = torch.zeros_like(self.S)
@@ -126,6 +129,10 @@ class BatchedLBFGS:
         self.count, self.head = 0, 0
         self.done = self.g.abs().amax(1) < tol
         self.first = True
+
+    def _f(self, x: torch.Tensor, idx: torch.Tensor):
+        out = self.f(x, idx)
+        return out[0], out[1], (tuple(out[2]) if len(out) > 2 else ())
 
     def freeze(self, mask: torch.Tensor) -> None:
         self.done = self.done | mask
@@ -179,19 +186,22 @@ class BatchedLBFGS:
             t = torch.ones_like(loss)
         pending = torch.ones_like(loss, dtype=torch.bool)
         x_new, loss_new, g_new = x.clone(), loss.clone(), g.clone()
+        aux_new = tuple(a[idx] for a in self.aux)
         for it in range(12):
             sub = torch.nonzero(pending).flatten()
             if it == 0:  # every problem: no gathers
                 xt = torch.addcmul(x, t.to(x.dtype)[:, None], d)
             else:
                 xt = torch.addcmul(x[sub], t[sub].to(x.dtype)[:, None], d[sub])
-            lt, gt = self.f(xt, idx[sub])
+            lt, gt, at = self._f(xt, idx[sub])
             ok = lt <= loss[sub] + 1e-4 * t[sub] * slope[sub] + self.slack * loss[sub].abs()
             acc = sub[ok]
             if it == 0 and bool(ok.all()):
-                x_new, loss_new, g_new = xt, lt, gt
+                x_new, loss_new, g_new, aux_new = xt, lt, gt, at
             else:
                 x_new[acc], loss_new[acc], g_new[acc] = xt[ok], lt[ok], gt[ok]
+                for a_new, a_t in zip(aux_new, at):
+                    a_new[acc] = a_t[ok]
             pending[acc] = False
             if not bool(pending.any()):
                 break
@@ -212,6 +222,8 @@ class BatchedLBFGS:
         self.head, self.count = (h + 1) % self.m, min(self.count + 1, self.m)
         small = (loss - loss_new) <= self.ftol * loss_new.abs().clamp(min=1.0)
         self.x[idx], self.loss[idx], self.g[idx] = x_new, loss_new, g_new
+        for a, a_new in zip(self.aux, aux_new):
+            a[idx] = a_new
         # A problem whose line search failed has converged numerically.
         self.done[idx] = self.done[idx] | (g_new.abs().amax(1) < self.tol) | pending | small
         return True
@@ -220,6 +232,7 @@ class BatchedLBFGS:
 def fit_logistic(
     train: Source, val: Source | None, P: int, r: int, C: int, cw: torch.Tensor, l2: Sequence[float],
     l1: float = 0.0, max_iter: int = 300, patience: int = 3, tol: float = 1e-6, closed_form: bool = True,
+    path: bool = True,
 ) -> LogisticFit:
     """Fit P x G multinomial logistic regressions; keep each one's best-validation iterate.
 
@@ -227,7 +240,15 @@ def fit_logistic(
     has not improved for ``patience`` rounds stops (and costs nothing afterwards).
     ``closed_form``: a source of one count-table chunk is evaluated with its analytic
     gradient (:func:`_table_objective`); False uses autograd, as frame chunks always do.
+    ``path``: such a count-table fit (without L1) runs the strengths as a warm-started path
+    (:func:`_fit_table_path`); False fits every strength from zero in one program, the
+    same stopping as frame fits (kept for comparison: ``benchmarks/table_fits.py``).
     """
+    one = _one_table(train) if closed_form else None
+    if one is not None and path and l1 == 0:
+        va = _one_table(val) if val is not None else None
+        if val is None or va is not None:
+            return _fit_table_path(one, va, cw, l2, max_iter, patience, tol)
     dev, dt = cw.device, cw.dtype
     G = len(l2)
     B, nW = P * G, r * C
@@ -236,7 +257,7 @@ def fit_logistic(
     wsum = _total_weight(train, cw)
     wsum_val = _total_weight(val, cw) if val is not None else None
 
-    table = _one_table(train) if closed_form else None
+    table = one
     if table is not None:
         Z, T = table
         A = T * cw[:, None, :]
@@ -297,36 +318,227 @@ def fit_logistic(
     return LogisticFit(W.contiguous(), b.contiguous(), best.view(P, G) if val is not None else None, iters)
 
 
+def _fit_table_path(train, val, cw: torch.Tensor, l2: Sequence[float], max_iter: int, patience: int,
+                    tol: float) -> LogisticFit:
+    """Count-table fits of every probe along its L2 path, strongest strength first.
+
+    The strongest strength starts from :func:`_ls_init`, each weaker one from the solution of the
+    previous, extrapolated linearly in log L2 (the optimum moves smoothly between neighbouring
+    strengths). Each fit keeps, as :func:`fit_logistic` does, its best-on-val iterate of every
+    ``ROUND`` iterations and the last, with the same patience. A problem also stops when no
+    vector's predicted class has changed for ``STABLE`` iterations: what a probe reports (its test
+    predictions, the val macro-F1 that picks the strength) is those argmaxes, and the iterations
+    after they settle only sharpen near-memorising fits (code controls). Validation loss and
+    predictions come with every evaluation (:func:`_table_objective`), so checks cost nothing.
+
+    Where validation stopped a fit early (its kept iterate is not its last: the val loss rose), the
+    kept iterate depends on the road taken, not only on the strength; that strength of that probe is
+    then refitted from zero, the road and the stopping rules of
+    :func:`fit_logistic` (no stability stop: such a fit's kept iterate is an early stop, not argmaxes
+    that have settled).
+
+    A probe that predicts every val row right is not fitted at the weaker strengths: they get its
+    solution. They could at best tie with it on val macro-F1 or accuracy, and ties go to the
+    stronger strength (``torch_backend._choose``), so the choice and the reported fit are the same.
+    """
+    Z, T = train
+    dev, dt = Z.device, Z.dtype
+    P, U, r = Z.shape
+    C, G, nW = T.shape[-1], len(l2), r * T.shape[-1]
+    A = T * cw[:, None, :]
+    table = (Z, A, A.sum(-1))
+    wsum = table[2].sum(-1).clamp(min=1e-12)
+    vt = None
+    if val is not None:
+        Av = val[1] * cw[:, None, :]
+        vt = (Av, Av.sum((1, 2)).clamp(min=1e-12), Av.sum(-1))
+        seen = val[1] > 0  # val rows: a probe is perfect when it predicts no other class where they are
+    stage = _TableStage(table, wsum, vt, r, C, max_iter, patience, tol)
+    W_all = torch.zeros(P, G, nW + C, dtype=dt, device=dev)
+    vl_all = torch.full((P, G), float("inf"), dtype=dt, device=dev)
+    x, xprev = _ls_init(*table, wsum, r, C), None
+    todo = torch.ones(P, dtype=torch.bool, device=dev)
+    cold = torch.zeros(P, G, dtype=torch.bool, device=dev)
+    order = sorted(range(G), key=lambda k: -l2[k])
+    for i, g in enumerate(order):
+        if i and not bool(todo.all()):  # perfect probes keep the stronger strength's solution
+            W_all[~todo, g], vl_all[~todo, g] = W_all[~todo, order[i - 1]], vl_all[~todo, order[i - 1]]
+        probes = torch.nonzero(todo).flatten()
+        if not len(probes):
+            continue
+        x0 = x[probes] if xprev is None else 2 * x[probes] - xprev[probes]
+        res = stage.run(probes, torch.full((len(probes),), float(l2[g]), dtype=dt, device=dev), x0)
+        xprev = x.clone()
+        W_all[probes, g], x[probes], vl_all[probes, g] = res.x, res.x, res.val
+        if val is not None:
+            wrong = seen[probes] & (torch.arange(C, device=dev) != res.pred[..., None])
+            perfect = ~wrong.any(-1).any(-1)
+            todo[probes[perfect]] = False
+            early = probes[res.early & ~perfect]
+            if len(early):  # refitted from zero below, with every weaker strength
+                cold[early[:, None], torch.tensor(order[i:], device=dev)] = True
+                todo[early] = False
+    if bool(cold.any()):
+        pp, gg = torch.nonzero(cold, as_tuple=True)
+        lam = torch.tensor(list(l2), dtype=dt, device=dev)[gg]
+        rank = torch.tensor([order.index(g) for g in gg.tolist()], device=dev)
+        res = stage.run(pp, lam, torch.zeros(len(pp), nW + C, dtype=dt, device=dev), stable=max_iter + 1,
+                        ladder=(pp, rank, seen[pp]))
+        W_all[pp, gg], vl_all[pp, gg] = res.x, res.val
+    return LogisticFit(W_all[..., :nW].reshape(P, G, r, C).contiguous(), W_all[..., nW:].contiguous(),
+                       vl_all if val is not None else None, stage.iters)
+
+
+@dataclasses.dataclass
+class _StageResult:
+    x: torch.Tensor
+    """[k, n] kept iterates."""
+    val: torch.Tensor
+    """[k] their val loss (inf without val)."""
+    pred: torch.Tensor | None
+    """[k, U] their predicted class per vector."""
+    early: torch.Tensor
+    """[k] the last iterate is worse on val than the kept one (validation stopped the fit)."""
+
+
+class _TableStage:
+    """Batched L-BFGS fits of count-table problems (probe ``pof[i]`` at strength ``lam[i]``) with
+    :func:`fit_logistic`'s validation rule and the prediction-stability stop of :func:`_fit_table_path`."""
+
+    def __init__(self, table, wsum, val, r: int, C: int, max_iter: int, patience: int, tol: float):
+        self.table, self.wsum, self.val, self.r, self.C = table, wsum, val, r, C
+        self.max_iter, self.patience, self.tol, self.iters = max_iter, patience, tol, 0
+        dt = table[0].dtype
+        self.ftol = 1e-7 if dt == torch.float32 else None  # see fit_logistic
+        self.gtol = tol if dt == torch.float64 else max(tol, 1e-5)
+
+    def run(self, pof: torch.Tensor, lam: torch.Tensor, x0: torch.Tensor, stable: int | None = None,
+            ladder=None) -> _StageResult:
+        """``ladder`` = (probe, rank of its strength (0 = strongest), val rows [k, U, C]) to stop weaker
+        strengths of a probe once a stronger one is perfect (:meth:`_prune`)."""
+        k, dev, tol = len(pof), x0.device, self.tol
+        stable = STABLE if stable is None else stable
+        if k == self.table[0].shape[0] and bool((pof == torch.arange(k, device=dev)).all()):
+            table, wsum, val = self.table, self.wsum, self.val  # every probe once: no copies of the tables
+        else:
+            table, wsum = tuple(t[pof] for t in self.table), self.wsum[pof]
+            val = None if self.val is None else tuple(t[pof] for t in self.val)
+        own = torch.arange(k, device=dev)
+        opt = BatchedLBFGS(lambda x, idx: _table_objective(table, wsum, lam, own, x, idx, self.r, self.C, val),
+                           x0, tol=self.gtol, ftol=self.ftol)
+        early = torch.zeros(k, dtype=torch.bool, device=dev)
+        if val is None:
+            it = 0
+            while it < self.max_iter and opt.step():
+                it += 1
+            self.iters += it
+            return _StageResult(opt.x, torch.full((k,), float("inf"), dtype=x0.dtype, device=dev), None, early)
+        best_x, pred = opt.x.clone(), opt.aux[1].clone()
+        src = own.clone()  # problem whose result each problem takes (itself unless pruned)
+        best_pred, best = pred.clone(), torch.full((k,), float("inf"), dtype=x0.dtype, device=dev)
+        stale = torch.zeros(k, dtype=torch.long, device=dev)
+        same = torch.zeros(k, dtype=torch.long, device=dev)
+        it, moving = 0, True
+        while moving:
+            moving = it < self.max_iter and opt.step()
+            it += moving
+            vl, now = opt.aux
+            same = torch.where((now == pred).all(-1), same + 1, torch.zeros_like(same))
+            pred = now.clone()
+            if it % ROUND == 0 or not moving:  # candidates: every ROUND iterations and the last, as in fit_logistic
+                better = torch.isinf(best) | (vl < best - tol * best.abs().clamp(min=1.0))
+                best_x = torch.where(better[:, None], opt.x, best_x)
+                best_pred = torch.where(better[:, None], now, best_pred)
+                best = torch.where(better, vl, best)
+                stale = torch.where(better, torch.zeros_like(stale), stale + 1)
+                early = vl > best + tol * best.abs().clamp(min=1.0)  # the val loss has risen since the kept iterate
+                if ladder is not None:
+                    self._prune(ladder, opt.done, best_pred, src)
+            opt.freeze((stale >= self.patience) | (same >= stable) | (src != own))
+        self.iters += it
+        best_x, best, best_pred, early = best_x[src], best[src], best_pred[src], early[src]
+        return _StageResult(best_x, best, best_pred, early)
+
+    @staticmethod
+    def _prune(ladder, done: torch.Tensor, pred: torch.Tensor, src: torch.Tensor) -> None:
+        """Problems of a probe weaker than one of its finished problems that predicts every val row right
+        stop and take that one's result (``src``): see :func:`_fit_table_path`."""
+        probe, rank, seen = ladder
+        C = seen.shape[-1]
+        fin = torch.nonzero(done & (src == torch.arange(len(src), device=src.device))).flatten()
+        if not len(fin):
+            return
+        wrong = (seen[fin] & (torch.arange(C, device=seen.device) != pred[fin][..., None])).any(-1).any(-1)
+        for j in fin[~wrong].tolist():
+            weaker = (probe == probe[j]) & (rank > rank[j]) & (src == torch.arange(len(src), device=src.device))
+            src[weaker] = j
+
+
 def _one_table(src: Source) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The (Z, count table) of a source that is one count-table chunk, else None."""
-    chunks = list(src())
-    if len(chunks) == 1 and chunks[0][1].dtype.is_floating_point:
-        return chunks[0]
-    return None
+    """The (Z, count table) of a source that is one count-table chunk, else None. Reads at most two
+    chunks: a streamed frame source is not materialised whole to find out."""
+    it = iter(src())
+    first = next(it, None)
+    if first is None or not first[1].dtype.is_floating_point or next(it, None) is not None:
+        return None
+    return first
 
 
 def _table_objective(table, wsum: torch.Tensor, lam: torch.Tensor, pof: torch.Tensor,
-                     x: torch.Tensor, idx: torch.Tensor, r: int, C: int) -> tuple[torch.Tensor, torch.Tensor]:
+                     x: torch.Tensor, idx: torch.Tensor, r: int, C: int, val=None):
     """Loss and gradient of count-table problems ``idx`` without autograd.
 
     ``table`` = (Z, A, a): vectors, weighted counts A = T * cw and their row sums. The
     loss is -sum_uc A_uc log softmax(l_u)_c (non-negative terms: no cancellation in
     float32) and its gradient in the logits is a_u softmax(l_u) - A_u: two batched
-    matrix products and one softmax per evaluation, in the table's dtype.
+    matrix products and one exponential per evaluation, in the table's dtype.
+    ``val`` = (Av, wsum_val, Av row sums): also return, at the same point, the validation loss [k]
+    and every vector's predicted class [k, U] (the logits are already there).
     """
     Z, A, a = table
     p = pof[idx]
     k, nW = len(idx), r * C
-    Zp, Ap, ap, n = Z[p], A[p], a[p], wsum[p]
+    one = Z.shape[0] == 1  # one probe (a layer's program): broadcast, no per-problem copies of the table
+    same = not one and k == Z.shape[0] and bool((p == torch.arange(k, device=p.device)).all())
+    pick = (lambda t: t.expand(k, *t.shape[1:])) if one else (lambda t: t) if same else (lambda t: t[p])
+    Zp, Ap, ap = pick(Z), pick(A), pick(a)
+    n = wsum[p]
     W, b = x[:, :nW].reshape(k, r, C), x[:, nW:]
-    logp = torch.baddbmm(b[:, None, :], Zp, W)  # [k, U, C] logits, made log-probabilities in place
-    logp.sub_(torch.logsumexp(logp, -1, keepdim=True))
-    loss = -torch.bmm(Ap.reshape(k, 1, -1), logp.reshape(k, -1, 1)).view(k).double() / n.double()
-    G = logp.exp_().mul_(ap[..., None]).sub_(Ap).div_(n[:, None, None])
+    lg = torch.baddbmm(b[:, None, :], Zp, W)  # [k, U, C] logits, shifted by their row maximum in place
+    top, pred = lg.max(-1, keepdim=True)
+    lg.sub_(top)
+    e = lg.exp()
+    ls = e.sum(-1).log_()  # log-partition of the shifted logits: log p = lg - ls
+    rows = lambda M: torch.bmm(M.reshape(k, 1, -1), lg.reshape(k, -1, 1)).view(k)  # sum_uc M_uc lg_uc
+    loss = (_dot(ap, ls) - rows(Ap)).double() / n.double()
+    if val is not None:
+        Av, nv, av = val
+        vloss = (_dot(pick(av), ls) - rows(pick(Av))) / nv[p]
+    G = e.mul_((ap / ls.exp_())[..., None]).sub_(Ap).div_(n[:, None, None])
     grad = torch.cat([torch.bmm(Zp.transpose(1, 2), G).reshape(k, nW), G.sum(1)], 1)
     Wd = x[:, :nW]
     grad[:, :nW].addcmul_(Wd, lam[idx, None], value=2.0)
-    return loss + (lam[idx, None] * Wd * Wd).sum(1).double(), grad
+    loss = loss + (lam[idx, None] * Wd * Wd).sum(1).double()
+    if val is None:
+        return loss, grad
+    return loss, grad, (vloss, pred[..., 0])
+
+
+def _ls_init(Z: torch.Tensor, A: torch.Tensor, a: torch.Tensor, n: torch.Tensor, r: int, C: int) -> torch.Tensor:
+    """[P, r*C + C]: weighted least squares of every vector's smoothed log class frequencies (add-one,
+    centred over classes) on its whitened features. One r x r solve per probe; a start that already
+    points every vector towards its frequent classes, for the strongest strength of a path."""
+    target = torch.log((A + 1) / (a[..., None] + C))
+    target = target - target.mean(-1, keepdim=True)
+    w = a / n[:, None]
+    mz = torch.einsum("pu,pur->pr", w, Z)
+    Zc = Z - mz[:, None]
+    M = torch.einsum("pu,pui,puj->pij", w, Zc, Zc)
+    rhs = torch.einsum("pu,pur,puc->prc", w, Zc, target)
+    ridge = 1e-6 * torch.eye(r, dtype=Z.dtype, device=Z.device)  # padding directions are null
+    W = torch.linalg.solve(M.double() + ridge.double(), rhs.double()).to(Z.dtype)
+    b = torch.einsum("pu,puc->pc", w, target) - torch.einsum("pr,prc->pc", mz, W)
+    return torch.cat([W.reshape(len(W), -1), b], 1)
 
 
 def _fista_steps(train: Source, cw: torch.Tensor, wsum: torch.Tensor, l2: Sequence[float], r: int) -> torch.Tensor:

@@ -74,13 +74,35 @@ def uniform_chance(y_test: np.ndarray, n_train_classes: int, n_classes: int) -> 
     For class c with test prevalence pi_c, a uniform guesser has precision pi_c and
     recall 1/K (c among the K guessable classes), so F1_c = 2 pi_c / (1 + K pi_c).
     """
+    return uniform_chance_counts(np.bincount(y_test, minlength=n_classes), n_train_classes)
+
+
+def uniform_chance_counts(test_counts: np.ndarray, n_train_classes: int) -> dict[str, float]:
+    """:func:`uniform_chance` from the test rows per class."""
+    n_classes = len(test_counts)
     k = max(n_train_classes, 1)
-    prev = np.bincount(y_test, minlength=n_classes) / max(len(y_test), 1)
+    prev = test_counts / max(int(test_counts.sum()), 1)
     f1 = np.zeros(n_classes)
     guessable = np.arange(n_classes) < k
     f1[guessable] = 2 * prev[guessable] / (1 + k * prev[guessable])
     present = (prev > 0) | guessable
     return {"accuracy": 1.0 / k, "macro_f1": float(f1[present].mean())}
+
+
+def chance_counts(train_counts: np.ndarray, test_counts: np.ndarray, n_train_classes: int) -> dict[str, tuple[float, float]]:
+    """metric -> (majority train class, uniform guessing among the train classes) from the rows per class
+    of train and test (the same values as :func:`majority_chance` / :func:`uniform_chance` on the rows)."""
+    test_counts = np.asarray(test_counts, np.int64)
+    maj = int(np.asarray(train_counts).argmax())
+    tp = np.zeros(len(test_counts))
+    tp[maj] = test_counts[maj]
+    fp = -tp
+    fp[maj] += test_counts.sum()
+    n = int(test_counts.sum())
+    majority = {"accuracy": test_counts[maj] / n if n else float("nan"),
+                "macro_f1": float(_f1_from_counts(tp, fp, test_counts - tp)) if n else float("nan")}
+    uni = uniform_chance_counts(test_counts, n_train_classes)
+    return {k: (float(majority[k]), uni[k]) for k in majority}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,8 +153,23 @@ def class_metrics(s: ClassStats, weights: np.ndarray | None = None) -> dict[str,
     n = weights @ s.n
     return {
         "accuracy": np.where(n > 0, (weights @ s.correct) / np.maximum(n, 1), np.nan),
-        "macro_f1": _f1_from_counts(weights @ s.tp, weights @ s.fp, weights @ s.fn, _class_set(s)),
+        "macro_f1": _f1_from_counts(_wsum(weights, s.tp), _wsum(weights, s.fp), _wsum(weights, s.fn), _class_set(s)),
     }
+
+
+SPARSE_BELOW = 0.05
+"""Density under which a ``[U, C]`` count matrix is multiplied as a sparse matrix (e.g. a speaker task with
+utterance units: one true class per unit, so TP and FN hold U non-zeros out of U x C)."""
+
+
+def _wsum(weights: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``weights [B, U] @ x [U, C]``; sparse when x is mostly zeros (B x non-zeros, not B x U x C)."""
+    nz = np.count_nonzero(x)
+    if x.ndim == 2 and x.size and nz < SPARSE_BELOW * x.size:
+        from scipy.sparse import csr_matrix
+
+        return np.asarray(csr_matrix(x).T.dot(weights.T).T)
+    return weights @ x
 
 
 def class_jackknife(s: ClassStats) -> dict[str, np.ndarray]:

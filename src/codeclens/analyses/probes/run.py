@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ...errors import CodeclensError
-from ...store import Repr, Store, parse_reprs
+from ...store import Repr, Store, open_stores, parse_reprs
 from ...util.device import resolve_device
 from . import metrics as M
 from .config import ProbeConfig
@@ -35,10 +35,7 @@ MIN_CONTROL_COVERAGE = 0.9
 
 
 def open_store_list(stores: Sequence[Store | str]) -> list[Store]:
-    out = [s if isinstance(s, Store) else Store(s) for s in stores]
-    if not out:
-        raise CodeclensError("give at least one --store")
-    return out
+    return open_stores(stores, "probe")
 
 
 def store_reprs(store: Store, cfg: ProbeConfig) -> list[Repr]:
@@ -78,12 +75,19 @@ def control_coverage(types: dict[str, np.ndarray]) -> float:
     return float(seen[types["test"]].mean())
 
 
-def make_jobs(stores: list[Store], tds: list[TaskData], cfg: ProbeConfig) -> list[Job]:
+def control_seed(cfg: ProbeConfig, si: int, ri: int) -> int:
+    """Seed of the code control of the ri-th representation of the si-th store of a run."""
+    return cfg.seed + 7919 * si + 104729 * ri + 1
+
+
+def make_jobs(stores: list[Store], tds: list[TaskData], cfg: ProbeConfig, index: Sequence[int] | None = None) -> list[Job]:
+    """``index``: each store's position in the run's store list (default: its position here), for the control seeds."""
     jobs = []
-    for si, (s, td) in enumerate(zip(stores, tds)):
+    for k, (s, td) in enumerate(zip(stores, tds)):
+        si = k if index is None else index[k]
         for ri, rep in enumerate(store_reprs(s, cfg)):
             jobs.append(Job(s, rep, td, td.y))
-            ctrl = _control(s, rep, td, cfg, cfg.seed + 7919 * si + 104729 * ri + 1)
+            ctrl = _control(s, rep, td, cfg, control_seed(cfg, si, ri))
             if ctrl is not None:
                 jobs.append(Job(s, rep, td, ctrl, control=True))
     return jobs
@@ -190,13 +194,35 @@ def _fit_all(jobs: list[Job], cfg: ProbeConfig, log) -> tuple[list[JobFit], list
 
 
 def run_task(stores: list[Store], task: str, cfg: ProbeConfig, progress: bool = False) -> pd.DataFrame:
+    """One task on every store: the streamed count-table path (:mod:`.tables`) where it applies,
+    the general path (per-row task data, jobs and fits) for the other stores."""
+    from . import tables
+
+    names = display_names(stores)
+    by_store: dict[int, list[dict[str, Any]]] = {}
+    for si, s in enumerate(stores):
+        if tables.eligible(s, task, cfg):
+            rows = tables.run_store(s, task, cfg, si, names, progress)
+            if rows is not None:
+                by_store[si] = rows
+    rest = [si for si in range(len(stores)) if si not in by_store]
+    if rest:
+        rows = _run_general([stores[i] for i in rest], rest, task, cfg, names, progress)
+        for si in rest:
+            by_store[si] = [r for r in rows if r["store"] == names[id(stores[si])]]
+    return pd.DataFrame([r for si in range(len(stores)) for r in by_store[si]], columns=COLUMNS)
+
+
+def _run_general(stores: list[Store], index: list[int], task: str, cfg: ProbeConfig, names: dict[int, str],
+                 progress: bool = False) -> list[dict[str, Any]]:
     plans = [task_data(s, task, cfg) for s in stores]
     rounds = max(len(p) for p in plans)
     # Round r fits the r-th TaskData of every store that has one (fold r, or the one split).
     per_round = []
     for r in range(rounds):
         live = [i for i, p in enumerate(plans) if r < len(p)]
-        per_round.append((live, make_jobs([stores[i] for i in live], [plans[i][r] for i in live], cfg)))
+        per_round.append((live, make_jobs([stores[i] for i in live], [plans[i][r] for i in live], cfg,
+                                          [index[i] for i in live])))
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -228,7 +254,7 @@ def run_task(stores: list[Store], task: str, cfg: ProbeConfig, progress: bool = 
         jobs += j
         fits += f
         mlps += m if m is not None else [None] * len(j)
-    return pd.DataFrame(evaluate(jobs, fits, cfg, mlps if cfg.mlp else None, pooled), columns=COLUMNS)
+    return evaluate(jobs, fits, cfg, mlps if cfg.mlp else None, pooled, names)
 
 
 def _pool_folds(folds: list[TaskData], per_fold) -> tuple[list[Job], list[JobFit], list | None, Pooled]:
@@ -310,7 +336,7 @@ Score = tuple[float, "np.ndarray | None", "np.ndarray | None"]
 
 def _scores(td: TaskData, y_true: np.ndarray, pred: np.ndarray, rs: Resampling) -> dict[str, Score]:
     """metric -> (value, bootstrap replicates, unit jackknife replicates)."""
-    groups, n_groups, boot = rs.units, rs.n_units, rs.weights
+    groups, n_groups = rs.units, rs.n_units
     if td.categorical:
         pred = np.asarray(pred, np.int64)
         if td.open_set:  # rows that could not be identified (-1) count as errors
@@ -319,14 +345,21 @@ def _scores(td: TaskData, y_true: np.ndarray, pred: np.ndarray, rs: Resampling) 
             st = M.ClassStats(st.tp[:, :-1], st.fp[:, :-1], st.fn[:, :-1], st.correct, st.n)
         else:
             st = M.class_stats(y_true, pred, groups, n_groups, td.n_classes)
+    else:
+        st = M.reg_stats(y_true, pred, groups, n_groups, td.is_f0)
+    return stat_scores(st, rs.weights, td.is_f0)
+
+
+def stat_scores(st: "M.ClassStats | M.RegStats", boot: np.ndarray | None, cents: bool = False) -> dict[str, Score]:
+    """metric -> (value, bootstrap replicates, unit jackknife replicates) from per-unit statistics."""
+    if isinstance(st, M.ClassStats):
         val = M.class_metrics(st)
         reps = M.class_metrics(st, boot) if boot is not None else None
         jack = M.class_jackknife(st) if boot is not None else None
     else:
-        st = M.reg_stats(y_true, pred, groups, n_groups, td.is_f0)
-        val = M.reg_metrics(st, cents=td.is_f0)
-        reps = M.reg_metrics(st, boot, cents=td.is_f0) if boot is not None else None
-        jack = M.reg_jackknife(st, cents=td.is_f0) if boot is not None else None
+        val = M.reg_metrics(st, cents=cents)
+        reps = M.reg_metrics(st, boot, cents=cents) if boot is not None else None
+        jack = M.reg_jackknife(st, cents=cents) if boot is not None else None
     return {k: (float(v), None if reps is None else reps[k], None if jack is None else jack[k]) for k, v in val.items()}
 
 
@@ -345,12 +378,13 @@ def _chance(td: TaskData, y_train: np.ndarray, y_test: np.ndarray, rs: Resamplin
                 "eer": (0.5, 0.5)}
     if td.categorical:
         if base_pred is None:
-            base_pred = np.full(len(y_test), int(np.bincount(y_train, minlength=td.n_classes).argmax()))
+            return M.chance_counts(np.bincount(y_train, minlength=td.n_classes),
+                                   np.bincount(y_test, minlength=td.n_classes), td.n_train_classes)
         maj = {"accuracy": M.accuracy(y_test, base_pred), "macro_f1": M.macro_f1(y_test, base_pred, td.n_classes)}
         uni = M.uniform_chance(y_test, td.n_train_classes, td.n_classes)
         return {k: (maj[k], uni[k]) for k in maj}
-    if base_pred is None:
-        base_pred = np.full(len(y_test), float(np.mean(y_train)))
+    if base_pred is None:  # the mean in float64 (a float32 mean drifts with the number of rows)
+        base_pred = np.full(len(y_test), float(np.mean(y_train, dtype=np.float64)))
     s = M.reg_metrics(M.reg_stats(y_test, base_pred, rs.units, rs.n_units, td.is_f0), cents=td.is_f0)
     return {k: (float(v), float("nan")) for k, v in s.items()}
 
@@ -378,13 +412,41 @@ def _selectivity(task_found, scores, chance) -> dict[str, Score]:
     return sel
 
 
+def emit(rows: list[dict[str, Any]], base: dict[str, Any], probe: str, scores: dict[str, Score],
+         chance: dict[str, tuple[float, float]] | None, l2: float = np.nan, backend: str = "torch",
+         fit: Any = None) -> None:
+    """Append one probe's rows (one per metric) with its interval, chance levels and p-value; ``fit`` (a
+    frame-path JobFit) adds its optimiser iterations and passes over the train rows (count-table fits: NaN)."""
+    frame = fit is not None and fit.passes > 0
+    for metric, (v, reps, jack) in scores.items():
+        lo, hi = M.bca_ci(v, reps, jack) if reps is not None else (np.nan, np.nan)
+        cm, cu = chance.get(metric, (np.nan, np.nan)) if chance else (np.nan, np.nan)
+        # Selectivity rows test against 0 (no gain over the control); others against chance.
+        bar = M.chance_bar(metric, cm, cu) if chance else 0.0
+        p = M.p_above(reps, bar, metric in M.LOWER_IS_BETTER) if reps is not None else np.nan
+        rows.append({**base, "probe": probe, "metric": metric, "value": v, "ci_low": lo, "ci_high": hi,
+                     "chance_majority": cm, "chance_uniform": cu, "chance": bar if chance else np.nan,
+                     "p_value": p, "l2": l2, "backend": backend,
+                     "iters": fit.iters if frame else np.nan, "passes": fit.passes if frame else np.nan})
+
+
+def row_base(store: Store, rep: Repr, names: dict[int, str], cfg: ProbeConfig, **fields: Any) -> dict[str, Any]:
+    """The columns every row of one probe shares (``fields``: the task's own)."""
+    return {"store": names[id(store)], "codec": store.codec.get("spec", ""), "representation": rep.name,
+            "kind": rep.kind, "layer": rep.layer if rep.layer is not None else np.nan, **fields,
+            "backend": cfg.backend}
+
+
 def evaluate(jobs: list[Job], fits: list[JobFit], cfg: ProbeConfig,
-             mlp_fits: list | None = None, pooled: dict[int, Pooled] | None = None) -> list[dict[str, Any]]:
+             mlp_fits: list | None = None, pooled: dict[int, Pooled] | None = None,
+             names: dict[int, str] | None = None) -> list[dict[str, Any]]:
     """Tidy rows of every fitted probe; ``mlp_fits`` (job order, None where not fitted) adds the MLP's rows;
-    ``pooled`` (by id of TaskData) the cross-validated tasks' fold-wise baselines."""
+    ``pooled`` (by id of TaskData) the cross-validated tasks' fold-wise baselines; ``names``: display names
+    of the stores by id (default: from the jobs' stores)."""
     pooled = pooled or {}
     rows: list[dict[str, Any]] = []
-    names = display_names(list({id(j.store): j.store for j in jobs}.values()))
+    if names is None:
+        names = display_names(list({id(j.store): j.store for j in jobs}.values()))
     boots: dict[int, tuple[Resampling, tuple[float, float]]] = {}
     task_reps: dict[tuple[int, Repr], dict] = {}
     mlp_reps: dict[tuple[int, Repr], dict] = {}
@@ -396,28 +458,14 @@ def evaluate(jobs: list[Job], fits: list[JobFit], cfg: ProbeConfig,
                 (np.nan, np.nan) if td.categorical else target_range(td.y["train"], td.y["test"]))
             boots[key] = (resampling(job.store, td, cfg), rng_)
         rs, (outside, cover) = boots[key]
-        base = {
-            "store": names[id(job.store)], "codec": job.store.codec.get("spec", ""), "representation": job.rep.name,
-            "kind": job.rep.kind, "layer": job.rep.layer if job.rep.layer is not None else np.nan,
-            "task": td.task, "column": td.column, "n_train": len(td.rows["train"]), "n_test": len(td.rows["test"]),
-            "n_test_utterances": int(np.count_nonzero(np.bincount(td.groups["test"], minlength=1))),
-            "n_test_units": rs.n_units, "unit": rs.unit,
-            "split": td.split_column, "level": td.level, "backend": cfg.backend,
-            "test_outside_train": outside, "test_covers_train": cover,
-        }
+        base = row_base(
+            job.store, job.rep, names, cfg, task=td.task, column=td.column, n_train=len(td.rows["train"]),
+            n_test=len(td.rows["test"]), n_test_utterances=int(np.count_nonzero(np.bincount(td.groups["test"], minlength=1))),
+            n_test_units=rs.n_units, unit=rs.unit, split=td.split_column, level=td.level,
+            test_outside_train=outside, test_covers_train=cover)
 
-        def emit(probe: str, scores, chance, l2=np.nan, backend=cfg.backend, fit=None):
-            for metric, (v, reps, jack) in scores.items():
-                lo, hi = M.bca_ci(v, reps, jack) if reps is not None else (np.nan, np.nan)
-                cm, cu = chance.get(metric, (np.nan, np.nan)) if chance else (np.nan, np.nan)
-                # Selectivity rows test against 0 (no gain over the control); others against chance.
-                bar = M.chance_bar(metric, cm, cu) if chance else 0.0
-                p = M.p_above(reps, bar, metric in M.LOWER_IS_BETTER) if reps is not None else np.nan
-                rows.append({**base, "probe": probe, "metric": metric, "value": v, "ci_low": lo, "ci_high": hi,
-                             "chance_majority": cm, "chance_uniform": cu, "chance": bar if chance else np.nan,
-                             "p_value": p, "l2": l2, "backend": backend,
-                             "iters": fit.iters if fit is not None else np.nan,
-                             "passes": fit.passes if fit is not None else np.nan})
+        def emit_(probe: str, scores, chance, l2=np.nan, backend=cfg.backend, fit=None):
+            emit(rows, base, probe, scores, chance, l2, backend, fit)
 
         yt = job.y["test"]
         chance = _chance(td, job.y["train"], yt, rs, pool.chance_pred if pool is not None and not job.control else None)
@@ -425,26 +473,26 @@ def evaluate(jobs: list[Job], fits: list[JobFit], cfg: ProbeConfig,
         if td.open_set and f.emb_test is not None:
             scores["eer"] = (M.equal_error_rate(f.emb_test, yt, td.groups["test"], seed=cfg.seed), None, None)
         if not job.control:
-            emit("linear", scores, chance, f.l2, fit=f)
+            emit_("linear", scores, chance, f.l2, fit=f)
             task_reps[(key, job.rep)] = (scores, chance)
             if f.lookup_test is not None and cfg.lookup:
-                emit("lookup", _scores(td, yt, f.lookup_test, rs), chance)
+                emit_("lookup", _scores(td, yt, f.lookup_test, rs), chance)
         else:
-            emit("control", scores, chance, f.l2, fit=f)
+            emit_("control", scores, chance, f.l2, fit=f)
             found = task_reps.get((key, job.rep))
             if found is not None:
-                emit("selectivity", _selectivity(found, scores, chance), None)
+                emit_("selectivity", _selectivity(found, scores, chance), None)
         mf = mlp_fits[i] if mlp_fits is not None else None
         if mf is not None:  # the MLP is always fitted in torch, whatever --backend says
             ms = _scores(td, yt, mf.pred_test, rs)
             if not job.control:
-                emit("mlp", ms, chance, mf.weight_decay, "torch")
+                emit_("mlp", ms, chance, mf.weight_decay, "torch")
                 mlp_reps[(key, job.rep)] = (ms, chance)
             else:
-                emit("mlp_control", ms, chance, mf.weight_decay, "torch")
+                emit_("mlp_control", ms, chance, mf.weight_decay, "torch")
                 found = mlp_reps.get((key, job.rep))
                 if found is not None:
-                    emit("mlp_selectivity", _selectivity(found, ms, chance), None, backend="torch")
+                    emit_("mlp_selectivity", _selectivity(found, ms, chance), None, backend="torch")
     return rows
 
 

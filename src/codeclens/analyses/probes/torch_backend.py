@@ -175,23 +175,68 @@ def _choose(score: torch.Tensor | None, G: int) -> np.ndarray:
 
 # -- lookup path -------------------------------------------------------------
 def _lookup_classify(jobs, cvs, cfg: ProbeConfig, device, reference: bool = False) -> list[JobFit]:
-    """``reference``: the slower computation this one replaced (float64, autograd gradients), for tests."""
+    """Per-row jobs as count tables for :func:`fit_table_classify`; predictions gathered per test row.
+    ``reference``: the slower computation the closed-form fit replaced (float64, autograd gradients), for tests."""
     td = jobs[0].td
-    C, Call, G = td.n_train_classes, td.n_classes, len(cfg.l2)
-    whs, Zs, Ts, Tvs = [], [], [], []
+    C, Call = td.n_train_classes, td.n_classes
+    probs = []
     for job, cv in zip(jobs, cvs):
         U = len(cv.vectors)
-        wh = weighted_whitener(cv.vectors, np.bincount(cv.ids["train"], minlength=U))
-        whs.append(wh)
-        Zs.append(wh.transform(cv.vectors).astype(np.float64))
-        Ts.append(count_table(cv.ids["train"], job.y["train"], U, C))
-        Tvs.append(count_table(cv.ids["val"], job.y["val"], U, Call))
+        probs.append(TableProblem(cv.vectors, np.bincount(cv.ids["train"], minlength=U),
+                                  count_table(cv.ids["train"], job.y["train"], U, C),
+                                  count_table(cv.ids["val"], job.y["val"], U, Call), job.control))
+    return [_gathered(f, cv) for f, cv in zip(fit_table_classify(probs, C, Call, cfg, device, reference), cvs)]
+
+
+def _lookup_regress(jobs, cvs, cfg: ProbeConfig, device) -> list[JobFit]:
+    """Per-row jobs as per-vector sums for :func:`fit_table_regress`; predictions gathered per test row."""
+    probs = []
+    for job, cv in zip(jobs, cvs):
+        s = code_sums(cv.ids["train"], job.y["train"], len(cv.vectors))
+        probs.append(TableProblem(cv.vectors, s.n, s, code_sums(cv.ids["val"], job.y["val"], len(cv.vectors)),
+                                  job.control))
+    return [_gathered(f, cv) for f, cv in zip(fit_table_regress(probs, cfg, device), cvs)]
+
+
+def _gathered(f: JobFit, cv: CodeVectors) -> JobFit:
+    """Per-vector predictions of a table fit, read per test row through the vector ids."""
+    return dataclasses.replace(f, pred_test=Gathered(f.pred_test, cv.ids["test"]),
+                               lookup_test=Gathered(f.lookup_test, cv.ids["test"]))
+
+
+# -- count-table entry (probes/tables.py) ----------------------------------
+@dataclasses.dataclass(frozen=True)
+class TableProblem:
+    """One count-table probe given by its tables rather than per-row ids (the streamed path of
+    :mod:`.tables`): a layer's distinct vectors, the train rows per vector and the train / val tables."""
+
+    vectors: np.ndarray
+    """[U, D] distinct vectors of the layer."""
+    counts: np.ndarray
+    """[U] train rows per vector (int64)."""
+    train: object
+    """[U, C] float64 train (vector x class) counts, or a :class:`CodeSums` (regression)."""
+    val: object
+    """[U, Call] float64 val counts, or a :class:`CodeSums`."""
+    control: bool = False
+
+
+def fit_table_classify(probs: Sequence[TableProblem], C: int, Call: int, cfg: ProbeConfig, device,
+                       reference: bool = False) -> list[JobFit]:
+    """Logistic probes on count tables (whitening weighted by the train counts, every L2 strength, the
+    strength chosen on val macro-F1); ``pred_test`` / ``lookup_test`` of each JobFit are per *vector*
+    (index them with the layer's code -> vector map to get per-code predictions). ``reference``: float64
+    with autograd gradients, the computation the closed-form fit replaced (for tests)."""
+    G = len(cfg.l2)
+    whs = [weighted_whitener(p.vectors, p.counts) for p in probs]
+    Zs = [wh.transform(p.vectors).astype(np.float64) for wh, p in zip(whs, probs)]
+    Ts, Tvs = [p.train for p in probs], [p.val for p in probs]
     Umax, rmax = max(len(z) for z in Zs), max(z.shape[1] for z in Zs)
     # Task probes in float32: whitened features are O(1) and the loss sums non-negative terms, so single
     # precision reaches the float64 optimum (to the stopping tolerance) at half the memory traffic. Code
     # controls stay float64: at weak L2 they are near-memorisation problems stopped early on val, whose
     # macro-F1 moved by up to 0.06 between precisions (the same accuracy, other near-tied codes).
-    dt = torch.float64 if cfg.l1 > 0 or reference or jobs[0].control else torch.float32
+    dt = torch.float64 if cfg.l1 > 0 or reference or probs[0].control else torch.float32
     Z = _pad(Zs, (Umax, rmax), dt, device)
     T = _pad(Ts, (Umax, C), dt, device)
     Tv = _pad(Tvs, (Umax, Call), torch.float64, device)
@@ -199,44 +244,36 @@ def _lookup_classify(jobs, cvs, cfg: ProbeConfig, device, reference: bool = Fals
     has_val = bool(Tv.sum() > 0)
     Tv_fit = Tv[..., :C].to(dt)
     fit = fit_logistic(lambda: iter([(Z, T)]), (lambda: iter([(Z, Tv_fit)])) if has_val else None,
-                       len(jobs), rmax, C, cw, cfg.l2, cfg.l1, cfg.max_iter, cfg.patience, closed_form=not reference)
+                       len(probs), rmax, C, cw, cfg.l2, cfg.l1, cfg.max_iter, cfg.patience, closed_form=not reference)
     with torch.no_grad():
         pred = logits_of(Z, fit.W, fit.b).argmax(-1)  # [P, G, U]
-        if has_val:
-            # Per (probe, strength, class) counts of val rows by scatter over the U vectors: no
-            # [P, G, U, C] one-hot (hundreds of MB for 200 speakers x 1024 codes).
-            P_, G_, U_ = pred.shape
-            hit = Tv[:, None].expand(P_, G_, U_, Call).gather(-1, pred[..., None]).squeeze(-1)
-            zero = torch.zeros((P_, G_, Call), dtype=Tv.dtype, device=device)
-            tp = zero.clone().scatter_add_(2, pred, hit)
-            predn = zero.scatter_add_(2, pred, Tv.sum(-1)[:, None, :].expand(P_, G_, U_).contiguous())
-            truen = Tv.sum(1)[:, None, :]
-            choice = _choose(_f1(tp, predn - tp, truen - tp), G)
-        else:
-            choice = np.zeros(len(jobs), np.int64)
+        choice = _val_choice(pred, Tv, Call, G, device) if has_val else np.zeros(len(probs), np.int64)
     out = []
-    for p, (job, cv, wh) in enumerate(zip(jobs, cvs, whs)):
-        g, U, r = int(choice[p]), len(cv.vectors), wh.dim
-        pv = pred[p, g, :U].cpu().numpy()
-        out.append(JobFit(
-            wh, fit.W[p, g, :r].cpu().numpy(), fit.b[p, g].cpu().numpy(), float(cfg.l2[g]),
-            Gathered(pv.astype(np.int32), cv.ids["test"]), Gathered(lookup_classifier(Ts[p]).astype(np.int32), cv.ids["test"]),
-            fit.iters,
-        ))
+    for p, (pr, wh) in enumerate(zip(probs, whs)):
+        g, U, r = int(choice[p]), len(pr.vectors), wh.dim
+        out.append(JobFit(wh, fit.W[p, g, :r].cpu().numpy(), fit.b[p, g].cpu().numpy(), float(cfg.l2[g]),
+                          pred[p, g, :U].cpu().numpy().astype(np.int32),
+                          lookup_classifier(np.asarray(pr.train)).astype(np.int32), fit.iters))
     return out
 
 
-def _lookup_regress(jobs, cvs, cfg: ProbeConfig, device) -> list[JobFit]:
+def _val_choice(pred: torch.Tensor, Tv: torch.Tensor, Call: int, G: int, device) -> np.ndarray:
+    """Best strength per probe by val macro-F1 from per-vector predictions ``[P, G, U]`` and val tables."""
+    P_, G_, U_ = pred.shape
+    hit = Tv[:, None].expand(P_, G_, U_, Call).gather(-1, pred[..., None]).squeeze(-1)
+    zero = torch.zeros((P_, G_, Call), dtype=Tv.dtype, device=device)
+    tp = zero.clone().scatter_add_(2, pred, hit)
+    predn = zero.scatter_add_(2, pred, Tv.sum(-1)[:, None, :].expand(P_, G_, U_).contiguous())
+    truen = Tv.sum(1)[:, None, :]
+    return _choose(_f1(tp, predn - tp, truen - tp), G)
+
+
+def fit_table_regress(probs: Sequence[TableProblem], cfg: ProbeConfig, device) -> list[JobFit]:
+    """Ridge probes from per-vector sums (every L2 strength, chosen on val SSE); predictions per vector
+    (see fit_table_classify)."""
     G = len(cfg.l2)
-    whs, Zs, tr, va = [], [], [], []
-    for job, cv in zip(jobs, cvs):
-        U = len(cv.vectors)
-        s = code_sums(cv.ids["train"], job.y["train"], U)
-        wh = weighted_whitener(cv.vectors, s.n)
-        whs.append(wh)
-        Zs.append(wh.transform(cv.vectors).astype(np.float64))
-        tr.append(s)
-        va.append(code_sums(cv.ids["val"], job.y["val"], U))
+    whs = [weighted_whitener(p.vectors, p.train.n) for p in probs]
+    Zs = [wh.transform(p.vectors).astype(np.float64) for wh, p in zip(whs, probs)]
     Umax, rmax = max(len(z) for z in Zs), max(z.shape[1] for z in Zs)
     dt = torch.float64
     Z = _pad(Zs, (Umax, rmax), dt, device)
@@ -245,18 +282,17 @@ def _lookup_regress(jobs, cvs, cfg: ProbeConfig, device) -> list[JobFit]:
         n, s1, s2 = (_pad([getattr(s, f) for s in sums], (Umax,), dt, device) for f in ("n", "s1", "s2"))
         return ridge_stats(iter([(Z, n, s1, s2)]))
 
-    w, b = fit_ridge(stats(tr), cfg.l2)
-    vst = stats(va)
-    choice = _choose(-ridge_sse(vst, w, b), G) if bool(vst.n.sum() > 0) else np.zeros(len(jobs), np.int64)
+    w, b = fit_ridge(stats([p.train for p in probs]), cfg.l2)
+    vst = stats([p.val for p in probs])
+    choice = _choose(-ridge_sse(vst, w, b), G) if bool(vst.n.sum() > 0) else np.zeros(len(probs), np.int64)
     with torch.no_grad():
         pred = torch.einsum("pur,pgr->pgu", Z, w) + b[:, :, None]
     out = []
-    for p, (job, cv, wh) in enumerate(zip(jobs, cvs, whs)):
-        g, U, r = int(choice[p]), len(cv.vectors), wh.dim
-        pv = pred[p, g, :U].cpu().numpy()
+    for p, (pr, wh) in enumerate(zip(probs, whs)):
+        g, U, r = int(choice[p]), len(pr.vectors), wh.dim
         out.append(JobFit(wh, w[p, g, :r].cpu().numpy(), b[p, g].cpu().numpy(), float(cfg.l2[g]),
-                          Gathered(pv.astype(np.float32), cv.ids["test"]),
-                          Gathered(lookup_regressor(tr[p]).astype(np.float32), cv.ids["test"])))
+                          pred[p, g, :U].cpu().numpy().astype(np.float32),
+                          lookup_regressor(pr.train).astype(np.float32)))
     return out
 
 

@@ -117,25 +117,41 @@ def fit_classifier(
     return macro_f1(y_test, pred, labels), w
 
 
+class L1Model:
+    """The L1 logistic regression on standardized features, fitted once and applied to any rows
+    (so evaluation rows can be predicted chunk by chunk: predictions are per row)."""
+
+    def __init__(self, x_train: np.ndarray, y_train: np.ndarray, cfg: ClassifierConfig = ClassifierConfig()):
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.preprocessing import StandardScaler
+
+        y_train = np.asarray(y_train)
+        self.constant = y_train[0] if len(np.unique(y_train)) < 2 else None
+        if self.constant is not None:
+            # One class seen in training: the classifier can only predict it.
+            self.weights = np.zeros(np.asarray(x_train).shape[1])
+            return
+        self.scaler = StandardScaler().fit(x_train)
+        self.clf = l1_logistic(cfg.C, cfg.max_iter, cfg.tol, cfg.seed)
+        if effective_penalty(self.clf) != "l1":  # never silently fit another penalty
+            raise CodeclensError(f"logistic regression would fit a '{effective_penalty(self.clf)}' penalty, not L1")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            self.clf.fit(self.scaler.transform(x_train), y_train)
+        self.weights = np.abs(self.clf.coef_).max(0)
+        """Per feature: max |coefficient| over classes (on standardized features)."""
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        if self.constant is not None:
+            return np.full(len(x), self.constant, dtype=object)
+        return self.clf.predict(self.scaler.transform(x)) if len(x) else np.zeros(0, dtype=object)
+
+
 def fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_eval: list, cfg: ClassifierConfig = ClassifierConfig()):
     """(predictions for each array of ``x_eval``, per-feature weight) of the L1 logistic regression
     fit on standardized train rows."""
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.preprocessing import StandardScaler
-
-    y_train = np.asarray(y_train)
-    if len(np.unique(y_train)) < 2:
-        # One class seen in training: the classifier can only predict it.
-        return [np.full(len(x), y_train[0], dtype=object) for x in x_eval], np.zeros(np.asarray(x_train).shape[1])
-    scaler = StandardScaler().fit(x_train)
-    clf = l1_logistic(cfg.C, cfg.max_iter, cfg.tol, cfg.seed)
-    if effective_penalty(clf) != "l1":  # never silently fit another penalty
-        raise CodeclensError(f"logistic regression would fit a '{effective_penalty(clf)}' penalty, not L1")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        clf.fit(scaler.transform(x_train), y_train)
-    preds = [clf.predict(scaler.transform(x)) if len(x) else np.zeros(0, dtype=object) for x in x_eval]
-    return preds, np.abs(clf.coef_).max(0)
+    model = L1Model(x_train, y_train, cfg)
+    return [model.predict(x) for x in x_eval], model.weights
 
 
 @dataclasses.dataclass(frozen=True)

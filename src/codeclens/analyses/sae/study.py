@@ -28,8 +28,8 @@ from ..base import AnalysisResult, Artifact
 from ..club import torch_threads
 from . import figures, metrics, stats
 from .baselines import BASELINES, PCA, random_dictionary, shuffle_by_speaker
-from .browser import write_browser
-from .classify import FEATURES, code_features, fit_predict, macro_f1
+from .browser import summarize, write_browser
+from .classify import FEATURES, L1Model, code_features, fit_predict, macro_f1
 from .config import SAEStudyConfig
 from .data import TaskData, build_task
 from .io import load_sae, read_meta, save_sae
@@ -56,6 +56,11 @@ def _rows_hash(rows: np.ndarray) -> str:
     return hashlib.sha256(np.asarray(rows, np.int64).tobytes()).hexdigest()[:16]
 
 
+EVAL_ROWS = 2048
+"""Rows encoded at a time where codes are only summarised or predicted (test metrics, browser pages,
+validation and test predictions): ~20 MB of codes at d_z = 2560."""
+
+
 @torch.no_grad()
 def encode_np(sae: TopKSAE, x: np.ndarray, device: torch.device, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
     """Codes z and reconstructions û of rows x, in chunks."""
@@ -67,6 +72,29 @@ def encode_np(sae: TopKSAE, x: np.ndarray, device: torch.device, chunk: int = 81
     d_z, d = sae.shape.d_z, sae.shape.d
     return (np.concatenate(zs) if zs else np.zeros((0, d_z), np.float32),
             np.concatenate(us) if us else np.zeros((0, d), np.float32))
+
+
+def _check_paper_groups(store) -> None:
+    """Refuse, with the way out, a store whose accents the paper's grouping puts all in one group
+    (e.g. accents it does not know: every one is then non-US-UK)."""
+    if "accent" not in store.utterances.columns:
+        return  # build_task says which columns there are
+    acc = sorted({str(a) for a in store.utterances["accent"].dropna().unique()} - {""})
+    groups = {g for g in map(paper_group, acc) if g}
+    if acc and len(groups) < 2:
+        raise CodeclensError(
+            f"{store.path}: the paper's accent grouping puts every accent here ({', '.join(acc[:6])}"
+            f"{', ...' if len(acc) > 6 else ''}) in {', '.join(sorted(groups)) or 'no group'}: one class; "
+            f"use --grouping none to classify the accents as stored, or --label-map")
+
+
+def _code_stats(sae: TopKSAE, x: np.ndarray, device: torch.device) -> metrics.CodeStats:
+    """FVU, L0 and latent densities of ``sae`` on rows x, encoded and accumulated chunk by chunk."""
+    st = metrics.CodeStats(sae.shape.d_z)
+    for a in range(0, len(x), EVAL_ROWS):
+        z, u_hat = encode_np(sae, x[a : a + EVAL_ROWS], device)
+        st.add(x[a : a + EVAL_ROWS], u_hat, z)
+    return st
 
 
 @dataclasses.dataclass
@@ -197,6 +225,8 @@ class SAERunner:
         paper_repr = f"mean(cumulative:{store.n_layers})"
         rep = store._one(cfg.repr or paper_repr)
         grouped = cfg.grouping == "paper" and cfg.label == "accent" and not cfg.label_map
+        if grouped:
+            _check_paper_groups(store)
         task = build_task(
             store, rep, cfg.label, cfg.classes, cfg.split_column, cfg.sae_split, cfg.clf_split, cfg.test_split,
             cfg.monitor_fraction, cfg.max_rows, cfg.seed, cfg.speaker_fractions, cfg.label_map,
@@ -259,28 +289,27 @@ class SAERunner:
                 sae, meta = saes[c.tag, seed]
                 for h in meta.get("history", []):
                     history.append({"store": name, "config": c.tag, "seed": seed, **h})
-                z_test, u_hat = encode_np(sae, x_test, device)
+                st = _code_stats(sae, x_test, device)
                 cache = sdir / "saes" / c.tag / f"seed{seed}" / f"eval_{eval_fp}.json"
                 if cache.is_file():
                     ev = json.loads(cache.read_text())
                 else:
-                    ev = self._evaluate(sae, c, seed, task, x_clf, x_val, x_test, y_clf, clf_seeds, cfg, device, fit, ci)
+                    ev = self._evaluate(sae, c, seed, task, x_clf, x_val, x_test, y_clf, clf_seeds, cfg, device, ci)
                     write_json(cache, ev)
                 for f, runs in ev["preds"].items():
                     per_seed[f].append([(cls[np.asarray(v, int)], cls[np.asarray(t, int)]) for v, t in runs])
-                mets.append({"fvu": metrics.fvu(x_test, u_hat), "l0": metrics.l0(z_test),
-                             "dead_fraction": metrics.dead_fraction(z_test),
+                mets.append({"fvu": st.fvu, "l0": st.l0, "dead_fraction": st.dead_fraction,
                              "dead_fraction_train": meta.get("dead_fraction_train", np.nan),
-                             "density_gini": metrics.density_gini(z_test),
+                             "density_gini": st.density_gini,
                              "monitor_mse": (meta.get("history") or [{}])[-1].get("monitor_mse", np.nan)})
                 if seed != cfg.seed:
                     continue
-                dens_test = metrics.latent_density(z_test)
+                dens_test = st.density
                 for rank, (j, wj) in enumerate(ev.get("top_latents", [])):
                     label_latents.append({"store": name, "q": c.q, "s": c.s, "seed": seed, "rank": rank + 1,
                                           "latent": j, "weight": wj, "density_test": float(dens_test[j])})
                 if np.isclose(c.q, dq) and np.isclose(c.s, ds):
-                    for i, v in enumerate(metrics.grouped_density(z_test, cfg.density_groups)):
+                    for i, v in enumerate(st.grouped_density(cfg.density_groups)):
                         dens_rows.append({"store": name, "q": c.q, "s": c.s, "group": i, "density": v,
                                           "uniform": sae.k / sae.shape.d_z})
                 if cfg.browser:
@@ -313,27 +342,37 @@ class SAERunner:
                          pd.DataFrame(label_latents), notes, slug=sdir.name)
 
     def _evaluate(self, sae, c: SAEConfig, seed: int, task: TaskData, x_clf, x_val, x_test, y_clf, clf_seeds,
-                  cfg: SAEStudyConfig, device, fit, ci: dict) -> dict:
-        """Predictions (class indices) on the validation and test rows of every classifier of one SAE."""
-        enc = [encode_np(sae, x, device)[0] for x in (x_clf, x_val, x_test)]
-        feats = [code_features(z, sae.k) for z in enc]
-        idx = lambda p: [int(ci[v]) for v in p]  # noqa: E731
-        preds, top = {}, []
-        for f in FEATURES:
-            runs = []
-            for cs in clf_seeds:
-                (pv, pt), w = fit(feats[0][f], y_clf, feats[1][f], feats[2][f], cs)
-                runs.append([idx(pv), idx(pt)])
-                if f == "z" and cs == clf_seeds[0]:
-                    top = [[int(j), float(w[j])] for j in np.argsort(-w, kind="stable")[: cfg.top_latents] if w[j] > 0]
-            preds[f] = runs
+                  cfg: SAEStudyConfig, device, ci: dict) -> dict:
+        """Predictions (class indices) on the validation and test rows of every classifier of one SAE.
+
+        The classifiers are fitted on the classifier rows' codes; validation and test rows are then
+        encoded and predicted chunk by chunk (predictions are per row), so their codes and features
+        are never all held at once."""
         rnd = random_dictionary(sae, c.seed(seed) + 7919)
-        zr = [encode_np(rnd, x, device)[0] for x in (x_clf, x_val, x_test)]
-        (pv, pt), _ = fit(zr[0], y_clf, zr[1], zr[2], clf_seeds[0])
-        preds["random_topk"] = [[idx(pv), idx(pt)]]
+        z_clf = encode_np(sae, x_clf, device)[0]
+        f_clf = code_features(z_clf, sae.k)
+        models = {f: [L1Model(f_clf[f], y_clf, cfg.classifier(cs)) for cs in clf_seeds] for f in FEATURES}
+        w = models["z"][0].weights
+        top = [[int(j), float(w[j])] for j in np.argsort(-w, kind="stable")[: cfg.top_latents] if w[j] > 0]
+        del f_clf
+        models["random_topk"] = [L1Model(encode_np(rnd, x_clf, device)[0], y_clf, cfg.classifier(clf_seeds[0]))]
         y_shuf = shuffle_by_speaker(y_clf, task.speaker[task.roles["clf"]], seed)
-        (pv, pt), _ = fit(enc[0], y_shuf, enc[1], enc[2], clf_seeds[0])
-        preds["shuffled"] = [[idx(pv), idx(pt)]]
+        models["shuffled"] = [L1Model(z_clf, y_shuf, cfg.classifier(clf_seeds[0]))]
+        del z_clf
+
+        def predict(x: np.ndarray) -> dict:
+            out = {f: [[] for _ in ms] for f, ms in models.items()}
+            for a in range(0, len(x), EVAL_ROWS):
+                z = encode_np(sae, x[a : a + EVAL_ROWS], device)[0]
+                feats = {**code_features(z, sae.k), "shuffled": z,
+                         "random_topk": encode_np(rnd, x[a : a + EVAL_ROWS], device)[0]}
+                for f, ms in models.items():
+                    for i, m in enumerate(ms):
+                        out[f][i].extend(int(ci[v]) for v in m.predict(feats[f]))
+            return out
+
+        pv, pt = predict(x_val), predict(x_test)
+        preds = {f: [[pv[f][i], pt[f][i]] for i in range(len(ms))] for f, ms in models.items()}
         return {"preds": preds, "top_latents": top}
 
     def _browser(self, task: TaskData, sae, meta, c: SAEConfig, name: str, sdir: Path, device, cfg,
@@ -363,12 +402,14 @@ class SAERunner:
             end = u["end"].to_numpy(dtype=float)[utt] if "end" in u.columns else np.full(len(utt), np.nan)
             info["clip_start"] = np.where(np.isfinite(end), start, np.nan)
             info["clip_end"] = end
-        z, _ = encode_np(sae, task.values(rows), device)
+        # Codes chunk by chunk into per-latent counts and top rows: no [rows, d_z] array of the whole page.
+        summ = summarize((encode_np(sae, task.values(rows[a : a + EVAL_ROWS]), device)[0]
+                          for a in range(0, len(rows), EVAL_ROWS)), info, cfg.browser_top)
         head = {"store": name, "codec": store.codec.get("spec"), "representation": task.rep.name,
                 "label": task.label, "q": c.q, "s": c.s, "d": sae.shape.d, "d_z": sae.shape.d_z, "k": sae.k,
                 "epochs": c.epochs, "rows": len(rows)}
-        write_browser(sdir / "browser" / f"{c.tag}.html", f"SAE {c.tag} on {name}", head, z, info,
-                      cfg.browser_latents, cfg.browser_top, first=first)
+        write_browser(sdir / "browser" / f"{c.tag}.html", f"SAE {c.tag} on {name}", head, summ, info,
+                      cfg.browser_latents, first=first)
 
     # -- all stores ------------------------------------------------------------
     def _collect(self, stores, outs: list[_StoreOut], cfg: SAEStudyConfig, out: Path) -> AnalysisResult:
