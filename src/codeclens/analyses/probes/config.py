@@ -60,6 +60,15 @@ class ProbeConfig:
     memory_mb: int = 256
     """Feature memory budget of one batched fit; larger groups are split, larger single probes streamed
     (re-materialised from the codes on every pass, so memory stays flat in the number of frames)."""
+    select_frames: int = 200_000
+    """Frame-path logistic probes (cumulative:k, latent, open-set) with more train rows than this choose their L2
+    strength on a seeded subsample of whole utterances of at most this many train rows (and as many val rows),
+    held in memory, then refit the chosen strength alone on all train rows from the subsample's solution (see
+    --refit-passes). Bounds the passes over the corpus; 0: fit every strength on all rows (the old path,
+    hundreds of streamed passes beyond --memory-mb)."""
+    refit_passes: int = 20
+    """Most loss-and-gradient evaluations over all train rows (each one streamed pass) when refitting the chosen
+    strength after --select-frames (0: keep the subsample's solution)."""
     seed: int = 0
     """Seed of control labels, subsampling, bootstrap and MLP initialisation/minibatches."""
     mlp: bool = False
@@ -102,6 +111,10 @@ class ProbeConfig:
             raise ValueError("bootstrap must be >= 0")
         if self.max_train_frames is not None and self.max_train_frames < 1:
             raise ValueError("max_train_frames must be >= 1")
+        if self.select_frames < 0:
+            raise ValueError("select_frames must be >= 0 (0: no subsample)")
+        if self.refit_passes < 0:
+            raise ValueError("refit_passes must be >= 0")
         if self.memory_mb < 1:
             raise ValueError("memory_mb must be >= 1")
         if self.mlp_hidden < 1 or self.mlp_epochs < 1:

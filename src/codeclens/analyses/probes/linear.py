@@ -642,3 +642,78 @@ def ridge_sse(st: RidgeStats, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     lin = torch.einsum("pgr,pr->pg", w, st.szy) + b * st.sy[:, None]
     cross = 2 * b * torch.einsum("pgr,pr->pg", w, st.sz)
     return st.syy[:, None] - 2 * lin + quad + cross + st.n[:, None] * b * b
+
+
+# -- bounded refit (frame path) ----------------------------------------------
+@dataclasses.dataclass
+class Refit:
+    W: torch.Tensor
+    """[P, r, C] weights."""
+    b: torch.Tensor
+    """[P, C] biases."""
+    passes: int
+    """Loss-and-gradient evaluations over the whole train source (each one streamed pass)."""
+    iters: int
+    """L-BFGS iterations."""
+
+
+def label_objective(z: torch.Tensor, y: torch.Tensor, W: torch.Tensor, b: torch.Tensor, cw: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Summed weighted cross-entropy [k] (float64) of a frame chunk and its gradients in W [k, r, C] and b [k, C].
+
+    ``z [k, m, r]``, labels ``y [k, m]`` (-1: padding), class weights ``cw [k, C]``. Analytic gradient
+    (``w_i (softmax_i - onehot_i)``): one batched product forward and one back, no autograd graph, so a
+    chunk costs its logits once.
+    """
+    yc = y.clamp(min=0).long()
+    w = torch.gather(cw, 1, yc) * (y >= 0)  # [k, m]
+    logp = torch.baddbmm(b[:, None, :], z, W)
+    logp.sub_(torch.logsumexp(logp, -1, keepdim=True))
+    loss = -(logp.gather(-1, yc[..., None]).squeeze(-1) * w).sum(1).double()
+    G = logp.exp_().mul_(w[..., None])
+    G.scatter_add_(-1, yc[..., None], -w[..., None])
+    return loss, torch.bmm(z.transpose(1, 2), G), G.sum(1)
+
+
+def refit_logistic(train: Source, W0: torch.Tensor, b0: torch.Tensor, cw: torch.Tensor, wsum: torch.Tensor,
+                   l2: torch.Tensor, max_passes: int, tol: float = 1e-5) -> Refit:
+    """Minimise each probe's objective at its own strength ``l2 [P]`` over the whole train source, from
+    ``(W0 [P, r, C], b0 [P, C])``, with at most ``max_passes`` evaluations (each one pass over the source).
+
+    ``train`` yields ``(Z [P, m, r], labels [P, m])``; ``wsum [P]`` is each probe's total row weight.
+    Meant for a warm start near the optimum (the solution on a subsample): L-BFGS then needs few
+    iterations. The budget is hard: an evaluation past it is refused (reported as no decrease), so the
+    line search stops, the problem counts as finished and keeps its last accepted iterate.
+    """
+    P, r, C = W0.shape
+    nW = r * C
+    count = [0]
+
+    def f(x: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k = len(idx)
+        if count[0] >= max_passes:
+            return torch.full((k,), float("inf"), dtype=torch.float64, device=x.device), torch.zeros_like(x)
+        count[0] += 1
+        W, b = x[:, :nW].reshape(k, r, C), x[:, nW:]
+        total = torch.zeros(k, dtype=torch.float64, device=x.device)
+        gW, gb = torch.zeros_like(W), torch.zeros_like(b)
+        every = k == P
+        for z, t in train():
+            if not every:
+                z, t = z[idx], t[idx]
+            lo, dW, db = label_objective(z, t, W, b, cw[idx])
+            total += lo
+            gW += dW
+            gb += db
+        n = wsum[idx].to(x.dtype)
+        Wf = x[:, :nW]
+        lam = l2[idx].to(x.dtype)
+        grad = torch.cat([gW.reshape(k, nW) / n[:, None] + 2 * lam[:, None] * Wf, gb / n[:, None]], 1)
+        return total / n.double() + (lam[:, None] * Wf * Wf).sum(1).double(), grad
+
+    x0 = torch.cat([W0.reshape(P, nW), b0], 1).to(cw.dtype)
+    opt = BatchedLBFGS(f, x0, tol=tol)
+    iters = 0
+    while count[0] < max_passes and opt.step():
+        iters += 1
+    return Refit(opt.x[:, :nW].reshape(P, r, C).contiguous(), opt.x[:, nW:].contiguous(), count[0], iters)

@@ -24,7 +24,7 @@ COLUMNS = [
     "store", "codec", "representation", "kind", "layer", "task", "column", "probe", "metric", "value",
     "ci_low", "ci_high", "chance_majority", "chance_uniform", "chance", "p_value", "n_train", "n_test",
     "n_test_utterances", "n_test_units", "unit", "l2", "split", "level", "backend",
-    "test_outside_train", "test_covers_train",
+    "test_outside_train", "test_covers_train", "iters", "passes",
 ]
 SPEAKER_DISJOINT = ("split_spk", "cv_spk")
 """Split columns whose test speakers are unseen in train (the bootstrap then resamples speakers)."""
@@ -280,7 +280,8 @@ def _pool_folds(folds: list[TaskData], per_fold) -> tuple[list[Job], list[JobFit
             lookup = cv_pool_labels(folds, td, [f.lookup_test for f in ffits])
         fits.append(dataclasses.replace(
             ffits[0], pred_test=cv_pool_labels(folds, td, [f.pred_test for f in ffits]), lookup_test=lookup,
-            l2=float(np.median([f.l2 for f in ffits]))))
+            l2=float(np.median([f.l2 for f in ffits])), iters=sum(f.iters for f in ffits),
+            passes=sum(f.passes for f in ffits)))
         ms = [pf[2][k] if pf[2] is not None else None for pf, k in zip(per_fold, at)]
         if all(m is not None for m in ms):
             mlps.append(dataclasses.replace(ms[0], pred_test=cv_pool_labels(folds, td, [m.pred_test for m in ms]),
@@ -412,8 +413,11 @@ def _selectivity(task_found, scores, chance) -> dict[str, Score]:
 
 
 def emit(rows: list[dict[str, Any]], base: dict[str, Any], probe: str, scores: dict[str, Score],
-         chance: dict[str, tuple[float, float]] | None, l2: float = np.nan, backend: str = "torch") -> None:
-    """Append one probe's rows (one per metric) with its interval, chance levels and p-value."""
+         chance: dict[str, tuple[float, float]] | None, l2: float = np.nan, backend: str = "torch",
+         fit: Any = None) -> None:
+    """Append one probe's rows (one per metric) with its interval, chance levels and p-value; ``fit`` (a
+    frame-path JobFit) adds its optimiser iterations and passes over the train rows (count-table fits: NaN)."""
+    frame = fit is not None and fit.passes > 0
     for metric, (v, reps, jack) in scores.items():
         lo, hi = M.bca_ci(v, reps, jack) if reps is not None else (np.nan, np.nan)
         cm, cu = chance.get(metric, (np.nan, np.nan)) if chance else (np.nan, np.nan)
@@ -422,7 +426,8 @@ def emit(rows: list[dict[str, Any]], base: dict[str, Any], probe: str, scores: d
         p = M.p_above(reps, bar, metric in M.LOWER_IS_BETTER) if reps is not None else np.nan
         rows.append({**base, "probe": probe, "metric": metric, "value": v, "ci_low": lo, "ci_high": hi,
                      "chance_majority": cm, "chance_uniform": cu, "chance": bar if chance else np.nan,
-                     "p_value": p, "l2": l2, "backend": backend})
+                     "p_value": p, "l2": l2, "backend": backend,
+                     "iters": fit.iters if frame else np.nan, "passes": fit.passes if frame else np.nan})
 
 
 def row_base(store: Store, rep: Repr, names: dict[int, str], cfg: ProbeConfig, **fields: Any) -> dict[str, Any]:
@@ -459,8 +464,8 @@ def evaluate(jobs: list[Job], fits: list[JobFit], cfg: ProbeConfig,
             n_test_units=rs.n_units, unit=rs.unit, split=td.split_column, level=td.level,
             test_outside_train=outside, test_covers_train=cover)
 
-        def emit_(probe: str, scores, chance, l2=np.nan, backend=cfg.backend):
-            emit(rows, base, probe, scores, chance, l2, backend)
+        def emit_(probe: str, scores, chance, l2=np.nan, backend=cfg.backend, fit=None):
+            emit(rows, base, probe, scores, chance, l2, backend, fit)
 
         yt = job.y["test"]
         chance = _chance(td, job.y["train"], yt, rs, pool.chance_pred if pool is not None and not job.control else None)
@@ -468,12 +473,12 @@ def evaluate(jobs: list[Job], fits: list[JobFit], cfg: ProbeConfig,
         if td.open_set and f.emb_test is not None:
             scores["eer"] = (M.equal_error_rate(f.emb_test, yt, td.groups["test"], seed=cfg.seed), None, None)
         if not job.control:
-            emit_("linear", scores, chance, f.l2)
+            emit_("linear", scores, chance, f.l2, fit=f)
             task_reps[(key, job.rep)] = (scores, chance)
             if f.lookup_test is not None and cfg.lookup:
                 emit_("lookup", _scores(td, yt, f.lookup_test, rs), chance)
         else:
-            emit_("control", scores, chance, f.l2)
+            emit_("control", scores, chance, f.l2, fit=f)
             found = task_reps.get((key, job.rep))
             if found is not None:
                 emit_("selectivity", _selectivity(found, scores, chance), None)

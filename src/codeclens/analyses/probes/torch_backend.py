@@ -18,7 +18,8 @@ from ...store import Repr, Store
 from ..framestream import codes_at
 from .config import ProbeConfig
 from .data import TaskData, Whitener, iter_features, streamed_whitener, weighted_whitener
-from .linear import RidgeStats, fit_logistic, fit_ridge, logits_of, ridge_sse, ridge_stats, threads_for
+from .linear import (RidgeStats, fit_logistic, fit_ridge, logits_of, refit_logistic, ridge_sse, ridge_stats,
+                     threads_for)
 from .lookup import CodeVectors, code_sums, code_vectors, count_table, lookup_classifier, lookup_regressor
 
 CHUNK_BYTES = 32 * 2**20  # size of one logits tensor of a frame chunk
@@ -55,8 +56,12 @@ class JobFit:
     lookup_test: np.ndarray | None = None
     """The code-lookup upper bound's test predictions (layer:k only)."""
     iters: int = 0
+    """Optimiser iterations (frame path: of the subsample selection plus the refit)."""
     emb_test: np.ndarray | None = None
     """Open-set tasks: the probe's class scores of every test row (an embedding of the held-out classes)."""
+    passes: int = 0
+    """Loss-and-gradient evaluations over all train rows (frame path; each one streamed pass when they do
+    not fit --memory-mb). Count-table fits: 0."""
 
 
 def fit_jobs(jobs: Sequence[Job], cfg: ProbeConfig, device: torch.device, log=None) -> list[JobFit]:
@@ -94,25 +99,7 @@ def fit_jobs(jobs: Sequence[Job], cfg: ProbeConfig, device: torch.device, log=No
             if log:
                 log(len(idx))
         cache.clear()
-    by_store: dict[int, list[int]] = {}
-    for i in frames:
-        by_store.setdefault(id(jobs[i].store), []).append(i)
-    for idx in by_store.values():
-        feats: dict[Repr, _RepFeatures] = {}
-        for i in idx:
-            j = jobs[i]
-            if j.rep not in feats:
-                feats[j.rep] = _RepFeatures(j.store, j.rep, j.td, device)
-        for group, in_memory in _plan(idx, jobs, feats, cfg.memory_mb):
-            fr = _Frames([feats[jobs[i].rep] for i in group], jobs[group[0]].td.rows, in_memory, device)
-            fn = _frames_classify if jobs[group[0]].td.categorical else _frames_regress
-            td = jobs[group[0]].td
-            work = len(group) * len(cfg.l2) * len(td.rows["train"]) * max(td.n_classes, fr.r)
-            with threads_for(work):
-                for i, f in zip(group, fn([jobs[i] for i in group], fr, cfg, device)):
-                    out[i] = f
-            if log:
-                log(len(group))
+    _fit_frames(jobs, frames, cfg, device, out, log)
     return out  # type: ignore[return-value]
 
 
@@ -310,6 +297,115 @@ def fit_table_regress(probs: Sequence[TableProblem], cfg: ProbeConfig, device) -
 
 
 # -- frame path --------------------------------------------------------------
+# Logistic probes on more train frames than --select-frames are fitted in a bounded number of passes:
+# the L2 strength is chosen on an in-memory subsample of whole utterances (every strength, early
+# stopping and the val check on a val subsample), then the chosen strength alone is refitted on all train
+# rows from the subsample's solution, each L-BFGS evaluation one exact pass (at most --refit-passes), and
+# test is predicted in one pass. Before, every strength was fitted on all rows and, beyond the memory
+# budget, every one of hundreds of evaluations re-materialised all train frames from the codes.
+def _fit_frames(jobs, idx: list[int], cfg: ProbeConfig, device, out: list, log) -> None:
+    by_store: dict[int, list[int]] = {}
+    for i in idx:
+        by_store.setdefault(id(jobs[i].store), []).append(i)
+    for idx in by_store.values():
+        feats: dict[Repr, _RepFeatures] = {}
+        for i in idx:
+            j = jobs[i]
+            if j.rep not in feats:
+                feats[j.rep] = _RepFeatures(j.store, j.rep, j.td, device)
+        bounded = [i for i in idx if _bounded(jobs[i], cfg)]
+        exact = [i for i in idx if i not in bounded]
+        for group, in_memory in _plan(exact, jobs, feats, cfg.memory_mb):
+            fr = _Frames([feats[jobs[i].rep] for i in group], jobs[group[0]].td.rows, in_memory, device)
+            fn = _frames_classify if jobs[group[0]].td.categorical else _frames_regress
+            td = jobs[group[0]].td
+            work = len(group) * len(cfg.l2) * len(td.rows["train"]) * max(td.n_classes, fr.r)
+            with threads_for(work):
+                for i, f in zip(group, fn([jobs[i] for i in group], fr, cfg, device)):
+                    out[i] = f
+            if log:
+                log(len(group))
+        if bounded:
+            sub = _subsample(jobs[bounded[0]].td, cfg)  # all jobs of a store here share the task's rows
+            for group, _ in _plan(bounded, jobs, feats, cfg.memory_mb, sub.rows):
+                for i, f in zip(group, _bounded_classify([jobs[i] for i in group], sub,
+                                                          [feats[jobs[i].rep] for i in group], cfg, device)):
+                    out[i] = f
+                if log:
+                    log(len(group))
+
+
+def _bounded(job: Job, cfg: ProbeConfig) -> bool:
+    """Fitted by subsample selection and a bounded refit (logistic, L2 only, more train rows than the subsample)."""
+    return (job.td.categorical and cfg.select_frames > 0 and cfg.l1 == 0
+            and len(job.td.rows["train"]) > cfg.select_frames)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Subsample:
+    """Whole utterances drawn (seeded) from the train and val splits, at most ``select_frames`` rows each."""
+
+    td: TaskData
+    """The task restricted to the subsample (no test rows)."""
+    keep: dict[str, np.ndarray]
+    """Boolean mask over the task's rows, per split."""
+
+    @property
+    def rows(self) -> dict[str, np.ndarray]:
+        return self.td.rows
+
+
+def _subsample(td: TaskData, cfg: ProbeConfig) -> _Subsample:
+    from .data import _subsample_by_group
+
+    keep = {}
+    for k, s in enumerate(("train", "val")):
+        g = td.groups[s]
+        keep[s] = (_subsample_by_group(g, cfg.select_frames, cfg.seed + 1 + k) if len(g) > cfg.select_frames
+                   else np.ones(len(g), bool))
+    pick = lambda d: {s: d[s][m] for s, m in keep.items()}  # noqa: E731
+    return _Subsample(dataclasses.replace(td, rows=pick(td.rows), y=pick(td.y), groups=pick(td.groups)), keep)
+
+
+def _bounded_classify(jobs, sub: _Subsample, feats: list[_RepFeatures], cfg: ProbeConfig, device) -> list[JobFit]:
+    td, P, C = jobs[0].td, len(jobs), jobs[0].td.n_train_classes
+    # 1. Every strength on the subsample (in memory); the val check on the val subsample.
+    sjobs = [Job(j.store, j.rep, sub.td, {s: np.asarray(j.y[s])[m] for s, m in sub.keep.items()}, j.control)
+             for j in jobs]
+    fr = _Frames(feats, sub.rows, True, device)
+    m = _chunk_rows(P * max(len(cfg.l2) * C, fr.r))
+    with threads_for(P * len(cfg.l2) * len(sub.rows["train"]) * max(C, fr.r)):
+        fit, choice, _ = _select(sjobs, fr, cfg, device, m)
+    del fr
+    g = torch.as_tensor(choice, device=device)
+    ar = torch.arange(P, device=device)
+    # 2. The chosen strengths on all train rows, warm-started, at most --refit-passes passes.
+    ys = [np.asarray(j.y["train"]) for j in jobs]
+    counts = torch.stack([torch.bincount(torch.from_numpy(y.astype(np.int64)), minlength=C)[:C] for y in ys]).float()
+    cw = _class_weights(counts.to(device), cfg.balance)
+    wsum = (counts.to(device) * cw).sum(-1).clamp(min=1e-12)
+    n = len(td.rows["train"])
+    resident = P * n * max(f.whitener.dim for f in feats) * 4 <= cfg.memory_mb * 2**20
+    full = _Frames(feats, {"train": td.rows["train"], "test": td.rows["test"]}, resident, device, splits=("train",))
+    m = _chunk_rows(P * max(C, full.r))  # a chunk's features and its logits each about CHUNK_BYTES
+
+    def train():
+        for a, b, z in full.chunks("train", m):
+            yield z, torch.from_numpy(np.stack([y[a:b] for y in ys])).to(device)
+
+    l2 = [float(cfg.l2[int(c)]) for c in choice]
+    with threads_for(P * n * max(C, full.r)):
+        ref = refit_logistic(train, fit.W[ar, g], fit.b[ar, g], cw, wsum, torch.tensor(l2, device=device),
+                             cfg.refit_passes)
+    # 3. Test in one pass.
+    return _finish(jobs, full, ref.W, ref.b, l2, fit.iters + ref.iters, ref.passes, m)
+
+
+def _chunk_rows(width: int) -> int:
+    """Rows per frame chunk so that one [.., m, width] float32 tensor is about CHUNK_BYTES."""
+    return max(256, CHUNK_BYTES // (4 * width))
+
+
 class _RepFeatures:
     """Whitening of one representation fitted on the task's train rows; whitened features on demand.
 
@@ -368,13 +464,15 @@ def _stack(zs: Sequence[torch.Tensor], n: int, r: int, device) -> torch.Tensor:
     return t
 
 
-def _plan(idx: list[int], jobs, feats, memory_mb: int) -> list[tuple[list[int], bool]]:
-    """Greedy groups within the memory budget; a job alone over budget is streamed."""
+def _plan(idx: list[int], jobs, feats, memory_mb: int,
+          rows: dict[str, np.ndarray] | None = None) -> list[tuple[list[int], bool]]:
+    """Greedy groups within the memory budget (features of ``rows``, default each job's own); a job
+    alone over budget is streamed."""
     budget = memory_mb * 2**20
     groups: list[tuple[list[int], bool]] = []
     cur, used = [], 0
     for i in idx:
-        n = sum(len(r) for r in jobs[i].td.rows.values())
+        n = sum(len(r) for r in (jobs[i].td.rows if rows is None else rows).values())
         cost = n * feats[jobs[i].rep].whitener.dim * 4
         if cost > budget:
             groups.append(([i], False))
@@ -394,17 +492,17 @@ class _Frames:
 
     Streamed chunks are re-materialised from the codes on every pass (each pass of a
     full-batch fit is one exact loss and gradient), so memory is one chunk, whatever
-    the number of frames.
+    the number of frames. ``splits``: the splits held when ``in_memory`` (default all).
     """
 
     def __init__(self, feats: list[_RepFeatures], rows: dict[str, np.ndarray], in_memory: bool, device,
-                 max_chunk: int | None = None):
+                 max_chunk: int | None = None, splits: Sequence[str] | None = None):
         self.feats, self.rows, self.device, self.max_chunk = feats, rows, device, max_chunk
         self.P, self.r = len(feats), max(f.whitener.dim for f in feats)
         self.mem: dict[str, torch.Tensor] = {}
         if in_memory:
-            for s, r in rows.items():
-                self.mem[s] = self._make(r)
+            for s in rows if splits is None else splits:
+                self.mem[s] = self._make(rows[s])
 
     def _make(self, rows: np.ndarray) -> torch.Tensor:
         per_rep: dict[Repr, torch.Tensor] = {}
@@ -424,11 +522,26 @@ class _Frames:
                 yield a, b, self._make(rows[a:b])
 
 
-def _frames_classify(jobs, fr: _Frames, cfg: ProbeConfig, device) -> list[JobFit]:
+class _Counted:
+    """A batch source that counts its passes."""
+
+    def __init__(self, src):
+        self.src, self.n = src, 0
+
+    def __call__(self):
+        self.n += 1
+        return self.src()
+
+
+def _select(jobs, fr: _Frames, cfg: ProbeConfig, device, m: int):
+    """Every strength fitted on ``fr``'s train rows: (the fit, the strength index kept per probe, passes over
+    the train rows). Kept: the best val macro-F1, or for open-set tasks the best identification of val
+    rows among val classes by the probe's class scores (val labels cannot score the probe's own outputs,
+    so those fits run to convergence without early stopping)."""
     td = jobs[0].td
     C, Call, G, P = td.n_train_classes, td.n_classes, len(cfg.l2), len(jobs)
-    m = max(256, CHUNK_BYTES // (4 * P * G * max(C, 1)))
-    Y = {s: torch.as_tensor(np.stack([j.y[s] for j in jobs]), dtype=torch.long, device=device) for s in fr.rows}
+    Y = {s: torch.as_tensor(np.stack([np.asarray(j.y[s]) for j in jobs]), dtype=torch.long, device=device)
+         for s in ("train", "val")}
     Yfit_val = torch.where(Y["val"] < C, Y["val"], torch.full_like(Y["val"], -1))
     counts = torch.stack([torch.bincount(Y["train"][p], minlength=C)[:C] for p in range(P)]).float()
     cw = _class_weights(counts, cfg.balance)
@@ -437,39 +550,71 @@ def _frames_classify(jobs, fr: _Frames, cfg: ProbeConfig, device) -> list[JobFit
         return lambda: ((z, y[:, a:b]) for a, b, z in fr.chunks(split, m))
 
     has_val = len(fr.rows["val"]) > 0
+    train = _Counted(src("train", Y["train"]))
+    val = src("val", Yfit_val) if has_val and not td.open_set else None
+    fit = fit_logistic(train, val, P, fr.r, C, cw, cfg.l2, cfg.l1, cfg.max_iter, cfg.patience)
     if td.open_set:
-        # Held-out classes: val labels cannot score the probe's own outputs, so fit to convergence
-        # and choose the strength by open-set identification on val (see _open_set).
-        fit = fit_logistic(src("train", Y["train"]), None, P, fr.r, C, cw, cfg.l2, cfg.l1, cfg.max_iter, cfg.patience)
-        return _open_set(jobs, fr, fit, cfg, m)
-    fit = fit_logistic(src("train", Y["train"]), src("val", Yfit_val) if has_val else None,
-                       P, fr.r, C, cw, cfg.l2, cfg.l1, cfg.max_iter, cfg.patience)
+        from .metrics import nearest_centroid_loo
 
-    def predict(split):
-        parts = []
-        with torch.no_grad():
-            for a, b, z in fr.chunks(split, m):
-                parts.append(logits_of(z, fit.W, fit.b).argmax(-1))
-        return torch.cat(parts, -1)  # [P, G, n]
-
-    if has_val:
-        pv = predict("val")
-        yv = Y["val"][:, None, :].expand_as(pv)
-        base = (torch.arange(P * G, device=device) * Call).view(P, G, 1)
-        size = P * G * Call
-        hit = (pv == yv).to(torch.float64)
-        tp = torch.bincount((base + yv).flatten(), weights=hit.flatten(), minlength=size).view(P, G, Call)
-        predn = torch.bincount((base + pv).flatten(), minlength=size).view(P, G, Call).double()
-        truen = torch.bincount((base + yv).flatten(), minlength=size).view(P, G, Call).double()
-        choice = _choose(_f1(tp, predn - tp, truen - tp), G)
-    else:
         choice = np.zeros(P, np.int64)
-    pt = predict("test").cpu().numpy()
-    return [
-        JobFit(fr.feats[p].whitener, fit.W[p, int(g), : fr.feats[p].whitener.dim].cpu().numpy(),
-               fit.b[p, int(g)].cpu().numpy(), float(cfg.l2[int(g)]), pt[p, int(g)], None, fit.iters)
-        for p, g in enumerate(choice)
-    ]
+        if has_val and G > 1:
+            for p, job in enumerate(jobs):
+                yv, best = job.y["val"], -1.0
+                for g in range(G):
+                    acc = float(np.mean(nearest_centroid_loo(_embed(fr, "val", fit.W[p, g], p, m), yv,
+                                                             job.td.groups["val"]) == yv))
+                    if acc >= best:  # ties: the stronger strength
+                        choice[p], best = g, acc
+        return fit, choice, train.n
+    if not has_val:
+        return fit, np.zeros(P, np.int64), train.n
+    parts = []
+    with torch.no_grad():
+        for a, b, z in fr.chunks("val", m):
+            parts.append(logits_of(z, fit.W, fit.b).argmax(-1))
+    pv = torch.cat(parts, -1)  # [P, G, n]
+    yv = Y["val"][:, None, :].expand_as(pv)
+    base = (torch.arange(P * G, device=device) * Call).view(P, G, 1)
+    size = P * G * Call
+    hit = (pv == yv).to(torch.float64)
+    tp = torch.bincount((base + yv).flatten(), weights=hit.flatten(), minlength=size).view(P, G, Call)
+    predn = torch.bincount((base + pv).flatten(), minlength=size).view(P, G, Call).double()
+    truen = torch.bincount((base + yv).flatten(), minlength=size).view(P, G, Call).double()
+    return fit, _choose(_f1(tp, predn - tp, truen - tp), G), train.n
+
+
+def _frames_classify(jobs, fr: _Frames, cfg: ProbeConfig, device) -> list[JobFit]:
+    """Every strength on all train rows (in memory or streamed every evaluation); test in one pass."""
+    td = jobs[0].td
+    m = _chunk_rows(len(jobs) * len(cfg.l2) * max(td.n_train_classes, 1))  # as before: logits bound the chunk
+    fit, choice, passes = _select(jobs, fr, cfg, device, m)
+    ar, g = torch.arange(len(jobs), device=device), torch.as_tensor(choice, device=device)
+    return _finish(jobs, fr, fit.W[ar, g], fit.b[ar, g], [float(cfg.l2[int(c)]) for c in choice], fit.iters, passes, m)
+
+
+def _finish(jobs, fr: _Frames, W: torch.Tensor, b: torch.Tensor, l2: list[float], iters: int, passes: int,
+            m: int) -> list[JobFit]:
+    """JobFits of the kept weights (``W [P, r, C]``, ``b [P, C]``) with their test predictions, from one
+    pass over the test rows (open-set tasks: identification of test rows by their class scores)."""
+    P = len(jobs)
+    if jobs[0].td.open_set:
+        from .metrics import nearest_centroid_loo
+
+        out = []
+        for p, job in enumerate(jobs):
+            emb = _embed(fr, "test", W[p], p, m)
+            pred = nearest_centroid_loo(emb, job.y["test"], job.td.groups["test"])
+            r = fr.feats[p].whitener.dim
+            out.append(JobFit(fr.feats[p].whitener, W[p, :r].cpu().numpy(), b[p].cpu().numpy(), l2[p], pred,
+                              None, iters, emb, passes))
+        return out
+    parts = []
+    with torch.no_grad():
+        for _, _, z in fr.chunks("test", m):
+            parts.append(torch.baddbmm(b[:, None, :], z, W).argmax(-1).to(torch.int32))
+    pt = torch.cat(parts, -1).cpu().numpy() if parts else np.zeros((P, 0), np.int32)
+    return [JobFit(fr.feats[p].whitener, W[p, : fr.feats[p].whitener.dim].cpu().numpy(), b[p].cpu().numpy(),
+                   l2[p], pt[p], None, iters, passes=passes) for p in range(P)]
 
 
 def _embed(fr: _Frames, split: str, W: torch.Tensor, p: int, m: int) -> np.ndarray:
@@ -478,34 +623,15 @@ def _embed(fr: _Frames, split: str, W: torch.Tensor, p: int, m: int) -> np.ndarr
     return torch.cat(parts).cpu().numpy() if parts else np.zeros((0, W.shape[1]), np.float32)
 
 
-def _open_set(jobs, fr: _Frames, fit, cfg: ProbeConfig, m: int) -> list[JobFit]:
-    from .metrics import nearest_centroid_loo
-
-    out = []
-    for p, job in enumerate(jobs):
-        best_g, best_acc = 0, -1.0
-        if len(fr.rows["val"]) and len(cfg.l2) > 1:
-            yv = job.y["val"]
-            for g in range(len(cfg.l2)):
-                acc = float(np.mean(nearest_centroid_loo(_embed(fr, "val", fit.W[p, g], p, m), yv, job.td.groups["val"]) == yv))
-                if acc >= best_acc:  # ties: the stronger strength
-                    best_g, best_acc = g, acc
-        emb = _embed(fr, "test", fit.W[p, best_g], p, m)
-        pred = nearest_centroid_loo(emb, job.y["test"], job.td.groups["test"])
-        r = fr.feats[p].whitener.dim
-        out.append(JobFit(fr.feats[p].whitener, fit.W[p, best_g, :r].cpu().numpy(), fit.b[p, best_g].cpu().numpy(),
-                          float(cfg.l2[best_g]), pred, None, fit.iters, emb))
-    return out
-
-
 def _frames_regress(jobs, fr: _Frames, cfg: ProbeConfig, device) -> list[JobFit]:
+    """Exact ridge from streamed sufficient statistics: one pass over each split (train, val, test)."""
     G, P = len(cfg.l2), len(jobs)
     m = 65536
-    Y = {s: torch.as_tensor(np.stack([j.y[s] for j in jobs]), dtype=torch.float64, device=device) for s in fr.rows}
+    Y = {s: [np.asarray(j.y[s]) for j in jobs] for s in fr.rows}
 
     def chunks(split):
         for a, b, z in fr.chunks(split, m):
-            y = Y[split][:, a:b]
+            y = torch.from_numpy(np.stack([v[a:b] for v in Y[split]])).to(device=device, dtype=torch.float64)
             yield z, torch.ones_like(y), y, y * y
 
     w, b = fit_ridge(ridge_stats(chunks("train")), cfg.l2)
@@ -513,13 +639,15 @@ def _frames_regress(jobs, fr: _Frames, cfg: ProbeConfig, device) -> list[JobFit]
         choice = _choose(-ridge_sse(ridge_stats(chunks("val")), w, b), G)
     else:
         choice = np.zeros(P, np.int64)
+    ar, g = torch.arange(P, device=device), torch.as_tensor(choice, device=device)
+    wk, bk = w[ar, g], b[ar, g]  # [P, r], [P]
     parts = []
     with torch.no_grad():
-        for a, bb, z in fr.chunks("test", m):
-            parts.append(torch.einsum("pmr,pgr->pgm", z.double(), w) + b[:, :, None])
-    pt = torch.cat(parts, -1).cpu().numpy()
+        for _, _, z in fr.chunks("test", m):
+            parts.append((torch.einsum("pmr,pr->pm", z.double(), wk) + bk[:, None]).float())
+    pt = torch.cat(parts, -1).cpu().numpy() if parts else np.zeros((P, 0), np.float32)
     return [
-        JobFit(fr.feats[p].whitener, w[p, int(g), : fr.feats[p].whitener.dim].cpu().numpy(),
-               b[p, int(g)].cpu().numpy(), float(cfg.l2[int(g)]), pt[p, int(g)])
-        for p, g in enumerate(choice)
+        JobFit(fr.feats[p].whitener, wk[p, : fr.feats[p].whitener.dim].cpu().numpy(),
+               bk[p].cpu().numpy(), float(cfg.l2[int(choice[p])]), pt[p], passes=1)
+        for p in range(P)
     ]
