@@ -87,11 +87,11 @@ def save_csv(df: pd.DataFrame, path: Path) -> None:
         df.to_csv(tmp, index=False)
 
 
-def save_figure(fig: Any, path: Path) -> None:
-    """PNG for the report, SVG and PDF for papers, in the run's figure style."""
+def save_figure(fig: Any, path: Path) -> list[Path]:
+    """PNG for the report, SVG and PDF for papers, in the run's figure style; the files written."""
     from ..util.figures import save_figure as save
 
-    save(fig, path)
+    return save(fig, path)
 
 
 def pyplot():

@@ -25,10 +25,10 @@ import pandas as pd
 
 from ..errors import CodeclensError
 from ..labels.phones import CLASSES, normalize_phone, phone_class
+from ..util.atomic import write_json
 from . import ANALYSES
 from . import infotheory as it
 from .base import Analysis, AnalysisResult, Artifact
-from ..util.atomic import write_json
 from .tokens import label_column_name, layer_codes, pyplot, save_csv, save_figure
 
 FIGURE_META = "tsne_figure.json"
@@ -237,7 +237,7 @@ class TsneAnalysis(Analysis):
     # -- figure and summary --------------------------------------------------------------
     @staticmethod
     def _figure(views: dict[str, pd.DataFrame], cfg: TsneConfig, perp: float, name: str, vowel: str,
-                path: Path) -> None:
+                path: Path) -> list[Path]:
         plt = pyplot()
         fig, axes = plt.subplots(1, len(views), figsize=(5.4 * len(views), 5.0), squeeze=False)
         for ax, (key, df) in zip(axes[0], views.items()):
@@ -269,7 +269,7 @@ class TsneAnalysis(Analysis):
             ax.set_ylabel("t-SNE 2")
         fig.suptitle(f"{name}, layer {cfg.layer}: t-SNE (perplexity {perp:.2f}, seed {cfg.seed})", fontsize=11)
         fig.tight_layout()
-        save_figure(fig, path)
+        return save_figure(fig, path)
 
     @staticmethod
     def redraw(out: Path, cfg: TsneConfig) -> list[Path]:
@@ -281,8 +281,7 @@ class TsneAnalysis(Analysis):
             return []
         meta = json.loads((out / FIGURE_META).read_text())
         views = {k: pd.read_csv(out / f"tsne_{k}.csv", dtype={"speaker": str, "utterance": str}) for k in meta["views"]}
-        TsneAnalysis._figure(views, cfg, float(meta["perplexity"]), meta["store"], meta["vowel"], out / "tsne.png")
-        return [out / "tsne.png"]
+        return TsneAnalysis._figure(views, cfg, float(meta["perplexity"]), meta["store"], meta["vowel"], out / "tsne.png")
 
     @staticmethod
     def _summary(views, cfg: TsneConfig, perp: float) -> str:
