@@ -14,6 +14,7 @@ import numpy as np
 
 from ...errors import CodeclensError
 from ...store.reprs import Repr
+from ..framestream import code_rows
 from ..infotheory import is_missing
 
 ROLES = ("sae", "monitor", "clf", "test")
@@ -130,31 +131,6 @@ POOL_FRAMES = 65536
 """Frames per chunk of :func:`utterance_means` (the store's batch size: the same sums, bit for bit)."""
 
 
-class _CodeRows:
-    """Rows of the store's ``codes.npy`` read with file reads, not through the memory map: pages
-    of a mapped file count in the process's resident set for as long as they stay mapped, so one
-    pass through a memmap leaves the whole codes file (2 bytes × layers per frame) in the RSS."""
-
-    def __init__(self, store):
-        from ...store import layout
-
-        self.path = store.path / layout.CODES
-        with open(self.path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            shape, fortran, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
-                                     else np.lib.format.read_array_header_2_0(f))
-            self.offset = f.tell()
-        if fortran or len(shape) != 2:
-            raise CodeclensError(f"{self.path}: expected a C-ordered [frames, layers] array")
-        self.shape, self.dtype = shape, np.dtype(dtype)
-
-    def rows(self, a: int, b: int) -> np.ndarray:
-        L = self.shape[1]
-        with open(self.path, "rb") as f:
-            f.seek(self.offset + a * L * self.dtype.itemsize)
-            return np.fromfile(f, self.dtype, count=(b - a) * L).reshape(b - a, L)
-
-
 def utterance_means(store, rep: Repr, chunk_frames: int = POOL_FRAMES) -> np.ndarray:
     """Utterance means ``[n_utterances, D]`` (float32) of a pooled representation, streamed from the codes.
 
@@ -164,7 +140,7 @@ def utterance_means(store, rep: Repr, chunk_frames: int = POOL_FRAMES) -> np.nda
     runs at the utterance starts inside it. For ``layer:k`` / ``cumulative:k`` no vector is
     materialised: an utterance's sum is (its code counts per layer) @ (the layer's table), summed
     in float64 (the store's float32 frame sums agree to float32 rounding). Codes are read with
-    file reads (:class:`_CodeRows`), so the pass leaves no mapped pages in the resident set."""
+    file reads (:func:`~codeclens.analyses.framestream.code_rows`), so the pass leaves no mapped pages in the resident set."""
     base = Repr(rep.kind, rep.layer, False)
     if base.kind == "codes":
         raise CodeclensError("mean(codes:k) is not meaningful; pool layer:k instead")
@@ -178,7 +154,6 @@ def utterance_means(store, rep: Repr, chunk_frames: int = POOL_FRAMES) -> np.nda
         layers = [k] if base.kind == "layer" else list(range(k + 1))
         tables = [np.asarray(store.tables[l], np.float64) for l in layers]
         dim = tables[0].shape[1]
-        reader = _CodeRows(store)
     else:
         dim = int(store.materialize(base, slice(0, min(n, 1))).shape[1]) if n else store.dim
     sums = np.zeros((len(nf), dim), np.float64)
@@ -193,7 +168,7 @@ def utterance_means(store, rep: Repr, chunk_frames: int = POOL_FRAMES) -> np.nda
             continue
         m = i1 - i0
         group = np.repeat(np.arange(m, dtype=np.int64), np.diff(np.append(local, b - a)))
-        codes = reader.rows(a, b)[:, layers[0] : layers[-1] + 1].astype(np.int64)
+        codes = code_rows(store, a, b, layers).astype(np.int64)
         for j, t in enumerate(tables):
             K = len(t)
             counts = np.bincount(group * K + codes[:, j], minlength=m * K).reshape(m, K)
