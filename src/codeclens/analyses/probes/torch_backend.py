@@ -72,7 +72,7 @@ def fit_jobs(jobs: Sequence[Job], cfg: ProbeConfig, device: torch.device, log=No
     cache: dict[tuple[int, Repr], object] = {}
     test_ids: dict[tuple[int, Repr], np.ndarray] = {}  # one array per layer, shared by its task, control, lookup
     # One group per layer (and class list); within it tasks and code controls are fitted apart (their
-    # precisions differ, see _lookup_classify). A layer's per-frame vector ids live while its group is fitted
+    # stopping rules differ, see fit_table_classify). A layer's per-frame vector ids live while its group is fitted
     # only, so a run holds one layer's ids at a time (4 bytes per frame), not every layer's.
     groups: dict[tuple, list[int]] = {}
     for i in lookup:
@@ -232,18 +232,22 @@ def fit_table_classify(probs: Sequence[TableProblem], C: int, Call: int, cfg: Pr
     Zs = [wh.transform(p.vectors).astype(np.float64) for wh, p in zip(whs, probs)]
     Ts, Tvs = [p.train for p in probs], [p.val for p in probs]
     Umax, rmax = max(len(z) for z in Zs), max(z.shape[1] for z in Zs)
-    # Task probes in float32: whitened features are O(1) and the loss sums non-negative terms, so single
-    # precision reaches the float64 optimum (to the stopping tolerance) at half the memory traffic. Code
-    # controls stay float64: at weak L2 they are near-memorisation problems stopped early on val, whose
-    # macro-F1 moved by up to 0.06 between precisions (the same accuracy, other near-tied codes).
-    dt = torch.float64 if cfg.l1 > 0 or reference or probs[0].control else torch.float32
+    # float32: whitened features are O(1) and the loss sums non-negative terms, so single precision reaches
+    # the float64 optimum (to the stopping tolerance) at half the memory traffic.
+    dt = torch.float64 if cfg.l1 > 0 or reference else torch.float32
+    # A code control's label is a function of the code, so its val rows are the train codes again with the
+    # same labels (other weights): val loss measures memorisation, not generalisation, and stopping on it
+    # made the kept iterate depend on the optimiser's road (warm start or zero start gave control accuracies
+    # 0.03-0.05 apart). Its fit at each strength is the penalised optimum (unique for L2 > 0); val only
+    # chooses the strength. Task probes and type controls, whose val rows are new evidence, stop on val.
+    optimum = probs[0].control and cfg.control == "code"
     Z = _pad(Zs, (Umax, rmax), dt, device)
     T = _pad(Ts, (Umax, C), dt, device)
     Tv = _pad(Tvs, (Umax, Call), torch.float64, device)
     cw = _class_weights(T.sum(1), cfg.balance)
     has_val = bool(Tv.sum() > 0)
     Tv_fit = Tv[..., :C].to(dt)
-    fit = fit_logistic(lambda: iter([(Z, T)]), (lambda: iter([(Z, Tv_fit)])) if has_val else None,
+    fit = fit_logistic(lambda: iter([(Z, T)]), (lambda: iter([(Z, Tv_fit)])) if has_val and not optimum else None,
                        len(probs), rmax, C, cw, cfg.l2, cfg.l1, cfg.max_iter, cfg.patience, closed_form=not reference)
     with torch.no_grad():
         pred = logits_of(Z, fit.W, fit.b).argmax(-1)  # [P, G, U]
