@@ -32,36 +32,32 @@ def record(store_path: Path, tasks: tuple[str, ...]) -> list[dict]:
     from codeclens.analyses.probes.run import make_jobs
     from codeclens.store import Store
 
-    orig_lc = tb._lookup_classify
+    calls, orig, orig_lc = [], tb.fit_logistic, tb._lookup_classify
+    ctx = {}
     calls, orig, orig_ft = [], tb.fit_logistic, tb.fit_table_classify
     ctx = {}
 
-    def fit(train, val, P, r, C, cw, l2, l1, max_iter, patience, closed_form=True):
+    def fit(train, val, P, r, C, cw, l2, l1, max_iter, patience, closed_form=True, stop_on_val=True):
         (Z, T), = list(train())
-        # Code controls are fitted without val (their fit is the penalised optimum); val still chooses.
-        calls.append(dict(Z=Z, T=T, Tv=ctx["Tv"].to(Z.dtype), stop_on_val=val is not None, cw=cw, l2=tuple(l2),
-                          max_iter=max_iter, patience=patience, **{k: v for k, v in ctx.items() if k != "Tv"}))
-        return orig(train, val, P, r, C, cw, l2, l1, max_iter, patience, closed_form=closed_form)
-
-    def fit_table_classify(probs, C, Call, cfg, device, reference=False):
-        U = max(len(p.vectors) for p in probs)
-        ctx.update(control=probs[0].control, reps=ctx.pop("names"),
-                   Tv=tb._pad([np.asarray(p.val)[:, :C] for p in probs], (U, C), torch.float64, device))
-        return orig_ft(probs, C, Call, cfg, device, reference)
+        # Code controls are not stopped on val (stop_on_val=False: each strength's penalised optimum).
+        calls.append(dict(Z=Z, T=T, Tv=list(val())[0][1] if val is not None else None, stop_on_val=stop_on_val,
+                          cw=cw, l2=tuple(l2), max_iter=max_iter, patience=patience, **ctx))
+        return orig(train, val, P, r, C, cw, l2, l1, max_iter, patience, closed_form=closed_form,
+                    stop_on_val=stop_on_val)
 
     def lookup_classify(jobs, cvs, cfg, device, reference=False):
-        ctx.update(task=jobs[0].td.task, names=[str(j.rep) for j in jobs])
+        ctx.update(task=jobs[0].td.task, control=jobs[0].control, reps=[str(j.rep) for j in jobs])
         return orig_lc(jobs, cvs, cfg, device, reference)
 
     s = Store(store_path)
-    tb.fit_logistic, tb._lookup_classify, tb.fit_table_classify = fit, lookup_classify, fit_table_classify
+    tb.fit_logistic, tb._lookup_classify = fit, lookup_classify
     try:
         for task in tasks:
             cfg = ProbeConfig(task=(task,), bootstrap=0)
             td = gather_task(s, task, cfg)
             tb.fit_jobs(make_jobs([s], [td], cfg), cfg, torch.device("cpu"))
     finally:
-        tb.fit_logistic, tb._lookup_classify, tb.fit_table_classify = orig, orig_lc, orig_ft
+        tb.fit_logistic, tb._lookup_classify = orig, orig_lc
     return calls
 
 
@@ -75,8 +71,8 @@ def fit_and_choose(c: dict, path: bool) -> tuple[float, int, np.ndarray, np.ndar
     C, G = T.shape[-1], len(c["l2"])
     with threads_for(P * G * U * max(C, 8)):
         t0 = time.process_time()
-        fit = fit_logistic(lambda: iter([(Z, T)]), (lambda: iter([(Z, Tv)])) if c["stop_on_val"] else None, P, r, C,
-                           cw, c["l2"], 0.0, c["max_iter"], c["patience"], path=path)
+        fit = fit_logistic(lambda: iter([(Z, T)]), (lambda: iter([(Z, Tv)])) if Tv is not None else None, P, r, C,
+                           cw, c["l2"], 0.0, c["max_iter"], c["patience"], path=path, stop_on_val=c["stop_on_val"])
         cpu = time.process_time() - t0
     with torch.no_grad():
         pred = logits_of(Z, fit.W, fit.b).argmax(-1)  # [P, G, U]

@@ -86,3 +86,26 @@ def test_task_probe_still_stops_on_val():
     C = prob.train.shape[1]
     (task,) = fit_table_classify([prob], C, C, cfg, torch.device("cpu"))
     assert objective_gaps(prob, [task], 1e-5)[0] > 1e-3
+
+
+def test_strengths_weaker_than_a_perfect_control_are_skipped_without_changing_the_choice():
+    """Separable (fewer codes than dimensions): once a strength's optimum predicts every val row right, the
+    weaker ones take its solution (they could only tie, and ties go to the stronger). Same choice and fit as
+    running every strength to its optimum, in fewer iterations."""
+    from codeclens.analyses.probes.linear import fit_logistic
+    from codeclens.analyses.probes.torch_backend import _val_choice
+
+    prob = control_problem(5, U=30, D=40, C=3)
+    Z = torch.as_tensor(prob.vectors, dtype=torch.float64)[None]
+    T = torch.as_tensor(prob.train)[None]
+    Tv = torch.as_tensor(prob.val)[None]
+    l2 = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+    args = (1, Z.shape[2], 3, torch.ones(1, 3, dtype=torch.float64), l2)
+    pruned = fit_logistic(lambda: iter([(Z, T)]), lambda: iter([(Z, Tv)]), *args, stop_on_val=False)
+    every = fit_logistic(lambda: iter([(Z, T)]), None, *args)
+    pick = lambda f: _val_choice(torch.einsum("pur,pgrc->pguc", Z, f.W).add(f.b[:, :, None]).argmax(-1), Tv, 3,
+                                 len(l2), torch.device("cpu"))
+    g = int(pick(every)[0])
+    assert int(pick(pruned)[0]) == g and g > 0  # weaker strengths than the chosen one exist: they were skipped
+    torch.testing.assert_close(pruned.W[0, g], every.W[0, g], atol=1e-6, rtol=0)
+    assert pruned.iters < every.iters

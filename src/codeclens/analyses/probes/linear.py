@@ -232,7 +232,7 @@ class BatchedLBFGS:
 def fit_logistic(
     train: Source, val: Source | None, P: int, r: int, C: int, cw: torch.Tensor, l2: Sequence[float],
     l1: float = 0.0, max_iter: int = 300, patience: int = 3, tol: float = 1e-6, closed_form: bool = True,
-    path: bool = True,
+    path: bool = True, stop_on_val: bool = True,
 ) -> LogisticFit:
     """Fit P x G multinomial logistic regressions; keep each one's best-validation iterate.
 
@@ -243,12 +243,16 @@ def fit_logistic(
     ``path``: such a count-table fit (without L1) runs the strengths as a warm-started path
     (:func:`_fit_table_path`); False fits every strength from zero in one program, the
     same stopping as frame fits (kept for comparison: ``benchmarks/table_fits.py``).
+    ``stop_on_val=False``: every fit runs to its penalised optimum (no early stopping); ``val`` then only
+    serves the count-table path's skipping of strengths weaker than a perfect one, and is otherwise unused.
     """
     one = _one_table(train) if closed_form else None
     if one is not None and path and l1 == 0:
         va = _one_table(val) if val is not None else None
         if val is None or va is not None:
-            return _fit_table_path(one, va, cw, l2, max_iter, patience, tol)
+            return _fit_table_path(one, va, cw, l2, max_iter, patience, tol, stop_on_val)
+    if not stop_on_val:
+        val = None
     dev, dt = cw.device, cw.dtype
     G = len(l2)
     B, nW = P * G, r * C
@@ -319,7 +323,7 @@ def fit_logistic(
 
 
 def _fit_table_path(train, val, cw: torch.Tensor, l2: Sequence[float], max_iter: int, patience: int,
-                    tol: float) -> LogisticFit:
+                    tol: float, stop_on_val: bool = True) -> LogisticFit:
     """Count-table fits of every probe along its L2 path, strongest strength first.
 
     The strongest strength starts from :func:`_ls_init`, each weaker one from the solution of the
@@ -337,6 +341,9 @@ def _fit_table_path(train, val, cw: torch.Tensor, l2: Sequence[float], max_iter:
     :func:`fit_logistic` (no stability stop: such a fit's kept iterate is an early stop, not argmaxes
     that have settled).
 
+    ``stop_on_val=False``: no validation rule and no stability stop, every strength runs to its optimum
+    (the start then does not matter, so nothing is refitted); val serves only the skipping below.
+
     A probe that predicts every val row right is not fitted at the weaker strengths: they get its
     solution. They could at best tie with it on val macro-F1 or accuracy, and ties go to the
     stronger strength (``torch_backend._choose``), so the choice and the reported fit are the same.
@@ -353,7 +360,7 @@ def _fit_table_path(train, val, cw: torch.Tensor, l2: Sequence[float], max_iter:
         Av = val[1] * cw[:, None, :]
         vt = (Av, Av.sum((1, 2)).clamp(min=1e-12), Av.sum(-1))
         seen = val[1] > 0  # val rows: a probe is perfect when it predicts no other class where they are
-    stage = _TableStage(table, wsum, vt, r, C, max_iter, patience, tol)
+    stage = _TableStage(table, wsum, vt, r, C, max_iter, patience, tol, stop_on_val)
     W_all = torch.zeros(P, G, nW + C, dtype=dt, device=dev)
     vl_all = torch.full((P, G), float("inf"), dtype=dt, device=dev)
     x, xprev = _ls_init(*table, wsum, r, C), None
@@ -405,8 +412,10 @@ class _TableStage:
     """Batched L-BFGS fits of count-table problems (probe ``pof[i]`` at strength ``lam[i]``) with
     :func:`fit_logistic`'s validation rule and the prediction-stability stop of :func:`_fit_table_path`."""
 
-    def __init__(self, table, wsum, val, r: int, C: int, max_iter: int, patience: int, tol: float):
+    def __init__(self, table, wsum, val, r: int, C: int, max_iter: int, patience: int, tol: float,
+                 stop_on_val: bool = True):
         self.table, self.wsum, self.val, self.r, self.C = table, wsum, val, r, C
+        self.stop_on_val = stop_on_val
         self.max_iter, self.patience, self.tol, self.iters = max_iter, patience, tol, 0
         dt = table[0].dtype
         self.ftol = 1e-7 if dt == torch.float32 else None  # see fit_logistic
@@ -427,12 +436,14 @@ class _TableStage:
         opt = BatchedLBFGS(lambda x, idx: _table_objective(table, wsum, lam, own, x, idx, self.r, self.C, val),
                            x0, tol=self.gtol, ftol=self.ftol)
         early = torch.zeros(k, dtype=torch.bool, device=dev)
-        if val is None:
+        if val is None or not self.stop_on_val:
             it = 0
             while it < self.max_iter and opt.step():
                 it += 1
             self.iters += it
-            return _StageResult(opt.x, torch.full((k,), float("inf"), dtype=x0.dtype, device=dev), None, early)
+            if val is None:
+                return _StageResult(opt.x, torch.full((k,), float("inf"), dtype=x0.dtype, device=dev), None, early)
+            return _StageResult(opt.x, opt.aux[0].clone(), opt.aux[1].clone(), early)  # the optimum's val loss, predictions
         best_x, pred = opt.x.clone(), opt.aux[1].clone()
         src = own.clone()  # problem whose result each problem takes (itself unless pruned)
         best_pred, best = pred.clone(), torch.full((k,), float("inf"), dtype=x0.dtype, device=dev)

@@ -247,8 +247,9 @@ def fit_table_classify(probs: Sequence[TableProblem], C: int, Call: int, cfg: Pr
     cw = _class_weights(T.sum(1), cfg.balance)
     has_val = bool(Tv.sum() > 0)
     Tv_fit = Tv[..., :C].to(dt)
-    fit = fit_logistic(lambda: iter([(Z, T)]), (lambda: iter([(Z, Tv_fit)])) if has_val and not optimum else None,
-                       len(probs), rmax, C, cw, cfg.l2, cfg.l1, cfg.max_iter, cfg.patience, closed_form=not reference)
+    fit = fit_logistic(lambda: iter([(Z, T)]), (lambda: iter([(Z, Tv_fit)])) if has_val else None,
+                       len(probs), rmax, C, cw, cfg.l2, cfg.l1, cfg.max_iter, cfg.patience, closed_form=not reference,
+                       stop_on_val=not optimum)
     with torch.no_grad():
         pred = logits_of(Z, fit.W, fit.b).argmax(-1)  # [P, G, U]
         choice = _val_choice(pred, Tv, Call, G, device) if has_val else np.zeros(len(probs), np.int64)
