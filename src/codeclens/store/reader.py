@@ -17,6 +17,7 @@ import pandas as pd
 
 from ..errors import CodeclensError
 from . import layout
+from .pooling import utterance_means
 from .reprs import Repr, parse_reprs
 
 
@@ -190,18 +191,13 @@ class Store:
                 r = rows[a : a + batch_frames]
                 yield r, self.materialize(rep, r)
 
-    def pooled(self, rep: Repr | str, batch_frames: int = 65536) -> np.ndarray:
-        """Utterance-mean ``[n_utterances, D]`` of a representation, streamed."""
+    def pooled(self, rep: Repr | str, batch_frames: int | None = None) -> np.ndarray:
+        """Utterance-mean ``[n_utterances, D]`` (float32) of a representation, streamed in chunks of
+        ``batch_frames`` frames (see :mod:`codeclens.store.pooling`: memory is the chunk and the
+        per-utterance sums, never a per-frame array; ``layer:k`` / ``cumulative:k`` are summed as
+        per-utterance code counts times the tables)."""
         rep = self._one(rep)
-        base = Repr(rep.kind, rep.layer, False)
-        if base.kind == "codes":
-            raise CodeclensError("mean(codes:k) is not meaningful; pool layer:k instead")
-        sums = np.zeros((self.n_utterances, self._dim_of(base)), dtype=np.float64)
-        utt = self.frame_utt
-        for r, x in self.iter_batches(base, batch_frames):
-            _add_by_group(sums, utt[r], x)
-        n = np.maximum(self.utterances["n_frames"].to_numpy(), 1)[:, None]
-        return (sums / n).astype(np.float32)
+        return utterance_means(self, Repr(rep.kind, rep.layer, False), batch_frames)
 
     def values(self, rep: Repr | str, rows: np.ndarray | None = None) -> np.ndarray:
         """Frame values, or utterance means for a pooled representation (rows = utterances)."""
@@ -420,12 +416,6 @@ def _check_tables(f: Path, sizes: np.ndarray) -> None:
 def _msg(e: Exception) -> str:
     text = str(e).splitlines()[0] if str(e) else ""
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
-
-
-def _add_by_group(sums: np.ndarray, groups: np.ndarray, x: np.ndarray) -> None:
-    """sums[g] += x rows of group g, for sorted contiguous groups (frames are utterance-ordered)."""
-    starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
-    sums[groups[starts]] += np.add.reduceat(x.astype(np.float64), starts, axis=0)
 
 
 def open_stores(stores: Sequence["Store | str | Path"], who: str = "") -> list[Store]:
