@@ -17,6 +17,7 @@ import pandas as pd
 
 from ..errors import CodeclensError
 from . import layout
+from .codesio import npy_rows
 from .pooling import utterance_means
 from .reprs import Repr, parse_reprs
 
@@ -146,7 +147,8 @@ class Store:
 
     @cached_property
     def frame_utt(self) -> np.ndarray:
-        """Utterance row of every frame."""
+        """Utterance row of every frame (8 bytes a frame for the store's life: streaming passes map
+        frames to utterances from :func:`~codeclens.store.codesio.utterance_ends` instead)."""
         u = self.utterances
         return np.repeat(np.arange(len(u)), u["n_frames"].to_numpy())
 
@@ -371,16 +373,10 @@ def _code_blocks(f: Path, codes: np.ndarray, block: int = 1 << 20):
     """``codes`` in blocks of frames (a large store is never read whole), read from the file rather
     than through the memory map: mapped pages stay resident, and count in the process's peak RSS
     (2 bytes x layers per frame), for as long as the map lives."""
-    n, k = codes.shape
-    if not (isinstance(codes, np.memmap) and codes.flags.c_contiguous):
-        for a in range(0, n, block):
-            yield np.asarray(codes[a : a + block])
-        return
-    with open(f, "rb") as fh:
-        fh.seek(codes.offset)
-        for a in range(0, n, block):
-            m = min(block, n - a)
-            yield np.fromfile(fh, dtype=codes.dtype, count=m * k).reshape(m, k)
+    n = codes.shape[0]
+    mapped = isinstance(codes, np.memmap) and codes.flags.c_contiguous
+    for a in range(0, n, block):
+        yield npy_rows(f, a, min(a + block, n)) if mapped else np.asarray(codes[a : a + block])
 
 
 def _check_scales(f: Path, n_utts: int) -> None:
