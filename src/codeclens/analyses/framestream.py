@@ -6,7 +6,8 @@ per-frame array of the whole corpus: label columns are read from
 ``frames.parquet`` one record batch at a time (string columns read as parquet
 dictionaries, so a phone costs an int32 index per frame of the batch, never a
 Python or Arrow string), utterance columns are broadcast per chunk from the
-utterance table, codes are read block by block from ``codes.npy``, and each
+utterance table, codes are read block by block from ``codes.npy`` (file reads:
+:mod:`codeclens.store.codesio`, re-exported here), and each
 chunk is counted with one ``np.bincount`` per layer. Peak memory is set by the
 chunk size and the count tables ``[layers, codes, classes]``, not by the number
 of frames; results do not depend on the chunk size (samples are keyed on frame

@@ -132,7 +132,8 @@ class Store:
         if name in self.frames.columns:
             return self.frames[name].to_numpy()
         if name in self.utterances.columns:
-            return self.utterances[name].to_numpy()[self.frame_utt]
+            # repeat, not frame_utt: a broadcast need not keep an 8-byte index per frame alive
+            return np.repeat(self.utterances[name].to_numpy(), self.utterances["n_frames"].to_numpy())
         raise CodeclensError(
             f"{self.path}: no label column '{name}'; available: {', '.join(self.label_columns())}"
         )
