@@ -1,6 +1,6 @@
 """Streamed statistics of the SAE analysis equal the whole-array computation.
 
-Utterance means are summed chunk by chunk from the codes; feature-browser pages and
+The SAE's utterance rows are the store's streamed means; feature-browser pages and
 test-set metrics are accumulated chunk by chunk from the codes. Tiny chunks against one
 chunk against a direct numpy computation, on a planted store and on codes with ties.
 """
@@ -13,9 +13,9 @@ import pytest
 
 from codeclens.analyses.probes.synthetic import planted_store
 from codeclens.analyses.sae import browser, metrics
-from codeclens.analyses.sae.data import utterance_means
+from codeclens.analyses.sae.data import build_task
 from codeclens.store import Store
-from codeclens.store.arrays import write_store
+from codeclens.store.reprs import Repr
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -25,35 +25,18 @@ def store(tmp_path_factory):
     return Store(planted_store(tmp_path_factory.mktemp("planted") / "st", n_utt=30, n_layers=3, latent="sum", seed=3))
 
 
-@pytest.mark.parametrize("name", ["cumulative:3", "layer:2", "latent"])
-def test_utterance_means_equal_whole_array(store, name):
-    rep = store._one(f"mean({name})")
-    x = store.materialize(name)
+@pytest.mark.parametrize("name", ["mean(cumulative:3)", "mean(layer:2)", "mean(latent)"])
+def test_task_utterance_values_are_the_brute_force_means(store, name):
+    # The SAE's utterance rows are Store.pooled's streamed means (tests/test_store_pooled.py):
+    # here against a direct float64 mean of the materialised frames.
+    rep = store._one(name)
+    task = build_task(store, rep, "accent", speaker_fractions=(0.5, 0.25, 0.25))
+    x = store.materialize(Repr(rep.kind, rep.layer, False)).astype(np.float64)
     nf = store.utterances["n_frames"].to_numpy()
-    direct = np.stack([x[a : a + n].astype(np.float64).mean(0) for a, n in zip(np.cumsum(nf) - nf, nf)])
-    one = utterance_means(store, rep, chunk_frames=store.n_frames)
-    assert np.abs(one - direct).max() < 1e-6
-    assert np.abs(utterance_means(store, rep) - store.pooled(rep)).max() < 1e-6  # the store's own means
-    for chunk in (1, 7, 61):  # chunks inside, across and exactly at utterance boundaries
-        assert np.abs(utterance_means(store, rep, chunk_frames=chunk) - one).max() < 1e-6
-
-
-def test_utterance_means_empty_utterances(tmp_path, rng):
-    nf = np.array([0, 3, 0, 0, 5, 1, 0])
-    codes = rng.integers(0, 4, size=(nf.sum(), 2))
-    tables = [rng.standard_normal((4, 3)).astype(np.float32) for _ in range(2)]
-    utts = pd.DataFrame({"id": [f"u{i}" for i in range(len(nf))], "speaker": "s", "n_frames": nf})
-    st = Store(write_store(tmp_path / "st", codes, tables, utts))
-    x = (tables[0][codes[:, 0]] + tables[1][codes[:, 1]]).astype(np.float64)
-    want = np.zeros((len(nf), 3))
-    a = 0
-    for i, n in enumerate(nf):
-        if n:
-            want[i] = x[a : a + n].mean(0)
-        a += n
-    for chunk in (1, 2, 4, 100):
-        got = utterance_means(st, st._one("mean(cumulative:2)"), chunk_frames=chunk)
-        assert np.abs(got - want).max() < 1e-6, chunk
+    direct = np.stack([x[a : a + n].mean(0) for a, n in zip(np.cumsum(nf) - nf, nf)])
+    assert np.abs(task.x_all - direct).max() < 1e-6
+    rows = task.roles["test"]
+    assert np.abs(task.values(rows) - direct[rows]).max() < 1e-6
 
 
 def _codes_with_ties(rng, n=97, d_z=12, k=3):

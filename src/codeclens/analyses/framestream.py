@@ -6,7 +6,8 @@ per-frame array of the whole corpus: label columns are read from
 ``frames.parquet`` one record batch at a time (string columns read as parquet
 dictionaries, so a phone costs an int32 index per frame of the batch, never a
 Python or Arrow string), utterance columns are broadcast per chunk from the
-utterance table, codes are read block by block from ``codes.npy``, and each
+utterance table, codes are read block by block from ``codes.npy`` (file reads:
+:mod:`codeclens.store.codesio`, re-exported here), and each
 chunk is counted with one ``np.bincount`` per layer. Peak memory is set by the
 chunk size and the count tables ``[layers, codes, classes]``, not by the number
 of frames; results do not depend on the chunk size (samples are keyed on frame
@@ -26,6 +27,7 @@ import pandas as pd
 
 from ..errors import CodeclensError
 from ..store import layout
+from ..store.codesio import code_rows, codes_at, utt_of_rows, utt_of_rows_at, utterance_ends  # noqa: F401 - re-exported
 from .infotheory import missing_label
 
 CHUNK_FRAMES = 1 << 18
@@ -61,21 +63,6 @@ def column_is_float(store: Any, name: str) -> bool:
     if column_source(store, name) == "utterance":
         return store.utterances[name].dtype.kind == "f"
     return pa.types.is_floating(pq.read_schema(store.path / layout.FRAMES).field(name).type)
-
-
-def utterance_ends(store: Any) -> np.ndarray:
-    """Exclusive end frame of every utterance (frames are stored utterance by utterance)."""
-    return np.cumsum(store.utterances["n_frames"].to_numpy().astype(np.int64))
-
-
-def utt_of_rows(ends: np.ndarray, a: int, b: int) -> np.ndarray:
-    """Utterance row of frames ``a..b-1``."""
-    return utt_of_rows_at(ends, np.arange(a, b))
-
-
-def utt_of_rows_at(ends: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Utterance row of the given frame rows."""
-    return np.searchsorted(ends, rows, side="right")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -269,59 +256,6 @@ class CodeCounter:
                 c = t
             out.append(c)
         return out
-
-
-def _codes_layout(path) -> tuple[int, np.dtype, tuple[int, ...]]:
-    """(data offset, dtype, shape) of a C-ordered ``.npy`` file."""
-    with open(path, "rb") as f:
-        version = np.lib.format.read_magic(f)
-        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = read(f)
-        if fortran:
-            raise CodeclensError(f"{path}: Fortran-ordered codes are not supported")
-        return f.tell(), dtype, shape
-
-
-def code_rows(store: Any, a: int, b: int, cols: Sequence[int]) -> np.ndarray:
-    """Codes of frames ``a..b-1`` for 0-based layer columns ``cols``.
-
-    One contiguous read from the file instead of the memory map: mapped pages count
-    towards the process's resident memory until unmapped, and over a whole corpus
-    that grows with the frames (2 bytes x layers per frame); read pages do not.
-    """
-    path = store.path / layout.CODES
-    offset, dtype, shape = _codes_layout(path)
-    n_layers = int(shape[1])
-    with open(path, "rb") as f:
-        f.seek(offset + a * n_layers * dtype.itemsize)
-        block = np.fromfile(f, dtype=dtype, count=(b - a) * n_layers).reshape(b - a, n_layers)
-    cols = list(cols)
-    return block if cols == list(range(n_layers)) else block[:, cols]
-
-
-def codes_at(store: Any, rows: np.ndarray, cols: Sequence[int], chunk: int = CHUNK_FRAMES) -> np.ndarray:
-    """Codes ``[len(rows), len(cols)]`` (the file's integer dtype) of ascending frame ``rows`` for 0-based
-    layer columns ``cols``.
-
-    Read block by block with :func:`code_rows` rather than gathered from the store's memory map: a
-    gather of rows spread over the corpus touches every page of ``codes.npy``, and those pages stay
-    resident (and counted in the peak RSS) for as long as the map lives, 2 bytes x layers per frame.
-    """
-    rows = np.asarray(rows)
-    out = np.empty((len(rows), len(cols)), _codes_layout(store.path / layout.CODES)[1])
-    if not len(rows):
-        return out
-    if np.any(np.diff(rows) < 0):
-        raise ValueError("codes_at needs ascending rows")
-    i = 0
-    while i < len(rows):
-        a = int(rows[i])
-        b = a + chunk
-        j = int(np.searchsorted(rows, b, side="left"))
-        block = code_rows(store, a, min(b, int(rows[j - 1]) + 1), cols)
-        out[i:j] = block[rows[i:j] - a]
-        i = j
-    return out
 
 
 def count_codes_by_label(

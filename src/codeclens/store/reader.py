@@ -17,6 +17,8 @@ import pandas as pd
 
 from ..errors import CodeclensError
 from . import layout
+from .codesio import npy_rows
+from .pooling import utterance_means
 from .reprs import Repr, parse_reprs
 
 
@@ -130,7 +132,8 @@ class Store:
         if name in self.frames.columns:
             return self.frames[name].to_numpy()
         if name in self.utterances.columns:
-            return self.utterances[name].to_numpy()[self.frame_utt]
+            # repeat, not frame_utt: a broadcast need not keep an 8-byte index per frame alive
+            return np.repeat(self.utterances[name].to_numpy(), self.utterances["n_frames"].to_numpy())
         raise CodeclensError(
             f"{self.path}: no label column '{name}'; available: {', '.join(self.label_columns())}"
         )
@@ -145,7 +148,8 @@ class Store:
 
     @cached_property
     def frame_utt(self) -> np.ndarray:
-        """Utterance row of every frame."""
+        """Utterance row of every frame (8 bytes a frame for the store's life: streaming passes map
+        frames to utterances from :func:`~codeclens.store.codesio.utterance_ends` instead)."""
         u = self.utterances
         return np.repeat(np.arange(len(u)), u["n_frames"].to_numpy())
 
@@ -190,18 +194,13 @@ class Store:
                 r = rows[a : a + batch_frames]
                 yield r, self.materialize(rep, r)
 
-    def pooled(self, rep: Repr | str, batch_frames: int = 65536) -> np.ndarray:
-        """Utterance-mean ``[n_utterances, D]`` of a representation, streamed."""
+    def pooled(self, rep: Repr | str, batch_frames: int | None = None) -> np.ndarray:
+        """Utterance-mean ``[n_utterances, D]`` (float32) of a representation, streamed in chunks of
+        ``batch_frames`` frames (see :mod:`codeclens.store.pooling`: memory is the chunk and the
+        per-utterance sums, never a per-frame array; ``layer:k`` / ``cumulative:k`` are summed as
+        per-utterance code counts times the tables)."""
         rep = self._one(rep)
-        base = Repr(rep.kind, rep.layer, False)
-        if base.kind == "codes":
-            raise CodeclensError("mean(codes:k) is not meaningful; pool layer:k instead")
-        sums = np.zeros((self.n_utterances, self._dim_of(base)), dtype=np.float64)
-        utt = self.frame_utt
-        for r, x in self.iter_batches(base, batch_frames):
-            _add_by_group(sums, utt[r], x)
-        n = np.maximum(self.utterances["n_frames"].to_numpy(), 1)[:, None]
-        return (sums / n).astype(np.float32)
+        return utterance_means(self, Repr(rep.kind, rep.layer, False), batch_frames)
 
     def values(self, rep: Repr | str, rows: np.ndarray | None = None) -> np.ndarray:
         """Frame values, or utterance means for a pooled representation (rows = utterances)."""
@@ -375,16 +374,10 @@ def _code_blocks(f: Path, codes: np.ndarray, block: int = 1 << 20):
     """``codes`` in blocks of frames (a large store is never read whole), read from the file rather
     than through the memory map: mapped pages stay resident, and count in the process's peak RSS
     (2 bytes x layers per frame), for as long as the map lives."""
-    n, k = codes.shape
-    if not (isinstance(codes, np.memmap) and codes.flags.c_contiguous):
-        for a in range(0, n, block):
-            yield np.asarray(codes[a : a + block])
-        return
-    with open(f, "rb") as fh:
-        fh.seek(codes.offset)
-        for a in range(0, n, block):
-            m = min(block, n - a)
-            yield np.fromfile(fh, dtype=codes.dtype, count=m * k).reshape(m, k)
+    n = codes.shape[0]
+    mapped = isinstance(codes, np.memmap) and codes.flags.c_contiguous
+    for a in range(0, n, block):
+        yield npy_rows(f, a, min(a + block, n)) if mapped else np.asarray(codes[a : a + block])
 
 
 def _check_scales(f: Path, n_utts: int) -> None:
@@ -420,12 +413,6 @@ def _check_tables(f: Path, sizes: np.ndarray) -> None:
 def _msg(e: Exception) -> str:
     text = str(e).splitlines()[0] if str(e) else ""
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
-
-
-def _add_by_group(sums: np.ndarray, groups: np.ndarray, x: np.ndarray) -> None:
-    """sums[g] += x rows of group g, for sorted contiguous groups (frames are utterance-ordered)."""
-    starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
-    sums[groups[starts]] += np.add.reduceat(x.astype(np.float64), starts, axis=0)
 
 
 def open_stores(stores: Sequence["Store | str | Path"], who: str = "") -> list[Store]:

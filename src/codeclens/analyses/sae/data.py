@@ -14,7 +14,6 @@ import numpy as np
 
 from ...errors import CodeclensError
 from ...store.reprs import Repr
-from ..framestream import code_rows
 from ..infotheory import is_missing
 
 ROLES = ("sae", "monitor", "clf", "test")
@@ -121,59 +120,10 @@ def build_task(
             f"{store.path}: the classifier split '{clf_split}' has only label(s) {sorted(set(y[roles['clf']]))}; "
             f"need at least two classes (use more speakers or other splits)"
         )
-    x_all = None if frame_level else utterance_means(store, rep)
+    x_all = None if frame_level else store.pooled(rep)
     labelled = y_raw != ""
     relabelled = bool((labelled & ~keep).any() or (y[keep] != y_raw[keep]).any())
     return TaskData(store, rep, label, y, speaker, roles, x_all, relabelled)
-
-
-POOL_FRAMES = 65536
-"""Frames per chunk of :func:`utterance_means` (the store's batch size: the same sums, bit for bit)."""
-
-
-def utterance_means(store, rep: Repr, chunk_frames: int = POOL_FRAMES) -> np.ndarray:
-    """Utterance means ``[n_utterances, D]`` (float32) of a pooled representation, streamed from the codes.
-
-    Memory is one chunk of frames plus the per-utterance sums: no per-frame array of the
-    whole store (``Store.pooled`` indexes through ``frame_utt``, 8 bytes per frame kept for the
-    store's life). Utterances are contiguous in frame order, so a chunk's frames split into
-    runs at the utterance starts inside it. For ``layer:k`` / ``cumulative:k`` no vector is
-    materialised: an utterance's sum is (its code counts per layer) @ (the layer's table), summed
-    in float64 (the store's float32 frame sums agree to float32 rounding). Codes are read with
-    file reads (:func:`~codeclens.analyses.framestream.code_rows`), so the pass leaves no mapped pages in the resident set."""
-    base = Repr(rep.kind, rep.layer, False)
-    if base.kind == "codes":
-        raise CodeclensError("mean(codes:k) is not meaningful; pool layer:k instead")
-    nf = store.utterances["n_frames"].to_numpy(np.int64)
-    full = np.flatnonzero(nf > 0)  # empty utterances own no frames (their mean stays 0)
-    starts = np.concatenate([[0], np.cumsum(nf)[:-1]])[full]
-    n = int(nf.sum())
-    by_codes = base.kind in ("layer", "cumulative")
-    if by_codes:
-        k = base.layer - 1
-        layers = [k] if base.kind == "layer" else list(range(k + 1))
-        tables = [np.asarray(store.tables[l], np.float64) for l in layers]
-        dim = tables[0].shape[1]
-    else:
-        dim = int(store.materialize(base, slice(0, min(n, 1))).shape[1]) if n else store.dim
-    sums = np.zeros((len(nf), dim), np.float64)
-    for a in range(0, n, chunk_frames):
-        b = min(a + chunk_frames, n)
-        i0 = int(np.searchsorted(starts, a, side="right")) - 1
-        i1 = int(np.searchsorted(starts, b, side="left"))
-        local = np.maximum(starts[i0:i1], a) - a
-        if not by_codes:
-            x = store.materialize(base, slice(a, b))
-            sums[full[i0:i1]] += np.add.reduceat(x.astype(np.float64), local, axis=0)
-            continue
-        m = i1 - i0
-        group = np.repeat(np.arange(m, dtype=np.int64), np.diff(np.append(local, b - a)))
-        codes = code_rows(store, a, b, layers).astype(np.int64)
-        for j, t in enumerate(tables):
-            K = len(t)
-            counts = np.bincount(group * K + codes[:, j], minlength=m * K).reshape(m, K)
-            sums[full[i0:i1]] += counts @ t
-    return (sums / np.maximum(nf, 1)[:, None]).astype(np.float32)
 
 
 def map_labels(y: np.ndarray, mapping: Sequence[str]) -> np.ndarray:
