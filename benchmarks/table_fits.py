@@ -4,10 +4,10 @@ The tables are those of a default ``codeclens probe`` run (every layer, phone an
 and code controls): ``fit_jobs`` runs once with ``fit_logistic`` wrapped to record its inputs. Each
 recorded problem set is then fitted twice in this process, single-threaded as ``threads_for`` runs
 them: ``path=False`` (every strength from zero in one program: the code before the path) and
-``path=True`` (``linear._fit_table_path``, the default). Code controls are fitted without early stopping
-(each strength's penalised optimum), so for them the two roads must end at the same fit. Printed per fit: CPU seconds, iterations,
-the strength each chooses on val (macro-F1, ties to the stronger, as ``_lookup_classify``), and the
-val macro-F1 of that choice; then the totals and the ratio.
+``path=True`` (``linear._fit_table_path``, the default). Code controls are fitted without early
+stopping (each strength's penalised optimum), so for them the two roads must end at the same fit.
+Printed per fit: CPU seconds, iterations, the strength each chooses on val (macro-F1, ties to the
+stronger, as ``_lookup_classify``), and the val macro-F1 of that choice; then the totals and the ratio.
 
     python benchmarks/table_fits.py --store /tmp/stores/planted_4M     # the 4 M planted store (fits do not depend on frames)
     python benchmarks/table_fits.py                                     # builds a small planted store in a temp dir
@@ -33,8 +33,6 @@ def record(store_path: Path, tasks: tuple[str, ...]) -> list[dict]:
     from codeclens.store import Store
 
     calls, orig, orig_lc = [], tb.fit_logistic, tb._lookup_classify
-    ctx = {}
-    calls, orig, orig_ft = [], tb.fit_logistic, tb.fit_table_classify
     ctx = {}
 
     def fit(train, val, P, r, C, cw, l2, l1, max_iter, patience, closed_form=True, stop_on_val=True):

@@ -27,12 +27,12 @@ import pandas as pd
 
 from ..errors import CodeclensError
 from ..store import layout
-from ..store.codesio import code_rows, codes_at, utt_of_rows, utt_of_rows_at, utterance_ends  # noqa: F401 - re-exported
+from ..store.codesio import CHUNK_FRAMES, code_rows, codes_at, utt_of_rows, utt_of_rows_at, utterance_ends  # noqa: F401 - re-exported
 from .infotheory import missing_label
 
-CHUNK_FRAMES = 1 << 18
-"""Frames per streamed chunk (256 k: about 2 MB per transient array and byte per frame; measured peak
-RSS of ``mi --no-club`` on 4 M frames 476 MB against 581 MB with 1 M-frame chunks, at the same speed)."""
+# CHUNK_FRAMES (the store's, 256 k frames per streamed chunk): about 2 MB per transient array and byte
+# per frame; measured peak RSS of ``mi --no-club`` on 4 M frames 476 MB against 581 MB with 1 M-frame
+# chunks, at the same speed.
 
 
 # -- columns -------------------------------------------------------------------------

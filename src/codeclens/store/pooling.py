@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import CodeclensError
 from . import layout
-from .codesio import CHUNK_FRAMES, code_rows, latent_rows, npy_layout
+from .codesio import CHUNK_FRAMES, code_rows, latent_rows, npy_layout, utterance_ends
 from .reprs import Repr
 
 LATENT_CHUNK_BYTES = 32 << 20
@@ -45,13 +45,12 @@ def utterance_means(store: Any, rep: Repr, chunk_frames: int | None = None) -> n
     if rep.kind == "codes":
         raise CodeclensError("mean(codes:k) is not meaningful; pool layer:k instead")
     nf = store.utterances["n_frames"].to_numpy().astype(np.int64)
-    ends = np.cumsum(nf)
+    ends = utterance_ends(store)
     n = int(ends[-1]) if len(nf) else 0
     full = np.flatnonzero(nf > 0)  # empty utterances own no frames and would break the run starts
     starts, stops = (ends - nf)[full], ends[full]
     if rep.kind == "latent":
-        if not store.has_latent:
-            raise CodeclensError(f"{store.path}: store has no latent (extract with --latent)")
+        latent_rows(store, 0, 0)  # the store's error when it has no latent
         dim = int(npy_layout(store.path / layout.LATENT)[2][1])
         chunk = int(chunk_frames or max(256, LATENT_CHUNK_BYTES // (10 * dim)))  # float16 + float64 rows
         add = _latent_adder(store)
