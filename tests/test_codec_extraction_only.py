@@ -223,3 +223,20 @@ def test_local_engine_store_from_the_extraction_only_load_equals_the_full_loads(
     _extract(audio_folder, spec, tmp_path / "full", engine=with_full_load)
     assert seen == [True]  # extraction did use the extraction-only load
     _same_store(tmp_path / "lean", tmp_path / "full")
+
+
+def test_ray_engine_store_from_extraction_only_actors_equals_the_full_loads(saved, audio_folder, tmp_path):
+    """The Ray engine's codec actors load for extraction; their store is the one a full load writes."""
+    pytest.importorskip("ray.data")
+    from codeclens.store.writer import ExtractConfig, extract, run_shards_in_process
+
+    spec = saved("speechtokenizer")
+
+    def with_full_load(jobs, codec, *rest):
+        run_shards_in_process(jobs, load_codec(spec, "cpu"), *rest)
+
+    _extract(audio_folder, spec, tmp_path / "full", engine=with_full_load)
+    cfg = ExtractConfig(corpus=str(audio_folder), codec=spec, out=str(tmp_path / "ray"), labels=("loudness",),
+                        shard_size=2, batch_seconds=3.0, device="cpu", engine="ray", workers=1)
+    extract(cfg, progress=False, log=lambda m: None)
+    _same_store(tmp_path / "ray", tmp_path / "full")
