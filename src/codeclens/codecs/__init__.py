@@ -19,8 +19,15 @@ from .base import CodecAdapter, layer_mask
 CODECS: Registry[type[CodecAdapter]] = Registry("codec", __name__)
 
 
-def load_codec(spec: str | Spec, device: str | torch.device | None = None) -> CodecAdapter:
-    """Build a codec adapter from a spec string such as ``encodec:24khz@6kbps``."""
+def load_codec(spec: str | Spec, device: str | torch.device | None = None, *,
+               extraction_only: bool = False) -> CodecAdapter:
+    """Build a codec adapter from a spec string such as ``encodec:24khz@6kbps``.
+
+    ``extraction_only=True`` is for callers that only encode (extraction): adapters that can
+    (SpeechTokenizer, EnCodec, DAC, Mimi) load without their decoder, so peak memory holds the
+    encoder and quantizer only; the codes are the same. Such an adapter refuses to decode
+    (:meth:`CodecAdapter.require_full_model`). Other adapters load in full.
+    """
     spec = parse_spec(spec) if isinstance(spec, str) else spec
     if spec.kind == "python":
         cls = load_plugin_class(spec.target)
@@ -31,7 +38,8 @@ def load_codec(spec: str | Spec, device: str | torch.device | None = None) -> Co
         raise SpecError(f"{spec.kind}: seed must be >= 0 (got {spec.get('seed')})")
     dev = resolve_device(spec.get("device", device))
     try:
-        adapter = cls.from_spec(spec, dev)
+        build = cls.from_spec_for_extraction if extraction_only else cls.from_spec
+        adapter = build(spec, dev)
     except FileNotFoundError as e:
         raise CodeclensError(f"{spec}: checkpoint not found: {e.filename or e}") from None
     except Exception as e:  # noqa: BLE001 - a damaged or malicious weights file (never executed)

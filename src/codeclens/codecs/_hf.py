@@ -126,7 +126,7 @@ def load_state_file(path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def load_hf_model(model_cls, config_cls, checkpoint: str, what: str):
+def load_hf_model(model_cls, config_cls, checkpoint: str, what: str, drop: tuple[str, ...] = ()):
     """A transformers model from a ``save_pretrained`` directory, a weights file beside a
     ``config.json``, or a hub id (from the local cache, else downloaded when online).
 
@@ -134,31 +134,48 @@ def load_hf_model(model_cls, config_cls, checkpoint: str, what: str):
     links it as ``model.safetensors`` beside its ``config.json``), so transformers' own
     key conversion applies: Mimi's saved keys, for one, differ from its module names.
     Weights are always loaded as float32, whatever dtype the checkpoint was saved in.
+
+    ``drop`` names top-level modules (``("decoder",)``) left out for an extraction-only load:
+    they are never built with weights nor read from the checkpoint (see :mod:`._extraction`),
+    and weight norm is folded into plain weights.
     """
+    from ._extraction import fold_weight_norm, hf_extraction_class, load_kept_state, no_meta_left
+
+    load_cls = hf_extraction_class(model_cls, tuple(drop)) if drop else model_cls
+    dropped = tuple(f"{name}." for name in drop)
     p = Path(checkpoint).expanduser()
     with quiet_transformers():
         if p.is_dir():
             check_model_type(p / "config.json", config_cls, what)
-            return _from_dir(model_cls, p, p, what)
-        if p.is_file():
+            model = _from_dir(load_cls, p, p, what, dropped)
+        elif p.is_file():
             check_model_type(p.parent / "config.json", config_cls, what)
             if p.suffix != ".safetensors":
                 config = config_cls.from_pretrained(str(p.parent), local_files_only=True)
-                model = model_cls(config)
-                load_strict(model, load_state_file(p), what)
-                return model.float()
-            import tempfile
+                model = load_cls(config)
+                if drop:
+                    load_kept_state(model, p, what, dropped)
+                else:
+                    load_strict(model, load_state_file(p), what)
+                model = model.float()
+            else:
+                import tempfile
 
-            with tempfile.TemporaryDirectory(prefix="codeclens-ckpt-") as tmp:
-                os.symlink(p.resolve(), Path(tmp) / "model.safetensors")
-                os.symlink((p.parent / "config.json").resolve(), Path(tmp) / "config.json")
-                return _from_dir(model_cls, Path(tmp), p, what)
-        if checkpoint.startswith((".", "/", "~")) or checkpoint.count("/") > 1:
+                with tempfile.TemporaryDirectory(prefix="codeclens-ckpt-") as tmp:
+                    os.symlink(p.resolve(), Path(tmp) / "model.safetensors")
+                    os.symlink((p.parent / "config.json").resolve(), Path(tmp) / "config.json")
+                    model = _from_dir(load_cls, Path(tmp), p, what, dropped)
+        elif checkpoint.startswith((".", "/", "~")) or checkpoint.count("/") > 1:
             raise CodeclensError(f"{what}: checkpoint not found: {checkpoint}")
-        return _from_hub(model_cls, checkpoint, what)
+        else:
+            model = _from_hub(load_cls, checkpoint, what)
+    if drop:
+        no_meta_left(model, what)
+        fold_weight_norm(model)
+    return model
 
 
-def _from_dir(model_cls, d: Path, shown: Path, what: str):
+def _from_dir(model_cls, d: Path, shown: Path, what: str, dropped: tuple[str, ...] = ()):
     try:
         # ignore_mismatched_sizes: shape mismatches come back in the loading info (reported below,
         # naming a tensor) instead of as transformers' "look at the above report" RuntimeError.
@@ -168,6 +185,8 @@ def _from_dir(model_cls, d: Path, shown: Path, what: str):
         kind = "a safetensors weights file beside its config.json" if shown.is_file() else "a save_pretrained directory"
         raise CodeclensError(f"{what}: cannot load '{shown}' (expected {kind}): {type(e).__name__}: {_first_line(e)}") from None
     missing, unexpected = info.get("missing_keys") or [], info.get("unexpected_keys") or []
+    # A dropped module's keys (named as transformers renames them) are left unread, not wrong.
+    unexpected = [k for k in unexpected if not (dropped and k.startswith(dropped))]
     mismatched = info.get("mismatched_keys") or []
     if missing or unexpected or mismatched:
         raise CodeclensError(
@@ -441,11 +460,14 @@ class TorchCodec:
     Subclasses set ``model``, ``device``, ``hop`` (samples per frame) and implement
     ``_encode_one(x [1, N]) -> [L, T]``, ``_latent_one(x) -> [T, D]``,
     ``_compute_tables()``, ``quantized`` and ``_decode_quantized(q [B, T, D]) -> [B, N]``.
+    ``decoder_modules`` names the model's top-level modules that only decoding uses (left
+    out of an extraction-only load).
     """
 
     model: torch.nn.Module
     device: torch.device
     hop: int
+    decoder_modules: tuple[str, ...] = ("decoder",)
     #: Seconds of calibration signal for random_init (None: the adapter's default).
     calibration_seconds: float | None = None
     _table_cache: list[torch.Tensor] | None = None
@@ -472,14 +494,27 @@ class TorchCodec:
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor, layers=None) -> torch.Tensor:
+        self.require_full_model("decode")
         return self._decode_quantized(self.quantized(codes.to(self.device), layers))
 
     @torch.no_grad()
     def decode_quantized(self, q: torch.Tensor) -> torch.Tensor:
+        self.require_full_model("decode")
         return self._decode_quantized(q.to(self.device, torch.float32))
 
     def save(self, out: str | Path) -> Path:
+        self.require_full_model("save a checkpoint")
         return save_pretrained_atomic(self.model, out)
+
+    def keep_encoder_only(self) -> None:
+        """Turn a full load into an extraction-only one: drop ``decoder_modules``, fold weight
+        norm. For models built in memory (random_init), whose decoder was already made; a
+        checkpoint load for extraction never builds it (see :mod:`._extraction`)."""
+        from ._extraction import drop_modules, fold_weight_norm
+
+        drop_modules(self.model, self.decoder_modules)
+        fold_weight_norm(self.model)
+        self.extraction_only = True
 
     def _sum_layers(self, codes: torch.Tensor, layers, layer_decode) -> torch.Tensor:
         """``[B, T, D]`` sum of ``layer_decode(l, codes[:, l]) -> [B, D, T]`` over the kept layers,

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..errors import CodeclensError
 from ..spec import Spec
 
 
@@ -43,11 +44,34 @@ class CodecAdapter(abc.ABC):
     #: ``(k + 0.5) / frame_rate`` (negative: earlier). Measured per adapter with
     #: :func:`codeclens.codecs.check.measure_frame_offset`; see docs/labels.md.
     frame_offset: float = 0.0
+    #: True when the adapter was built by :meth:`from_spec_for_extraction` without its decoder:
+    #: it encodes (codes, latent, tables, quantized) exactly as the full load does, and refuses
+    #: to decode (:meth:`require_full_model`).
+    extraction_only: bool = False
 
     @classmethod
     @abc.abstractmethod
     def from_spec(cls, spec: Spec, device: torch.device) -> "CodecAdapter":
         """Build the adapter from a parsed spec (checkpoint, random_init, ...)."""
+
+    @classmethod
+    def from_spec_for_extraction(cls, spec: Spec, device: torch.device) -> "CodecAdapter":
+        """Build the adapter for encoding only (``load_codec(..., extraction_only=True)``).
+
+        An adapter that can leave its decoder unloaded overrides this, sets
+        ``extraction_only = True`` on what it returns and calls :meth:`require_full_model`
+        before anything that decodes. The codes must be the very ones :meth:`from_spec`
+        gives. This default is the full load: always correct, just not smaller."""
+        return cls.from_spec(spec, device)
+
+    def require_full_model(self, what: str = "decode") -> None:
+        """Refuse ``what`` (decode, reconstruct, save...) on an extraction-only load, in one line."""
+        if self.extraction_only:
+            spec = getattr(self, "spec", None) or type(self).__name__
+            raise CodeclensError(
+                f"codec '{spec}' was loaded for extraction only (encoder and quantizer, no decoder) and cannot "
+                f"{what}; load it with load_codec(spec) (extraction_only=False) to {what}"
+            )
 
     @abc.abstractmethod
     def tables(self) -> list[torch.Tensor]:

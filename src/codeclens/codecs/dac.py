@@ -62,6 +62,15 @@ class DAC(TorchCodec, CodecAdapter):
 
     @classmethod
     def from_spec(cls, spec: Spec, device: torch.device) -> "DAC":
+        return cls._load(spec, device, extraction_only=False)
+
+    @classmethod
+    def from_spec_for_extraction(cls, spec: Spec, device: torch.device) -> "DAC":
+        """Encoder + quantizer only (no decoder): the same codes."""
+        return cls._load(spec, device, extraction_only=True)
+
+    @classmethod
+    def _load(cls, spec: Spec, device: torch.device, extraction_only: bool) -> "DAC":
         DacConfig, DacModel = hf_class("DacConfig"), hf_class("DacModel")
 
         variant = (spec.target or DEFAULT_TARGET).lower()
@@ -80,10 +89,15 @@ class DAC(TorchCodec, CodecAdapter):
             adapter = cls(model, device)
             adapter.calibration_seconds = calibration_option(spec)
             adapter.init_codebooks(seed)
+            if extraction_only:
+                adapter.keep_encoder_only()
             return adapter
-        model = load_hf_model(DacModel, DacConfig, ckpt or VARIANTS[variant]["hub"], what)
+        drop = cls.decoder_modules if extraction_only else ()
+        model = load_hf_model(DacModel, DacConfig, ckpt or VARIANTS[variant]["hub"], what, drop=drop)
         _check(model.config, variant, what)
-        return cls(model, device)
+        adapter = cls(model, device)
+        adapter.extraction_only = extraction_only
+        return adapter
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.encoder(pad_to_hop(x, self.hop)[:, None])
@@ -110,6 +124,7 @@ class DAC(TorchCodec, CodecAdapter):
 
     def reference_decode(self, codes: torch.Tensor) -> torch.Tensor:
         """transformers' own ``DacModel.decode(audio_codes=...)``."""
+        self.require_full_model("decode")
         with torch.no_grad():
             return self.model.decode(audio_codes=codes.to(self.device)).audio_values
 

@@ -86,6 +86,15 @@ class EnCodec(TorchCodec, CodecAdapter):
 
     @classmethod
     def from_spec(cls, spec: Spec, device: torch.device) -> "EnCodec":
+        return cls._load(spec, device, extraction_only=False)
+
+    @classmethod
+    def from_spec_for_extraction(cls, spec: Spec, device: torch.device) -> "EnCodec":
+        """Encoder + quantizer only (no decoder; weight norm folded): the same codes."""
+        return cls._load(spec, device, extraction_only=True)
+
+    @classmethod
+    def _load(cls, spec: Spec, device: torch.device, extraction_only: bool) -> "EnCodec":
         EncodecConfig, EncodecModel = hf_class("EncodecConfig"), hf_class("EncodecModel")
 
         sr, bw = parse_target(spec.target)
@@ -100,9 +109,14 @@ class EnCodec(TorchCodec, CodecAdapter):
             adapter = cls(model, _check(config, sr, bw, what), device)
             adapter.calibration_seconds = calibration_option(spec)
             adapter.init_codebooks(seed)
+            if extraction_only:
+                adapter.keep_encoder_only()
             return adapter
-        model = load_hf_model(EncodecModel, EncodecConfig, ckpt or HUB[sr], what)
-        return cls(model, _check(model.config, sr, bw, what), device)
+        drop = cls.decoder_modules if extraction_only else ()
+        model = load_hf_model(EncodecModel, EncodecConfig, ckpt or HUB[sr], what, drop=drop)
+        adapter = cls(model, _check(model.config, sr, bw, what), device)
+        adapter.extraction_only = extraction_only
+        return adapter
 
     # -- the model's own code paths -------------------------------------------
 
@@ -206,6 +220,7 @@ class EnCodec(TorchCodec, CodecAdapter):
         return self._chunked_decode(lambda a, b: q[:, a:b], q.shape[1], scales)
 
     def _chunked_decode(self, q_of, n_frames: int, scales: torch.Tensor | None) -> torch.Tensor:
+        self.require_full_model("decode")
         step = self._chunk_frames or n_frames
         outs = []
         for i, a in enumerate(range(0, n_frames, step)):
@@ -220,6 +235,7 @@ class EnCodec(TorchCodec, CodecAdapter):
     def reference_decode(self, codes: torch.Tensor, scales: torch.Tensor | None = None) -> torch.Tensor:
         """transformers' own ``EncodecModel.decode`` of ``codes [B, L, T]`` (channel mean),
         the codes regrouped into its ``[chunks, B, L, frames]`` layout with the last chunk padded."""
+        self.require_full_model("decode")
         codes = codes.to(self.device)
         step = self._chunk_frames or codes.shape[-1]
         parts = list(codes.split(step, dim=-1))

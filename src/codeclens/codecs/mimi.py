@@ -62,6 +62,15 @@ class Mimi(TorchCodec, CodecAdapter):
 
     @classmethod
     def from_spec(cls, spec: Spec, device: torch.device) -> "Mimi":
+        return cls._load(spec, device, extraction_only=False)
+
+    @classmethod
+    def from_spec_for_extraction(cls, spec: Spec, device: torch.device) -> "Mimi":
+        """Encoder + quantizer only (no decoder): the same codes."""
+        return cls._load(spec, device, extraction_only=True)
+
+    @classmethod
+    def _load(cls, spec: Spec, device: torch.device, extraction_only: bool) -> "Mimi":
         MimiConfig, MimiModel = hf_class("MimiConfig"), hf_class("MimiModel")
         if spec.target:
             raise CodeclensError(f"mimi takes no target (got 'mimi:{spec.target}'); use mimi?layers=N")
@@ -77,8 +86,13 @@ class Mimi(TorchCodec, CodecAdapter):
             adapter = cls(model, n, device)
             adapter.calibration_seconds = calibration_option(spec)
             adapter.init_codebooks(seed)
+            if extraction_only:
+                adapter.keep_encoder_only()
             return adapter
-        return cls(load_hf_model(MimiModel, MimiConfig, ckpt or HUB, "mimi"), n, device)
+        drop = cls.decoder_modules if extraction_only else ()
+        adapter = cls(load_hf_model(MimiModel, MimiConfig, ckpt or HUB, "mimi", drop=drop), n, device)
+        adapter.extraction_only = extraction_only
+        return adapter
 
     @property
     def _rvqs(self):
@@ -124,6 +138,7 @@ class Mimi(TorchCodec, CodecAdapter):
 
     def reference_decode(self, codes: torch.Tensor) -> torch.Tensor:
         """transformers' own ``MimiModel.decode``."""
+        self.require_full_model("decode")
         with torch.no_grad():
             return self.model.decode(codes.to(self.device)).audio_values.squeeze(1)
 

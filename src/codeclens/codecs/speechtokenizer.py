@@ -192,6 +192,16 @@ class SpeechTokenizerCodec(TorchCodec, CodecAdapter):
 
     @classmethod
     def from_spec(cls, spec: Spec, device: torch.device) -> "SpeechTokenizerCodec":
+        return cls._load(spec, device, extraction_only=False)
+
+    @classmethod
+    def from_spec_for_extraction(cls, spec: Spec, device: torch.device) -> "SpeechTokenizerCodec":
+        """Encoder + quantizer only: built on the meta device, the decoder swapped for a
+        placeholder, only the kept keys read from the weights file, weight norm folded."""
+        return cls._load(spec, device, extraction_only=True)
+
+    @classmethod
+    def _load(cls, spec: Spec, device: torch.device, extraction_only: bool) -> "SpeechTokenizerCodec":
         if spec.target:
             raise CodeclensError(f"speechtokenizer takes no target (got '{spec}'); use checkpoint=...")
         size = check_size(spec)
@@ -205,11 +215,24 @@ class SpeechTokenizerCodec(TorchCodec, CodecAdapter):
             adapter = cls(model, config, device)
             adapter.calibration_seconds = calibration_option(spec)
             adapter.init_codebooks(seed)
+            if extraction_only:
+                adapter.keep_encoder_only()
             return adapter
         config, weights = _resolve_checkpoint(ckpt, spec.get("config")) if ckpt else _from_hub()
-        model = _build(model_cls, config)
-        load_strict(model, load_state_file(weights), "speechtokenizer")
-        return cls(model, config, device)
+        if not extraction_only:
+            model = _build(model_cls, config)
+            load_strict(model, load_state_file(weights), "speechtokenizer")
+            return cls(model, config, device)
+        from ._extraction import drop_modules, fold_weight_norm, load_kept_state
+
+        with torch.device("meta"):  # nothing is allocated: the kept tensors come from the file
+            model = _build(model_cls, config)
+        drop_modules(model, cls.decoder_modules)
+        load_kept_state(model, weights, "speechtokenizer", tuple(f"{m}." for m in cls.decoder_modules))
+        fold_weight_norm(model)
+        adapter = cls(model, config, device)
+        adapter.extraction_only = True
+        return adapter
 
     @property
     def _vq_layers(self):
@@ -239,6 +262,7 @@ class SpeechTokenizerCodec(TorchCodec, CodecAdapter):
 
     def reference_decode(self, codes: torch.Tensor) -> torch.Tensor:
         """The package's own ``SpeechTokenizer.decode`` (codes as ``[L, B, T]``)."""
+        self.require_full_model("decode")
         with torch.no_grad():
             return self.model.decode(codes.to(self.device).transpose(0, 1)).squeeze(1)
 
@@ -257,6 +281,7 @@ class SpeechTokenizerCodec(TorchCodec, CodecAdapter):
         """``config.json`` + ``speechtokenizer.safetensors`` (loadable with ``checkpoint=DIR``)."""
         from safetensors.torch import save_file
 
+        self.require_full_model("save a checkpoint")
         out = Path(out)
         state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
         with atomic_dir(out) as tmp:

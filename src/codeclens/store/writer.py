@@ -144,7 +144,8 @@ def _extract_locked(cfg: ExtractConfig, out: Path, progress: bool, log, engine) 
 
     # Everything that can be refused is checked before anything is written.
     corpus = load_corpus(cfg.corpus)
-    codec = load_codec(cfg.codec, None if cfg.device == "auto" else cfg.device)
+    # Extraction only encodes: no decoder weights in memory (codes identical to a full load).
+    codec = load_codec(cfg.codec, None if cfg.device == "auto" else cfg.device, extraction_only=True)
     if cfg.latent and type(codec).latent is CodecAdapter.latent:
         raise CodeclensError(f"codec '{cfg.codec}' has no pre-quantization latent; extract without --latent")
     labellers = [load_labeller(s) for s in parse_label_list(resolve_labels(cfg.labels))]

@@ -79,7 +79,7 @@ class ShardEncoder:
         self.cfg = _config(cfg_dict)
         self.sink = sink_for(self.cfg, store_dir)
         self.shards = _shards(self.cfg)
-        self.codec = load_codec(self.cfg.codec, device)
+        self.codec = load_codec(self.cfg.codec, device, extraction_only=True)  # encodes only: no decoder
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import numpy as np
