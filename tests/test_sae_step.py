@@ -141,3 +141,37 @@ def test_adam_matches_per_element_adam():
             p.grad = g.clone()
             o.step()
     assert torch.allclose(p1, p2, rtol=1e-5, atol=1e-6)
+
+
+def test_classifier_without_constant_columns_equals_with_them():
+    """L1Model drops columns constant on its training rows; the same model as fitting on all
+    columns: same predictions, same coefficients on the kept columns, exact 0 on the dropped ones."""
+    from sklearn.preprocessing import StandardScaler
+
+    from codeclens.analyses.sae.classify import ClassifierConfig, L1Model, l1_logistic
+
+    rng = np.random.default_rng(4)
+    n, d = 120, 40
+    x = np.zeros((n, d), np.float32)
+    live = rng.choice(d, 12, replace=False)
+    x[:, live] = np.maximum(rng.normal(size=(n, 12)), 0)
+    x[:, 3 if 3 not in live else 4] = 2.5  # a constant non-zero column too
+    y = np.where(x[:, live[:3]].sum(1) + 0.3 * rng.normal(size=n) > 1.0, "a", "b").astype(object)
+    x_test = np.maximum(rng.normal(size=(200, d)), 0).astype(np.float32)  # fires on "dead" columns too
+    for seed in (0, 1):
+        cfg = ClassifierConfig(C=0.5, max_iter=2000, seed=seed)
+        m = L1Model(x, y, cfg)
+        assert len(m.keep) == 12
+        sc = StandardScaler().fit(x)
+        ref = l1_logistic(cfg.C, cfg.max_iter, cfg.tol, cfg.seed).fit(sc.transform(x), y)
+        assert np.array_equal(m.predict(x_test), ref.predict(sc.transform(x_test)))
+        w_ref = np.abs(ref.coef_).max(0)
+        assert np.allclose(m.weights, w_ref, rtol=1e-6, atol=1e-9)
+        assert not w_ref[np.setdiff1d(np.arange(d), live)].any()
+    # all columns constant: intercept only, whatever saga makes of it, as the fit on all columns
+    xc = np.ones((30, 5), np.float32)
+    yc = np.array(["a"] * 20 + ["b"] * 10, dtype=object)
+    m = L1Model(xc, yc)
+    ref = l1_logistic(1.0, 3000, 1e-4, 0).fit(StandardScaler().fit_transform(xc), yc)
+    assert np.allclose(m.clf.intercept_, ref.intercept_)
+    assert np.array_equal(m.predict(x_test[:4, :5]), ref.predict(x_test[:4, :5] - 1))

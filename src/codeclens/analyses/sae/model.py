@@ -124,10 +124,8 @@ def auxk_loss(sae: TopKSAE, pre: torch.Tensor, residual: torch.Tensor, dead: tor
     cols = torch.nonzero(dead, as_tuple=True)[0]
     if len(cols) == 0 or aux_k <= 0:
         return pre.new_zeros(())
-    vals, idx = pre[:, cols].topk(min(aux_k, len(cols)), dim=-1)
-    # e_hat = Σ_j relu(v_j) · W_dec[:, cols[idx_j]]: the k' chosen decoder columns, weighted.
-    w = sae.W_dec[:, cols].t()[idx]  # [B, k', d]
-    e_hat = torch.bmm(torch.relu(vals).unsqueeze(1), w).squeeze(1)
+    z_aux = TopKSAE._topk(pre[:, cols], min(aux_k, len(cols)))  # [B, n_dead]
+    e_hat = z_aux @ sae.W_dec[:, cols].t()
     denom = (residual - residual.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
     return (e_hat - residual).pow(2).sum(-1).mean() / denom
 
