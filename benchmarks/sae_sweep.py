@@ -10,6 +10,12 @@ For each, the wall time of both schedules, their ratio, and where the time goes
 (data path vs SAE steps), at each torch intra-op thread count asked for.
 
     python benchmarks/sae_sweep.py [--d 128] [--n 4096] [--epochs 2] [--threads 1,2]
+    python benchmarks/sae_sweep.py --step-model 128,256,512,1024   # CPU per step vs batch, d_z, k
+
+``--step-model`` times ``Member.step`` (the real training step, AuxK on with a tenth of the
+latents dead) for every configuration at each batch size and fits
+``ms/step = d_z · (a + b · batch) + c · batch · k``: the coefficients of the time formula
+in docs/sae.md.
 """
 
 from __future__ import annotations
@@ -82,7 +88,7 @@ def step_breakdown(configs, d: int, batch: int, train, reps: int = 3) -> pd.Data
         for _ in range(reps):
             sae = m.sae
             t = time.process_time()
-            pre = sae.pre_activations(x)
+            pre = (x / sae.scale) @ sae.W_enc.t() - sae.W_enc @ sae.b_pre  # as Member.step
             t1 = time.process_time()
             z = sae._topk(pre, sae.k)
             t2 = time.process_time()
@@ -99,6 +105,32 @@ def step_breakdown(configs, d: int, batch: int, train, reps: int = 3) -> pd.Data
                 ph[key] += 1000 * dt / reps
         rows.append({"q": f"{c.q:g}", "s": f"{c.s:g}", "d_z": sae.shape.d_z, "k": sae.k, **ph, "total_ms": sum(ph.values())})
     return pd.DataFrame(rows)
+
+
+def step_model(batches: list[int], d: int, dead: float = 0.1, reps: int = 20) -> tuple[pd.DataFrame, np.ndarray]:
+    """CPU ms per ``Member.step`` for each configuration and batch size, and the least-squares
+    (a, b, c) of ``ms = d_z · (a + b · batch) + c · batch · k``."""
+    from codeclens.analyses.sae.sweep import Member
+
+    rows = []
+    for batch in batches:
+        x = torch.randn(batch, d)
+        train = TrainConfig(lr=1e-4, batch_size=batch)
+        for c in paper_grid(epochs=1, long_epochs=1):
+            m = Member(c, d, np.zeros(d, np.float32), 0, train, 10 * batch, torch.device("cpu"))
+            m.since_fired[: int(dead * m.sae.shape.d_z)] = 10**9  # dead: AuxK has work, as in training
+            for _ in range(3):
+                m.step(x)
+            t = time.process_time()
+            for _ in range(reps):
+                m.step(x)
+            rows.append({"batch": batch, "q": c.q, "s": c.s, "d_z": m.sae.shape.d_z, "k": m.sae.k,
+                         "ms": 1000 * (time.process_time() - t) / reps})
+    df = pd.DataFrame(rows)
+    a = np.stack([df["d_z"], df["d_z"] * df["batch"], df["batch"] * df["k"]], 1).astype(float)
+    coef = np.linalg.lstsq(a, df["ms"].to_numpy(), rcond=None)[0]
+    df["fit_ms"] = a @ coef
+    return df, coef
 
 
 def machine() -> str:
@@ -121,7 +153,15 @@ def main() -> None:
     ap.add_argument("--threads", default="1,2", help="torch intra-op thread counts to try")
     ap.add_argument("--sources", default="utterance,frames")
     ap.add_argument("--repeats", type=int, default=2, help="repeats per schedule (order alternates)")
+    ap.add_argument("--step-model", default="", help="batch sizes: time Member.step only and fit the step formula")
     args = ap.parse_args()
+    if args.step_model:
+        torch.set_num_threads(1)
+        print(machine())
+        df, (a, b, c) = step_model([int(v) for v in args.step_model.split(",")], args.d)
+        print(df.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+        print(f"ms/step ~= d_z * ({1e3 * a:.2f}e-3 + {1e6 * b:.2f}e-6 * batch) + {1e6 * c:.2f}e-6 * batch * k   (1 thread)")
+        return
 
     device = torch.device("cpu")
     configs = paper_grid(epochs=args.epochs, long_epochs=int(round(2.5 * args.epochs)))

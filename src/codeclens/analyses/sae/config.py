@@ -112,8 +112,10 @@ class SAEStudyConfig:
     (then the task must be it). Rows appear only when task, codec variant and representation match."""
     device: str = "auto"
     """Torch device."""
-    threads: int = 0
-    """Torch intra-op threads during the run (0 = torch's default; 1 is fastest on a busy shared CPU)."""
+    threads: int = 1
+    """Torch intra-op threads during the run (0 = torch's default). 1 by default: the SAEs are small
+    ([batch, d] x [d, d_z] products), so a second thread mostly waits and spins; on the shared
+    2-core test machine two threads cost several times the CPU per step (docs/sae.md)."""
 
     def __post_init__(self):
         if self.threads < 0:
@@ -215,8 +217,10 @@ class LatentProbeConfig:
     """Shuffled labellings of the null: a latent must score above its best shuffled score (0 = no null)."""
     device: str = "auto"
     """Torch device."""
-    threads: int = 0
-    """Torch intra-op threads during the run (0 = torch's default; 1 is fastest on a busy shared CPU)."""
+    threads: int = 1
+    """Torch intra-op threads during the run (0 = torch's default). 1 by default: the SAEs are small
+    ([batch, d] x [d, d_z] products), so a second thread mostly waits and spins; on the shared
+    2-core test machine two threads cost several times the CPU per step (docs/sae.md)."""
 
     def __post_init__(self):
         if self.threads < 0:

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import PAPER_Q, PAPER_S
-from .model import SAEShape, TopKSAE, auxk_loss, geometric_median, k_of, latent_size, mse
+from .model import SAEShape, TopKSAE, adam, auxk_loss, geometric_median, k_of, latent_size, mse
 
 
 
@@ -195,7 +195,7 @@ class Member:
                  n_train: int, device: torch.device, scale: float = 1.0):
         self.cfg = cfg
         self.sae = TopKSAE(cfg.shape(d), seed=cfg.seed(seed), b_pre=np.asarray(b_pre) / scale, scale=scale).to(device)
-        self.opt = torch.optim.Adam(self.sae.parameters(), lr=train.lr, eps=train.eps)
+        self.opt = adam(self.sae.parameters(), train.lr, train.eps)
         self.train = train
         self.dead_after = train.dead_samples or n_train
         self.aux_k = train.aux_for(d)
@@ -205,17 +205,22 @@ class Member:
 
     def step(self, x: torch.Tensor) -> float:
         sae = self.sae
-        pre = sae.pre_activations(x)
-        z = sae._topk(pre, sae.k)
-        u_hat = sae.decode(z)
         c = float(sae.scale)
+        # (x/c - b_pre) W_encᵀ written as (x/c) W_encᵀ - W_enc b_pre: the same pre-activations, but
+        # autograd then needs no [batch, d] input gradient (one [batch, d_z] x [d_z, d] product per
+        # step less), only a vector one for b_pre.
+        pre = (x / sae.scale) @ sae.W_enc.t() - sae.W_enc @ sae.b_pre
+        vals, idx = pre.topk(sae.k, dim=-1)
+        z = torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals))
+        u_hat = sae.decode(z)
         loss = mse(u_hat, x)
         total = loss / (c * c)  # optimise in scaled units
-        fired = (z > 0).any(0)
         if self.aux_k > 0:
             dead = self.since_fired >= self.dead_after
             resid = (x - u_hat).detach() / c
             total = total + self.train.aux_coef * auxk_loss(sae, pre, resid, dead, self.aux_k)
+        fired = torch.zeros_like(self.since_fired, dtype=torch.bool)
+        fired[idx[vals > 0]] = True  # = (z > 0).any(0), from the k chosen per row
         self.since_fired += x.shape[0]
         self.since_fired[fired] = 0
         self.opt.zero_grad(set_to_none=True)
