@@ -26,6 +26,8 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
+from .framepath import frame_objective
+
 Source = Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]
 ROUND = 10  # L-BFGS iterations between validation checks
 STABLE = 5  # count-table fits: iterations without a change of any vector's predicted class after which a problem stops
@@ -112,7 +114,8 @@ class BatchedLBFGS:
     once cost more than the loss evaluations of a count-table fit).
     """
 
-    def __init__(self, f, x0: torch.Tensor, history: int = 10, tol: float = 1e-6, ftol: float | None = None):
+    def __init__(self, f, x0: torch.Tensor, history: int = 10, tol: float = 1e-6,
+                 ftol: float | torch.Tensor | None = None):
         self.f, self.x, self.m, self.tol = f, x0.clone(), history, tol
         eps = torch.finfo(x0.dtype).eps
         # Relative decrease below which a problem counts as converged, and the slack that keeps
@@ -220,7 +223,8 @@ class BatchedLBFGS:
         torch.mul(y_, good[:, None], out=self.Y[h])
         self.R[h] = torch.where(good > 0, 1.0 / sy, torch.zeros_like(sy))
         self.head, self.count = (h + 1) % self.m, min(self.count + 1, self.m)
-        small = (loss - loss_new) <= self.ftol * loss_new.abs().clamp(min=1.0)
+        ftol = self.ftol[idx] if isinstance(self.ftol, torch.Tensor) else self.ftol  # one per problem, or one
+        small = (loss - loss_new) <= ftol * loss_new.abs().clamp(min=1.0)
         self.x[idx], self.loss[idx], self.g[idx] = x_new, loss_new, g_new
         for a, a_new in zip(self.aux, aux_new):
             a[idx] = a_new
@@ -232,26 +236,34 @@ class BatchedLBFGS:
 def fit_logistic(
     train: Source, val: Source | None, P: int, r: int, C: int, cw: torch.Tensor, l2: Sequence[float],
     l1: float = 0.0, max_iter: int = 300, patience: int = 3, tol: float = 1e-6, closed_form: bool = True,
-    path: bool = True, stop_on_val: bool = True,
+    path: bool = True, stop_on_val: bool | Sequence[bool] = True,
 ) -> LogisticFit:
     """Fit P x G multinomial logistic regressions; keep each one's best-validation iterate.
 
     Problem b = p * G + g. Early stopping is per problem: one whose validation loss
     has not improved for ``patience`` rounds stops (and costs nothing afterwards).
-    ``closed_form``: a source of one count-table chunk is evaluated with its analytic
-    gradient (:func:`_table_objective`); False uses autograd, as frame chunks always do.
+    ``closed_form``: the loss and gradient by hand, without autograd: a source of one count-table chunk by
+    :func:`_table_objective`, frame chunks by :func:`.framepath.frame_objective` (one product forward and
+    one back per probe and chunk); False uses autograd (the reference computation, for tests).
     ``path``: such a count-table fit (without L1) runs the strengths as a warm-started path
     (:func:`_fit_table_path`); False fits every strength from zero in one program, the
     same stopping as frame fits (kept for comparison: ``benchmarks/table_fits.py``).
     ``stop_on_val=False``: every fit runs to its penalised optimum (no early stopping); ``val`` then only
     serves the count-table path's skipping of strengths weaker than a perfect one, and is otherwise unused.
+    Frame sources also take one flag per probe (``[P]`` booleans): probes without stopping run to their
+    optimum beside those that stop, and their optimiser stops at a relative decrease of 1e-7 (as count
+    tables do) rather than 100 eps, so the optimum is reached to float32 precision.
     """
     one = _one_table(train) if closed_form else None
+    per_probe = not isinstance(stop_on_val, bool)
     if one is not None and path and l1 == 0:
+        if per_probe:
+            raise ValueError("count-table fits take one stop_on_val for all probes")
         va = _one_table(val) if val is not None else None
         if val is None or va is not None:
             return _fit_table_path(one, va, cw, l2, max_iter, patience, tol, stop_on_val)
-    if not stop_on_val:
+    stop = torch.as_tensor(stop_on_val, dtype=torch.bool, device=cw.device).reshape(-1).expand(P).clone()
+    if not bool(stop.any()):
         val = None
     dev, dt = cw.device, cw.dtype
     G = len(l2)
@@ -270,6 +282,8 @@ def fit_logistic(
     def f(x: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if table is not None:
             return _table_objective(table, wsum, lam, pof, x, idx, r, C)
+        if closed_form:
+            return frame_objective(train(), x, idx, pof, lam, cw, wsum, r, C)
         p = pof[idx]
         k = len(idx)
         x = x.detach().requires_grad_(True)
@@ -297,7 +311,13 @@ def fit_logistic(
         # sums non-negative terms, so decreases that small are real, and stopping earlier changed which
         # strength won on val for ill-conditioned problems (code controls) against the float64 fit.
         ftol = 1e-7 if table is not None and dt == torch.float32 else None
+        if table is None and not bool(stop.all()) and dt == torch.float32:
+            # Fits run to their optimum stop at the count tables' relative decrease, those stopped on val as before.
+            default = max(1e-10, 100 * torch.finfo(dt).eps)
+            ftol = torch.where(stop, torch.tensor(default, dtype=torch.float64, device=dev),
+                               torch.tensor(1e-7, dtype=torch.float64, device=dev)).repeat_interleave(G)
         opt = BatchedLBFGS(f, x0, tol=tol if dt == torch.float64 else max(tol, 1e-5), ftol=ftol)
+    free = ~stop.repeat_interleave(G)  # problems that run to their optimum: their last iterate is kept
     best_x = opt.x.clone()
     best = torch.full((B,), float("inf"), dtype=dt, device=dev)
     stale = torch.zeros(B, dtype=torch.long, device=dev)
@@ -313,7 +333,7 @@ def fit_logistic(
             continue
         W, b = unpack(opt.x)
         vl = mean_nll(val, W, b, cw, wsum_val).reshape(-1)
-        better = torch.isinf(best) | (vl < best - tol * best.abs().clamp(min=1.0))
+        better = torch.isinf(best) | (vl < best - tol * best.abs().clamp(min=1.0)) | free
         best_x = torch.where(better[:, None], opt.x, best_x)
         best = torch.where(better, vl, best)
         stale = torch.where(better, torch.zeros_like(stale), stale + 1)
