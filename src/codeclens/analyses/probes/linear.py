@@ -688,24 +688,6 @@ class Refit:
     """L-BFGS iterations."""
 
 
-def label_objective(z: torch.Tensor, y: torch.Tensor, W: torch.Tensor, b: torch.Tensor, cw: torch.Tensor
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Summed weighted cross-entropy [k] (float64) of a frame chunk and its gradients in W [k, r, C] and b [k, C].
-
-    ``z [k, m, r]``, labels ``y [k, m]`` (-1: padding), class weights ``cw [k, C]``. Analytic gradient
-    (``w_i (softmax_i - onehot_i)``): one batched product forward and one back, no autograd graph, so a
-    chunk costs its logits once.
-    """
-    yc = y.clamp(min=0).long()
-    w = torch.gather(cw, 1, yc) * (y >= 0)  # [k, m]
-    logp = torch.baddbmm(b[:, None, :], z, W)
-    logp.sub_(torch.logsumexp(logp, -1, keepdim=True))
-    loss = -(logp.gather(-1, yc[..., None]).squeeze(-1) * w).sum(1).double()
-    G = logp.exp_().mul_(w[..., None])
-    G.scatter_add_(-1, yc[..., None], -w[..., None])
-    return loss, torch.bmm(z.transpose(1, 2), G), G.sum(1)
-
-
 def refit_logistic(train: Source, W0: torch.Tensor, b0: torch.Tensor, cw: torch.Tensor, wsum: torch.Tensor,
                    l2: torch.Tensor, max_passes: int, tol: float = 1e-5) -> Refit:
     """Minimise each probe's objective at its own strength ``l2 [P]`` over the whole train source, from
@@ -719,28 +701,13 @@ def refit_logistic(train: Source, W0: torch.Tensor, b0: torch.Tensor, cw: torch.
     P, r, C = W0.shape
     nW = r * C
     count = [0]
+    pof = torch.arange(P, device=cw.device)  # one problem per probe: frame_objective's grouping is trivial
 
     def f(x: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        k = len(idx)
         if count[0] >= max_passes:
-            return torch.full((k,), float("inf"), dtype=torch.float64, device=x.device), torch.zeros_like(x)
+            return torch.full((len(idx),), float("inf"), dtype=torch.float64, device=x.device), torch.zeros_like(x)
         count[0] += 1
-        W, b = x[:, :nW].reshape(k, r, C), x[:, nW:]
-        total = torch.zeros(k, dtype=torch.float64, device=x.device)
-        gW, gb = torch.zeros_like(W), torch.zeros_like(b)
-        every = k == P
-        for z, t in train():
-            if not every:
-                z, t = z[idx], t[idx]
-            lo, dW, db = label_objective(z, t, W, b, cw[idx])
-            total += lo
-            gW += dW
-            gb += db
-        n = wsum[idx].to(x.dtype)
-        Wf = x[:, :nW]
-        lam = l2[idx].to(x.dtype)
-        grad = torch.cat([gW.reshape(k, nW) / n[:, None] + 2 * lam[:, None] * Wf, gb / n[:, None]], 1)
-        return total / n.double() + (lam[:, None] * Wf * Wf).sum(1).double(), grad
+        return frame_objective(train(), x, idx, pof, l2.to(x.dtype), cw, wsum, r, C)
 
     x0 = torch.cat([W0.reshape(P, nW), b0], 1).to(cw.dtype)
     opt = BatchedLBFGS(f, x0, tol=tol)
