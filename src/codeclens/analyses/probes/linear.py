@@ -26,6 +26,8 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
+from .framepath import frame_objective
+
 Source = Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]
 ROUND = 10  # L-BFGS iterations between validation checks
 STABLE = 5  # count-table fits: iterations without a change of any vector's predicted class after which a problem stops
@@ -112,7 +114,8 @@ class BatchedLBFGS:
     once cost more than the loss evaluations of a count-table fit).
     """
 
-    def __init__(self, f, x0: torch.Tensor, history: int = 10, tol: float = 1e-6, ftol: float | None = None):
+    def __init__(self, f, x0: torch.Tensor, history: int = 10, tol: float = 1e-6,
+                 ftol: float | torch.Tensor | None = None):
         self.f, self.x, self.m, self.tol = f, x0.clone(), history, tol
         eps = torch.finfo(x0.dtype).eps
         # Relative decrease below which a problem counts as converged, and the slack that keeps
@@ -220,7 +223,8 @@ class BatchedLBFGS:
         torch.mul(y_, good[:, None], out=self.Y[h])
         self.R[h] = torch.where(good > 0, 1.0 / sy, torch.zeros_like(sy))
         self.head, self.count = (h + 1) % self.m, min(self.count + 1, self.m)
-        small = (loss - loss_new) <= self.ftol * loss_new.abs().clamp(min=1.0)
+        ftol = self.ftol[idx] if isinstance(self.ftol, torch.Tensor) else self.ftol  # one per problem, or one
+        small = (loss - loss_new) <= ftol * loss_new.abs().clamp(min=1.0)
         self.x[idx], self.loss[idx], self.g[idx] = x_new, loss_new, g_new
         for a, a_new in zip(self.aux, aux_new):
             a[idx] = a_new
@@ -232,26 +236,34 @@ class BatchedLBFGS:
 def fit_logistic(
     train: Source, val: Source | None, P: int, r: int, C: int, cw: torch.Tensor, l2: Sequence[float],
     l1: float = 0.0, max_iter: int = 300, patience: int = 3, tol: float = 1e-6, closed_form: bool = True,
-    path: bool = True, stop_on_val: bool = True,
+    path: bool = True, stop_on_val: bool | Sequence[bool] = True,
 ) -> LogisticFit:
     """Fit P x G multinomial logistic regressions; keep each one's best-validation iterate.
 
     Problem b = p * G + g. Early stopping is per problem: one whose validation loss
     has not improved for ``patience`` rounds stops (and costs nothing afterwards).
-    ``closed_form``: a source of one count-table chunk is evaluated with its analytic
-    gradient (:func:`_table_objective`); False uses autograd, as frame chunks always do.
+    ``closed_form``: the loss and gradient by hand, without autograd: a source of one count-table chunk by
+    :func:`_table_objective`, frame chunks by :func:`.framepath.frame_objective` (one product forward and
+    one back per probe and chunk); False uses autograd (the reference computation, for tests).
     ``path``: such a count-table fit (without L1) runs the strengths as a warm-started path
     (:func:`_fit_table_path`); False fits every strength from zero in one program, the
     same stopping as frame fits (kept for comparison: ``benchmarks/table_fits.py``).
     ``stop_on_val=False``: every fit runs to its penalised optimum (no early stopping); ``val`` then only
     serves the count-table path's skipping of strengths weaker than a perfect one, and is otherwise unused.
+    Frame sources also take one flag per probe (``[P]`` booleans): probes without stopping run to their
+    optimum beside those that stop, and their optimiser stops at a relative decrease of 1e-7 (as count
+    tables do) rather than 100 eps, so the optimum is reached to float32 precision.
     """
     one = _one_table(train) if closed_form else None
+    per_probe = not isinstance(stop_on_val, bool)
     if one is not None and path and l1 == 0:
+        if per_probe:
+            raise ValueError("count-table fits take one stop_on_val for all probes")
         va = _one_table(val) if val is not None else None
         if val is None or va is not None:
             return _fit_table_path(one, va, cw, l2, max_iter, patience, tol, stop_on_val)
-    if not stop_on_val:
+    stop = torch.as_tensor(stop_on_val, dtype=torch.bool, device=cw.device).reshape(-1).expand(P).clone()
+    if not bool(stop.any()):
         val = None
     dev, dt = cw.device, cw.dtype
     G = len(l2)
@@ -270,6 +282,8 @@ def fit_logistic(
     def f(x: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if table is not None:
             return _table_objective(table, wsum, lam, pof, x, idx, r, C)
+        if closed_form:
+            return frame_objective(train(), x, idx, pof, lam, cw, wsum, r, C)
         p = pof[idx]
         k = len(idx)
         x = x.detach().requires_grad_(True)
@@ -297,7 +311,13 @@ def fit_logistic(
         # sums non-negative terms, so decreases that small are real, and stopping earlier changed which
         # strength won on val for ill-conditioned problems (code controls) against the float64 fit.
         ftol = 1e-7 if table is not None and dt == torch.float32 else None
+        if table is None and not bool(stop.all()) and dt == torch.float32:
+            # Fits run to their optimum stop at the count tables' relative decrease, those stopped on val as before.
+            default = max(1e-10, 100 * torch.finfo(dt).eps)
+            ftol = torch.where(stop, torch.tensor(default, dtype=torch.float64, device=dev),
+                               torch.tensor(1e-7, dtype=torch.float64, device=dev)).repeat_interleave(G)
         opt = BatchedLBFGS(f, x0, tol=tol if dt == torch.float64 else max(tol, 1e-5), ftol=ftol)
+    free = ~stop.repeat_interleave(G)  # problems that run to their optimum: their last iterate is kept
     best_x = opt.x.clone()
     best = torch.full((B,), float("inf"), dtype=dt, device=dev)
     stale = torch.zeros(B, dtype=torch.long, device=dev)
@@ -313,7 +333,7 @@ def fit_logistic(
             continue
         W, b = unpack(opt.x)
         vl = mean_nll(val, W, b, cw, wsum_val).reshape(-1)
-        better = torch.isinf(best) | (vl < best - tol * best.abs().clamp(min=1.0))
+        better = torch.isinf(best) | (vl < best - tol * best.abs().clamp(min=1.0)) | free
         best_x = torch.where(better[:, None], opt.x, best_x)
         best = torch.where(better, vl, best)
         stale = torch.where(better, torch.zeros_like(stale), stale + 1)
@@ -668,24 +688,6 @@ class Refit:
     """L-BFGS iterations."""
 
 
-def label_objective(z: torch.Tensor, y: torch.Tensor, W: torch.Tensor, b: torch.Tensor, cw: torch.Tensor
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Summed weighted cross-entropy [k] (float64) of a frame chunk and its gradients in W [k, r, C] and b [k, C].
-
-    ``z [k, m, r]``, labels ``y [k, m]`` (-1: padding), class weights ``cw [k, C]``. Analytic gradient
-    (``w_i (softmax_i - onehot_i)``): one batched product forward and one back, no autograd graph, so a
-    chunk costs its logits once.
-    """
-    yc = y.clamp(min=0).long()
-    w = torch.gather(cw, 1, yc) * (y >= 0)  # [k, m]
-    logp = torch.baddbmm(b[:, None, :], z, W)
-    logp.sub_(torch.logsumexp(logp, -1, keepdim=True))
-    loss = -(logp.gather(-1, yc[..., None]).squeeze(-1) * w).sum(1).double()
-    G = logp.exp_().mul_(w[..., None])
-    G.scatter_add_(-1, yc[..., None], -w[..., None])
-    return loss, torch.bmm(z.transpose(1, 2), G), G.sum(1)
-
-
 def refit_logistic(train: Source, W0: torch.Tensor, b0: torch.Tensor, cw: torch.Tensor, wsum: torch.Tensor,
                    l2: torch.Tensor, max_passes: int, tol: float = 1e-5) -> Refit:
     """Minimise each probe's objective at its own strength ``l2 [P]`` over the whole train source, from
@@ -699,28 +701,13 @@ def refit_logistic(train: Source, W0: torch.Tensor, b0: torch.Tensor, cw: torch.
     P, r, C = W0.shape
     nW = r * C
     count = [0]
+    pof = torch.arange(P, device=cw.device)  # one problem per probe: frame_objective's grouping is trivial
 
     def f(x: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        k = len(idx)
         if count[0] >= max_passes:
-            return torch.full((k,), float("inf"), dtype=torch.float64, device=x.device), torch.zeros_like(x)
+            return torch.full((len(idx),), float("inf"), dtype=torch.float64, device=x.device), torch.zeros_like(x)
         count[0] += 1
-        W, b = x[:, :nW].reshape(k, r, C), x[:, nW:]
-        total = torch.zeros(k, dtype=torch.float64, device=x.device)
-        gW, gb = torch.zeros_like(W), torch.zeros_like(b)
-        every = k == P
-        for z, t in train():
-            if not every:
-                z, t = z[idx], t[idx]
-            lo, dW, db = label_objective(z, t, W, b, cw[idx])
-            total += lo
-            gW += dW
-            gb += db
-        n = wsum[idx].to(x.dtype)
-        Wf = x[:, :nW]
-        lam = l2[idx].to(x.dtype)
-        grad = torch.cat([gW.reshape(k, nW) / n[:, None] + 2 * lam[:, None] * Wf, gb / n[:, None]], 1)
-        return total / n.double() + (lam[:, None] * Wf * Wf).sum(1).double(), grad
+        return frame_objective(train(), x, idx, pof, l2.to(x.dtype), cw, wsum, r, C)
 
     x0 = torch.cat([W0.reshape(P, nW), b0], 1).to(cw.dtype)
     opt = BatchedLBFGS(f, x0, tol=tol)

@@ -416,9 +416,11 @@ class _RepFeatures:
 
     ``layer:k`` and ``cumulative:k`` frames are sums of table lookups and whitening is
     affine, so the whitening is folded into the tables once (``T_l @ proj``): a chunk of
-    whitened frames is then materialised straight from its codes by k gathers, with no
-    raw vectors and no per-chunk projection. Other representations (latent) are read
-    and projected per chunk.
+    whitened frames is then materialised straight from its codes, with no raw vectors
+    and no per-chunk projection, by one ``embedding_bag`` (sum) over the k folded tables
+    stacked end to end (a frame's codes, shifted by each table's start, are one bag):
+    one pass over the chunk's output instead of k gathers and k - 1 additions of
+    ``[m, r]`` temporaries. Other representations (latent) are read and projected per chunk.
     """
 
     def __init__(self, store: Store, rep: Repr, td: TaskData, device=None):
@@ -432,8 +434,9 @@ class _RepFeatures:
         if td.level == "frame" and rep.kind in ("layer", "cumulative"):
             self._layers = [rep.layer - 1] if rep.kind == "layer" else list(range(rep.layer))
             proj = torch.from_numpy(self.whitener.proj)
-            self._tables = [(torch.from_numpy(np.asarray(store.tables[l], np.float64)) @ proj).float().to(self.device)
-                            for l in self._layers]
+            tables = [torch.from_numpy(np.asarray(store.tables[l], np.float64)) @ proj for l in self._layers]
+            self._table = torch.cat(tables).float().to(self.device)  # [sum of K_l, r]
+            self._start = np.cumsum([0] + [len(t) for t in tables[:-1]]).astype(np.int64)  # each table's first row
             self._offset = (torch.from_numpy(self.whitener.mean) @ proj).float().to(self.device)
         else:
             self._proj = torch.from_numpy(self.whitener.proj).float().to(self.device)
@@ -449,11 +452,9 @@ class _RepFeatures:
         """Whitened features ``[len(rows), r]`` (float32, on the device)."""
         if self._layers:
             codes = codes_at(self.store, rows, self._layers).astype(np.int64)  # torch indexes with int64
-            c = torch.from_numpy(codes).to(self.device)
-            z = self._tables[0][c[:, 0]] - self._offset
-            for i in range(1, len(self._layers)):
-                z += self._tables[i][c[:, i]]
-            return z
+            codes += self._start
+            z = torch.nn.functional.embedding_bag(torch.from_numpy(codes).to(self.device), self._table, mode="sum")
+            return z.sub_(self._offset)
         parts = [(torch.from_numpy(x).to(self.device) - self._mean) @ self._proj for x in self.raw(rows)]
         return torch.cat(parts) if parts else torch.zeros((0, self.whitener.dim), device=self.device)
 
@@ -557,7 +558,10 @@ def _select(jobs, fr: _Frames, cfg: ProbeConfig, device, m: int):
     has_val = len(fr.rows["val"]) > 0
     train = _Counted(src("train", Y["train"]))
     val = src("val", Yfit_val) if has_val and not td.open_set else None
-    fit = fit_logistic(train, val, P, fr.r, C, cw, cfg.l2, cfg.l1, cfg.max_iter, cfg.patience)
+    # Code controls run to each strength's penalised optimum, val only choosing the strength; task probes
+    # and type controls stop on val (see fit_table_classify). One flag per probe: they share this program.
+    stop = [not (j.control and cfg.control == "code") for j in jobs]
+    fit = fit_logistic(train, val, P, fr.r, C, cw, cfg.l2, cfg.l1, cfg.max_iter, cfg.patience, stop_on_val=stop)
     if td.open_set:
         from .metrics import nearest_centroid_loo
 
