@@ -180,7 +180,7 @@ def test_validation_errors_are_one_line(tmp_path, audio_folder, capsys):
     base = good.read_text()
     rand = 'spec = "melrvq?random_init=1&layers=2&codebook_size=16"'
     cases = [
-        (base.replace('name = "t"', 'nmae = "t"'), "[study]: unknown option(s) nmae; known: description, device, name, seed, threads, title"),
+        (base.replace('name = "t"', 'nmae = "t"'), "[study]: unknown option(s) nmae; known: description, device, isolate, name, seed, threads, title"),
         (base.replace(f'spec = "folder:{audio_folder}"', 'spec = "synthetc?n=3"'), "unknown corpus 'synthetc'"),
         (base.replace('spec = "folder:', 'spek = "folder:'), "unknown key(s) spek; known: spec, limit, extract"),
         (base.replace(rand, 'spec = "encodek:24khz"'), "unknown codec 'encodek'"),
@@ -188,7 +188,7 @@ def test_validation_errors_are_one_line(tmp_path, audio_folder, capsys):
         (base.replace('corpus = "audio"', 'corpus = "nope"'), "corpus 'nope' is not a study corpus"),
         (base + '\n[analyses.x]\nkind = "nosuch"\n', "unknown analysis 'nosuch'; known:"),
         (base.replace("scale = 1.0", "scael = 1.0"),
-         "unknown option(s) scael; known: codecs, corpora, hold_mb, kind, layer, per, scale, seed"),
+         "unknown option(s) scael; known: codecs, corpora, die, fail, hold_mb, kind, layer, per, scale, seed"),
         (base.replace("scale = 1.0", "layer = 0"), "layer must be >= 1"),
         (base.replace('codecs = ["mel"]', 'codecs = ["nope"]'), "codecs: 'nope' is not in the study"),
         (base.replace("shard_size = 4", "shard_sise = 4"), "unknown option(s) shard_sise"),
