@@ -179,9 +179,12 @@ def random_study(study: Path, corpus_spec: str, out: Path, sets: list[str]) -> t
 
 
 def step_peaks(run: Path) -> list[dict]:
-    """Each step's record (id, status, seconds, peak RSS) in run order."""
-    info = json.loads((run / "run.json").read_text())
-    return [s for s in info["steps"]]
+    """Each step's record (id, status, seconds, peak RSS) in run order; from the step records
+    themselves when the run was stopped before it wrote run.json."""
+    if (run / "run.json").is_file():
+        return list(json.loads((run / "run.json").read_text())["steps"])
+    recs = [json.loads(p.read_text()) for p in (run / ".steps").glob("*.json")]
+    return sorted(recs, key=lambda r: r.get("started") or "")
 
 
 def main() -> None:
@@ -230,7 +233,7 @@ def main() -> None:
         worst = max(worst, gb)
         flag = "  > limit" if gb > args.limit else ""
         print(f"  {s['id']:<42} {s['status']:<8} {s.get('seconds') or 0:8.1f} s  peak {gb:5.2f} GB"
-              f"  (start {(s.get('rss_start_bytes') or 0) / 1e9:4.2f}){flag}")
+              f"  (start {(s.get('rss_start_bytes') or 0) / 1e9:4.2f}, {s.get('process') or 'runner'} process){flag}")
     if proc.returncode:
         print(proc.stderr[-3000:])
     sys.exit(1 if worst > args.limit else 0)

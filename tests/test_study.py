@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import textwrap
 from pathlib import Path
 
@@ -41,6 +42,10 @@ class StudyTestConfig:
     """Unused; present so the study's seed default is exercised."""
     hold_mb: int = 0
     """Megabytes written into one array while running (a planted peak resident set)."""
+    fail: str = ""
+    """Raise RuntimeError(fail) while running (a planted failure that travels in the config)."""
+    die: bool = False
+    """Kill the running process with SIGKILL (as the OOM killer does); only for steps in their own process."""
 
     def __post_init__(self):
         if self.layer < 1:
@@ -67,6 +72,13 @@ class StudyTestAnalysis(Analysis):
         if PLANTED["raise"] is not None:
             exc, PLANTED["raise"] = PLANTED["raise"], None
             raise exc
+        if cfg.fail:
+            raise RuntimeError(cfg.fail)
+        if cfg.die:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
         rows = []
         for s in stores:
             u = s.utterances
@@ -113,7 +125,9 @@ class RenamedSpeakers(FolderCorpus):
 
 
 def write_study(tmp: Path, audio_folder: Path, scale: float = 1.0, extra: str = "", analyses: str | None = None,
-                corpus_kind: str = "folder") -> Path:
+                corpus_kind: str = "folder", isolate: bool = False) -> Path:
+    """The test study; ``isolate`` (the runner's default, off here) runs its heavy steps in their own
+    processes, where the in-process plants (PLANTED, patched functions) cannot reach."""
     if analyses is None:
         analyses = f"""
         [analyses.studytest]
@@ -128,6 +142,7 @@ def write_study(tmp: Path, audio_folder: Path, scale: float = 1.0, extra: str = 
         [study]
         name = "t"
         threads = 1
+        isolate = {str(isolate).lower()}
         title = "Test study {EVIL}"
         description = "A study with a hostile label {EVIL}"
 
@@ -165,7 +180,7 @@ def test_validation_errors_are_one_line(tmp_path, audio_folder, capsys):
     base = good.read_text()
     rand = 'spec = "melrvq?random_init=1&layers=2&codebook_size=16"'
     cases = [
-        (base.replace('name = "t"', 'nmae = "t"'), "[study]: unknown option(s) nmae; known: description, device, name, seed, threads, title"),
+        (base.replace('name = "t"', 'nmae = "t"'), "[study]: unknown option(s) nmae; known: description, device, isolate, name, seed, threads, title"),
         (base.replace(f'spec = "folder:{audio_folder}"', 'spec = "synthetc?n=3"'), "unknown corpus 'synthetc'"),
         (base.replace('spec = "folder:', 'spek = "folder:'), "unknown key(s) spek; known: spec, limit, extract"),
         (base.replace(rand, 'spec = "encodek:24khz"'), "unknown codec 'encodek'"),
@@ -173,7 +188,7 @@ def test_validation_errors_are_one_line(tmp_path, audio_folder, capsys):
         (base.replace('corpus = "audio"', 'corpus = "nope"'), "corpus 'nope' is not a study corpus"),
         (base + '\n[analyses.x]\nkind = "nosuch"\n', "unknown analysis 'nosuch'; known:"),
         (base.replace("scale = 1.0", "scael = 1.0"),
-         "unknown option(s) scael; known: codecs, corpora, hold_mb, kind, layer, per, scale, seed"),
+         "unknown option(s) scael; known: codecs, corpora, die, fail, hold_mb, kind, layer, per, scale, seed"),
         (base.replace("scale = 1.0", "layer = 0"), "layer must be >= 1"),
         (base.replace('codecs = ["mel"]', 'codecs = ["nope"]'), "codecs: 'nope' is not in the study"),
         (base.replace("shard_size = 4", "shard_sise = 4"), "unknown option(s) shard_sise"),
@@ -259,14 +274,16 @@ def test_run_skip_rerun_and_force(tmp_path, audio_folder):
     assert not (out / ".lock").exists()
 
 
-def test_each_step_records_its_own_peak_resident_set(tmp_path, audio_folder):
+@pytest.mark.parametrize("isolate", [False, True])
+def test_each_step_records_its_own_peak_resident_set(tmp_path, audio_folder, isolate):
     """A planted 400 MB step is recorded at >= 400 MB over the baseline; the steps after it are
-    not (a process-lifetime maximum, getrusage's, would carry it into every later step)."""
+    not (a process-lifetime maximum, getrusage's, would carry it into every later step). In the
+    runner's process the high-water mark is reset per step; a step in its own process has its own."""
     from codeclens.study.rss import reset_peak
 
     if not reset_peak():
         pytest.skip("no resettable high-water mark (not Linux)")
-    study_file = write_study(tmp_path, audio_folder, analyses="""
+    study_file = write_study(tmp_path, audio_folder, isolate=isolate, analyses="""
         [analyses.big]
         kind = "studytest"
         hold_mb = 400
@@ -278,12 +295,72 @@ def test_each_step_records_its_own_peak_resident_set(tmp_path, audio_folder):
     assert main(["run", str(study_file), "--out", str(out), "--quiet"]) == 0
     steps = {s["id"]: s for s in json.loads((out / "run.json").read_text())["steps"]}
     assert all(s["peak_rss_of"] == "step" and s["peak_rss_bytes"] > 0 for s in steps.values())
+    assert {s["process"] for i, s in steps.items() if i != "corpus:audio"} == {"own" if isolate else "runner"}
     big, small = steps["big:audio"]["peak_rss_bytes"], steps["small:audio"]["peak_rss_bytes"]
     base = max(steps["extract:audio/mel"]["peak_rss_bytes"], small)
     assert big >= small + (400 << 20) * 0.95, (big, small)
     assert small < big - (300 << 20)
     assert base < big
+    assert steps["small:audio"]["rss_start_bytes"] < small
     assert "peak RSS" in (out / "run.log").read_text()
+
+
+def test_isolated_steps_match_fail_die_and_resume(tmp_path, audio_folder, monkeypatch):
+    """Steps in their own processes: the same outputs as in the runner's process; a failure is recorded with
+    its message and traceback, a process killed by SIGKILL (as the OOM killer does) is a failed step, and
+    neither stops the independent steps; an interrupted resumable analysis resumes from its cache."""
+    analyses = """
+        [analyses.studytest]
+        codecs = ["rand"]
+        {bad}
+
+        [analyses.resumetest]
+        codecs = ["rand"]
+        """
+    bad = """
+        [analyses.fails]
+        kind = "studytest"
+        fail = "planted failure in a child"
+
+        [analyses.dies]
+        kind = "studytest"
+        die = true
+        """
+    inproc = tmp_path / "inproc"
+    inproc.mkdir()
+    run_study(load_study(write_study(inproc, audio_folder, analyses=analyses.format(bad=""))), inproc / "run",
+              progress=False, echo=quiet, report=False)
+    study_file = write_study(tmp_path, audio_folder, isolate=True, analyses=analyses.format(bad=bad))
+    out = tmp_path / "run"
+    monkeypatch.setenv("CODECLENS_TEST_INTERRUPT_AT", "0")
+    with pytest.raises(KeyboardInterrupt):
+        run_study(load_study(study_file), out, progress=False, echo=quiet, report=False)
+    rec = json.loads((out / ".steps" / "resumetest__audio.json").read_text())
+    assert rec["status"] == "running"
+    parts = out / "analyses" / "resumetest" / "audio"
+    assert (parts / "computed.txt").read_text() == "0\n"
+    monkeypatch.delenv("CODECLENS_TEST_INTERRUPT_AT")
+    res = run_study(load_study(study_file), out, progress=False, echo=quiet, report=False)
+    assert sorted(res.failed) == ["dies:audio", "fails:audio"]
+    assert res.ran == ["resumetest:audio"]
+    assert "studytest:audio" in res.skipped  # done before the interruption
+    assert "resumetest:audio: resuming" in (out / "run.log").read_text()
+    assert (parts / "computed.txt").read_text() == "0\n1\n2\n"  # part 0 not computed again
+    steps = {s["id"]: s for s in json.loads((out / "run.json").read_text())["steps"]}
+    assert steps["fails:audio"]["error"] == "RuntimeError: planted failure in a child"
+    assert steps["dies:audio"]["error"].startswith("the step's process was killed by SIGKILL")
+    log = (out / "run.log").read_text()
+    assert "Traceback" in log and "planted failure in a child" in log
+    mine = pd.read_csv(out / "analyses" / "studytest" / "audio" / "per_speaker.csv")
+    pd.testing.assert_frame_equal(mine, pd.read_csv(inproc / "run" / "analyses" / "studytest" / "audio" / "per_speaker.csv"))
+    for name in ("mel", "rand"):
+        np.testing.assert_array_equal(np.load(out / "stores" / "audio" / name / "codes.npy"),
+                                      np.load(inproc / "run" / "stores" / "audio" / name / "codes.npy"))
+    # Fixed, the failed steps run; nothing else does.
+    fixed = bad.replace('fail = "planted failure in a child"', "scale = 2.0").replace("die = true", "scale = 3.0")
+    write_study(tmp_path, audio_folder, isolate=True, analyses=analyses.format(bad=fixed))
+    res = run_study(load_study(study_file), out, progress=False, echo=quiet, report=False)
+    assert sorted(res.ran) == ["dies:audio", "fails:audio"] and res.ok
 
 
 def test_interrupted_and_failed_runs_resume(tmp_path, audio_folder, capsys):
@@ -336,6 +413,10 @@ class ResumeTestAnalysis(Analysis):
             f.parent.mkdir(parents=True, exist_ok=True)
             f.write_text(str(i))
             self.computed.append(i)
+            with open(out / "computed.txt", "a") as log:  # seen by the test when the step ran in its own process
+                log.write(f"{i}\n")
+            if os.environ.get("CODECLENS_TEST_INTERRUPT_AT") == str(i):  # reaches a step's own process too
+                raise KeyboardInterrupt
             if PLANTED["raise"] is not None:
                 exc, PLANTED["raise"] = PLANTED["raise"], None
                 raise exc

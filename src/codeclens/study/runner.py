@@ -29,12 +29,15 @@ from ..util.lock import pid_lock
 from ..util.provenance import config_hash, provenance
 from .config import Study, StudyError, describe
 from ..util.heap import mmap_large_buffers, release_memory
+from .isolate import StepFailed, available as isolate_available, run_step
 from .rss import current_bytes, peak_bytes, reset_peak
 from .steps import Step, json_safe, plan
 
 LOG = "run.log"
 RUN_JSON = "run.json"
 STEPS = ".steps"
+#: Step kinds run in their own process (corpus steps only list and summarise a corpus: cheap).
+ISOLATED_KINDS = ("fit", "random", "extract", "analysis")
 
 
 @dataclasses.dataclass
@@ -104,6 +107,11 @@ class Runner:
         with open(self.root / LOG, "a") as f:
             f.write(line + "\n")
         self.echo(line)
+
+    def isolated(self, step: Step) -> bool:
+        """Whether ``step`` runs in its own process (:mod:`codeclens.study.isolate`): the heavy kinds, when
+        the study asks for it (the default) and the platform can."""
+        return self.study.meta.isolate and step.kind in ISOLATED_KINDS and isolate_available()
 
     def inputs(self, step: Step) -> dict[str, str | None]:
         """The tokens of the steps ``step`` depends on (what its key and a store's identity hold)."""
@@ -190,22 +198,35 @@ class Runner:
                 self._write_record(rec)
                 t0 = time.perf_counter()
                 self.ctx.inputs = self.inputs(step)
-                release_memory()
-                rss_start = current_bytes()
-                was_reset = reset_peak()
+                isolated = self.isolated(step)
+                if not isolated:
+                    release_memory()
+                    rss_start = current_bytes()
+                    was_reset = reset_peak()
                 try:
-                    info = step.work(step, self.ctx) or {}
+                    if isolated:
+                        info, peak, rss_start = run_step(self.study, self.root, step.id, self.ctx.inputs,
+                                                         self.progress, self.log)
+                        mem = {"peak_rss_bytes": peak, "peak_rss_of": "step", "process": "own"}
+                    else:
+                        info = step.work(step, self.ctx) or {}
+                        mem = {**_peak(was_reset), "process": "runner"}
                 except (KeyboardInterrupt, SystemExit):
                     self.log(f"{tag}: interrupted; re-run the same command to resume")
                     raise
                 except Exception as e:  # recorded and reported; independent steps go on
                     dt = time.perf_counter() - t0
-                    rec.update(_peak(was_reset), rss_start_bytes=rss_start)
-                    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-                    if not isinstance(e, CodeclensError):
-                        msg = f"{type(e).__name__}: {msg}"
+                    if isinstance(e, StepFailed):
+                        msg, tb = e.message, e.traceback
+                        rec.update(peak_rss_bytes=e.peak, peak_rss_of="step", process="own", rss_start_bytes=e.start)
+                    else:
+                        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+                        if not isinstance(e, CodeclensError):
+                            msg = f"{type(e).__name__}: {msg}"
+                        tb = traceback.format_exc()
+                        rec.update(_peak(was_reset), process="runner", rss_start_bytes=rss_start)
                     with open(self.root / LOG, "a") as f:
-                        f.write(traceback.format_exc())
+                        f.write(tb)
                     rec.update(status="failed", error=msg, seconds=dt, finished=_now())
                     self._write_record(rec)
                     status[step.id] = "failed"
@@ -214,15 +235,16 @@ class Runner:
                     continue
                 dt = time.perf_counter() - t0
                 fin = _now()
-                rec.update(_peak(was_reset), rss_start_bytes=rss_start)
+                rec.update(mem, rss_start_bytes=rss_start)
                 rec.update(status="done", seconds=dt, finished=fin, info=info,
                            token=config_hash({"key": key, "finished": fin, "t": time.time_ns()}))
                 self._write_record(rec)
                 status[step.id] = "ran"
                 ran.append(step.id)
                 start = f" ({rss_start / 1e9:.2f} GB at its start)" if rss_start else ""
-                self.log(f"{tag}: done in {dt:.1f}s, peak RSS {rec['peak_rss_bytes'] / 1e9:.2f} GB"
-                         + (start if rec["peak_rss_of"] == "step" else " (process lifetime)"))
+                where = ", own process" if isolated else ""
+                self.log(f"{tag}: done in {dt:.1f}s, peak RSS {(rec['peak_rss_bytes'] or 0) / 1e9:.2f} GB"
+                         + (start + where if rec["peak_rss_of"] == "step" else " (process lifetime)"))
         finally:
             if threads is not None:
                 import torch
@@ -259,7 +281,7 @@ class Runner:
                 "this_run": status.get(s.id, "not reached"), "status": rec.get("status", "pending"),
                 "seconds": rec.get("seconds"), "peak_rss_bytes": rec.get("peak_rss_bytes"),
                 "rss_start_bytes": rec.get("rss_start_bytes"),
-                "peak_rss_of": rec.get("peak_rss_of"), "finished": rec.get("finished"), "error": rec.get("error"),
+                "peak_rss_of": rec.get("peak_rss_of"), "process": rec.get("process"), "finished": rec.get("finished"), "error": rec.get("error"),
                 "info": rec.get("info", {}), "key": rec.get("key"),
             })
         write_json(self.root / RUN_JSON, json_safe({

@@ -18,6 +18,7 @@ from ...errors import CodeclensError
 from ...store import Repr, Store
 from ...store import columns
 from ...store.columns import FrameLabels, frame_column_names, utterance_label
+from ...labels.splits import too_few_speakers
 from .config import ProbeConfig
 
 SPLITS = ("train", "val", "test")
@@ -225,6 +226,22 @@ def _encode(labels: np.ndarray, train_classes: np.ndarray, extra: np.ndarray) ->
     if not inside.all():
         out[~inside] = len(train_classes) + np.searchsorted(extra, labels[~inside])
     return out
+
+
+def check_split_speakers(store: Store, task: str, cfg: ProbeConfig) -> None:
+    """One clear error, before any work, when the task's speaker-disjoint split lacks a split it
+    needs (train, test, and val to choose among several --l2) because the store has too few speakers."""
+    u = store.utterances
+    if "speaker" not in u.columns:
+        return
+    scol = split_column(task, resolve_column(store, task), cfg)
+    few = too_few_speakers(int(u["speaker"].nunique()), scol) if scol == "split_spk" else ""
+    if not few or scol not in u.columns:
+        return
+    present = set(u[scol].astype(str))
+    need = {"train", "test"} | ({"val"} if len(cfg.l2) > 1 else set())
+    if need - present:
+        raise CodeclensError(f"{store.path}: task '{task}': {few}")
 
 
 def _check_val(store: Store, task: str, scol: str, rows: dict[str, np.ndarray], cfg: ProbeConfig) -> None:

@@ -17,7 +17,7 @@ from .controls import CodeLabels, code_types, control_labels, control_table, pho
 from .cv import Pooled, fold_tasks, pool_tasks, target_range, use_cv
 from .cv import pool_labels as cv_pool_labels
 from .data import SPLITS as SPLITS_
-from .data import TaskData, gather_task
+from .data import TaskData, check_split_speakers, gather_task
 from .torch_backend import Job, JobFit
 
 COLUMNS = [
@@ -200,6 +200,10 @@ def run_task(stores: list[Store], task: str, cfg: ProbeConfig, progress: bool = 
 
     names = display_names(stores)
     by_store: dict[int, list[dict[str, Any]]] = {}
+    base = "f0" if task == SEMITONES else task
+    for s in stores:
+        if not use_cv(s, base, cfg):
+            check_split_speakers(s, base, cfg)
     for si, s in enumerate(stores):
         if tables.eligible(s, task, cfg):
             rows = tables.run_store(s, task, cfg, si, names, progress)
