@@ -84,23 +84,25 @@ def read_torch_state(path: Path, mmap: bool) -> dict[str, torch.Tensor]:
     return obj
 
 
-def load_kept_state(model: torch.nn.Module, path: Path, what: str, dropped: tuple[str, ...]) -> None:
+def load_kept_state(model: torch.nn.Module, path: Path, what: str, dropped: tuple[str, ...],
+                    dropped_suffixes: tuple[str, ...] = ()) -> None:
     """Load ``model``'s own keys from the weights file ``path``, reading nothing else.
 
     ``model`` may be on the ``meta`` device (its tensors are then replaced by the loaded ones,
     cast to the model's dtypes). Keys under a ``dropped`` prefix (``"decoder."``) may be in the
     file and are skipped unread; any other key the model lacks, or one it needs that the file
-    lacks, is an error, as in a full strict load."""
+    lacks, is an error, as in a full strict load. Keys ending in ``dropped_suffixes`` (state the
+    caller removed from the model, e.g. training-only buffers) are skipped likewise."""
     want = model.state_dict()
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
-            _check_keys(want, set(f.keys()), dropped, what)
+            _check_keys(want, set(f.keys()), dropped, dropped_suffixes, what)
             state = {k: f.get_tensor(k) for k in want}
     else:
         full = read_torch_state(path, mmap=True)
-        _check_keys(want, set(full), dropped, what)
+        _check_keys(want, set(full), dropped, dropped_suffixes, what)
         # Copies, so the file's mapping (and any page of it read) goes when ``full`` does.
         state = {k: full[k].clone() if isinstance(full[k], torch.Tensor) else full[k] for k in want}
         del full
@@ -114,9 +116,9 @@ def load_kept_state(model: torch.nn.Module, path: Path, what: str, dropped: tupl
     no_meta_left(model, what)
 
 
-def _check_keys(want: dict, have: set[str], dropped: tuple[str, ...], what: str) -> None:
+def _check_keys(want: dict, have: set[str], dropped: tuple[str, ...], suffixes: tuple[str, ...], what: str) -> None:
     missing = sorted(set(want) - have)
-    unexpected = sorted(k for k in have - set(want) if not k.startswith(dropped))
+    unexpected = sorted(k for k in have - set(want) if not k.startswith(dropped) and not (suffixes and k.endswith(suffixes)))
     if missing or unexpected:
         raise CodeclensError(
             f"{what}: checkpoint does not match the architecture "

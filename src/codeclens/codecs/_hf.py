@@ -115,15 +115,9 @@ def load_state_file(path: Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure is the user's file
-        raise CodeclensError(f"cannot load '{path}' as a weights-only torch checkpoint: {str(e).splitlines()[0]}") from None
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise CodeclensError(f"'{path}' does not hold a state dict")
-    return obj
+    from ._extraction import read_torch_state
+
+    return read_torch_state(path, mmap=False)
 
 
 def load_hf_model(model_cls, config_cls, checkpoint: str, what: str, drop: tuple[str, ...] = ()):

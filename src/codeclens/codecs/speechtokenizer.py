@@ -228,7 +228,11 @@ class SpeechTokenizerCodec(TorchCodec, CodecAdapter):
         with torch.device("meta"):  # nothing is allocated: the kept tensors come from the file
             model = _build(model_cls, config)
         drop_modules(model, cls.decoder_modules)
-        load_kept_state(model, weights, "speechtokenizer", tuple(f"{m}." for m in cls.decoder_modules))
+        for layer in model.quantizer.vq.layers:
+            # The EMA sum of training (as big as the codebook): encode reads only ``embed``.
+            del layer._codebook._buffers["embed_avg"]
+        load_kept_state(model, weights, "speechtokenizer", tuple(f"{m}." for m in cls.decoder_modules),
+                        dropped_suffixes=("._codebook.embed_avg",))
         fold_weight_norm(model)
         adapter = cls(model, config, device)
         adapter.extraction_only = True
