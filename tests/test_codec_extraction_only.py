@@ -243,3 +243,20 @@ def test_ray_engine_store_from_extraction_only_actors_equals_the_full_loads(save
                         shard_size=2, batch_seconds=3.0, device="cpu", engine="ray", workers=1)
     extract(cfg, progress=False, log=lambda m: None)
     _same_store(tmp_path / "ray", tmp_path / "full")
+
+
+def test_speechtokenizer_full_load_is_the_saved_model_built_on_meta(saved):
+    """The full load builds on the meta device too (so a built model's random weights and the
+    file's are never both in memory): every tensor is the saved one, nothing is left on meta, and
+    it decodes exactly as the model that was saved."""
+    built = load_codec(random_spec(COVERED["speechtokenizer"], seed=0), "cpu")
+    full = load_codec(saved("speechtokenizer"), "cpu")
+    want, got = built.model.state_dict(), full.model.state_dict()
+    assert set(got) == set(want)
+    for k in want:
+        assert not got[k].is_meta, k
+        assert torch.equal(got[k], want[k]), k
+    x, lengths = _batch(full.sample_rate)
+    codes = built.encode(x, lengths)
+    assert torch.equal(full.encode(x, lengths)[0], codes[0])
+    assert torch.equal(full.decode(codes[0][:1]), built.decode(codes[0][:1]))

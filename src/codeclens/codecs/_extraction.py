@@ -155,4 +155,4 @@ def no_meta_left(model: torch.nn.Module, what: str) -> None:
     meta build cannot serve that model, and using it would fail far from here."""
     left = [n for n, t in itertools.chain(model.named_parameters(), model.named_buffers()) if t.is_meta]
     if left:
-        raise CodeclensError(f"{what}: extraction-only load left {len(left)} tensors unset (e.g. {left[:2]})")
+        raise CodeclensError(f"{what}: a load onto the meta device left {len(left)} tensors unset (e.g. {left[:2]})")

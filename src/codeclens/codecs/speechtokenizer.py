@@ -37,7 +37,7 @@ from . import CODECS
 from ._hf import (
     calibration_option,
     ema_codebook_setter,
-    TorchCodec, calibration_batch, check_size, init_residual_codebooks, load_state_file, load_strict, seeded,
+    TorchCodec, calibration_batch, check_size, init_residual_codebooks, seeded,
     want_random,
 )
 from .base import CodecAdapter
@@ -219,14 +219,16 @@ class SpeechTokenizerCodec(TorchCodec, CodecAdapter):
                 adapter.keep_encoder_only()
             return adapter
         config, weights = _resolve_checkpoint(ckpt, spec.get("config")) if ckpt else _from_hub()
-        if not extraction_only:
-            model = _build(model_cls, config)
-            load_strict(model, load_state_file(weights), "speechtokenizer")
-            return cls(model, config, device)
         from ._extraction import drop_modules, fold_weight_norm, load_kept_state
 
-        with torch.device("meta"):  # nothing is allocated: the kept tensors come from the file
+        # Built on the meta device either way: a built model's random weights and the loaded ones
+        # were both alive during a plain load (twice the ~480 MB of a full-size model, the peak of
+        # an ablate step), while here the model's tensors are the file's.
+        with torch.device("meta"):
             model = _build(model_cls, config)
+        if not extraction_only:
+            load_kept_state(model, weights, "speechtokenizer", ())
+            return cls(model, config, device)
         drop_modules(model, cls.decoder_modules)
         for layer in model.quantizer.vq.layers:
             # The EMA sum of training (as big as the codebook): encode reads only ``embed``.
