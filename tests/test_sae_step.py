@@ -175,3 +175,13 @@ def test_classifier_without_constant_columns_equals_with_them():
     ref = l1_logistic(1.0, 3000, 1e-4, 0).fit(StandardScaler().fit_transform(xc), yc)
     assert np.allclose(m.clf.intercept_, ref.intercept_)
     assert np.array_equal(m.predict(x_test[:4, :5]), ref.predict(x_test[:4, :5] - 1))
+
+
+def test_normalize_decoder_equals_column_norm():
+    sae = TopKSAE(_member(q=20, s=0.05, d=16).sae.shape, seed=2)
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.rand(sae.W_dec.shape[1]) * 5 + 0.1)
+    ref = sae.W_dec.detach() / sae.W_dec.detach().norm(dim=0, keepdim=True)
+    sae.normalize_decoder()
+    assert torch.allclose(sae.W_dec.detach(), ref, rtol=1e-6, atol=1e-7)
+    assert torch.allclose(sae.W_dec.detach().norm(dim=0), torch.ones(sae.W_dec.shape[1]), atol=1e-6)

@@ -99,7 +99,9 @@ class TopKSAE(nn.Module):
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:
-        self.W_dec.div_(self.W_dec.norm(dim=0, keepdim=True).clamp_min(1e-12))
+        # sqrt of summed squares, not .norm(dim=0): the same column norms (to float rounding),
+        # but a reduction over rows of a row-major matrix, ~10x faster on CPU (every step).
+        self.W_dec.div_(self.W_dec.square().sum(0, keepdim=True).sqrt_().clamp_min(1e-12))
 
     @torch.no_grad()
     def project_decoder_grad(self) -> None:

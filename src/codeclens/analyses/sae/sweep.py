@@ -206,10 +206,11 @@ class Member:
     def step(self, x: torch.Tensor) -> float:
         sae = self.sae
         c = float(sae.scale)
-        # (x/c - b_pre) W_encᵀ written as (x/c) W_encᵀ - W_enc b_pre: the same pre-activations, but
-        # autograd then needs no [batch, d] input gradient (one [batch, d_z] x [d_z, d] product per
-        # step less), only a vector one for b_pre.
-        pre = (x / sae.scale) @ sae.W_enc.t() - sae.W_enc @ sae.b_pre
+        # pre = (x/c - b_pre) W_encᵀ with b_pre detached in the product, so autograd forms no
+        # [batch, d] input gradient (one [batch, d_z] x [d_z, d] product per step less); b_pre's
+        # gradient, -W_encᵀ Σ_rows ∂pre, comes from a term whose value is exactly 0 (v - v).
+        v = sae.W_enc.detach() @ sae.b_pre
+        pre = (x / sae.scale - sae.b_pre.detach()) @ sae.W_enc.t() + (v.detach() - v)
         vals, idx = pre.topk(sae.k, dim=-1)
         z = torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals))
         u_hat = sae.decode(z)
