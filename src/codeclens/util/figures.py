@@ -95,9 +95,9 @@ def codec_color(name: str, among: Sequence[str] = ()) -> str:
 def tight_bbox(fig):
     """The padded tight bounding box (inches) ``savefig(bbox_inches="tight")`` would crop to.
 
-    Measured once per figure and given to every format's ``savefig``: "tight" would lay out
-    every text of the figure again for each format, which is most of the saving time of a
-    figure with many tick labels (the probe figures: about a third of a ``layer:k`` run).
+    Measured once per figure and given to every format's ``savefig``: "tight" lays out every
+    text of the figure again for each format (in a profile of the probe figures, about a sixth
+    of their saving time; it does not show in a whole ``layer:k`` run's total).
     """
     import matplotlib
 
