@@ -149,3 +149,17 @@ def layer_mask(n_layers: int, layers: Sequence[int] | None) -> list[int]:
     if bad:
         raise ValueError(f"layers {bad} out of range for a codec with {n_layers} layers")
     return out
+
+
+class OneLoader:
+    """Mixin (before :class:`CodecAdapter` in the bases) for an adapter whose one
+    ``_load(spec, device, extraction_only)`` builds both the full and the extraction-only load."""
+
+    @classmethod
+    def from_spec(cls, spec: Spec, device: torch.device):
+        return cls._load(spec, device, extraction_only=False)
+
+    @classmethod
+    def from_spec_for_extraction(cls, spec: Spec, device: torch.device):
+        """Encoder + quantizer only (no decoder): the full load's codes."""
+        return cls._load(spec, device, extraction_only=True)

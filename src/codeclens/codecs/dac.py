@@ -25,7 +25,7 @@ from ._hf import (
     TorchCodec, calibration_batch, hf_class, check_size, init_residual_codebooks, load_hf_config, load_hf_model, pad_to_hop,
     seeded, variance_preserving_init, want_random,
 )
-from .base import CodecAdapter
+from .base import CodecAdapter, OneLoader
 
 VARIANTS = {
     "16khz": dict(sampling_rate=16000, downsampling_ratios=[2, 4, 5, 8], n_codebooks=12, hub="descript/dac_16khz"),
@@ -47,7 +47,7 @@ def builtin_config(variant: str, size: str):
 
 
 @CODECS.register("dac")
-class DAC(TorchCodec, CodecAdapter):
+class DAC(OneLoader, TorchCodec, CodecAdapter):
     options = ("size", "calibration")
 
     def __init__(self, model, device: torch.device):
@@ -59,15 +59,6 @@ class DAC(TorchCodec, CodecAdapter):
         self.frame_rate = self.sample_rate / self.hop
         self.n_layers = int(cfg.n_codebooks)
         self.codebook_sizes = [int(cfg.codebook_size)] * self.n_layers
-
-    @classmethod
-    def from_spec(cls, spec: Spec, device: torch.device) -> "DAC":
-        return cls._load(spec, device, extraction_only=False)
-
-    @classmethod
-    def from_spec_for_extraction(cls, spec: Spec, device: torch.device) -> "DAC":
-        """Encoder + quantizer only (no decoder): the same codes."""
-        return cls._load(spec, device, extraction_only=True)
 
     @classmethod
     def _load(cls, spec: Spec, device: torch.device, extraction_only: bool) -> "DAC":

@@ -34,7 +34,7 @@ from ._hf import (
     TorchCodec, calibration_batch, hf_class, check_size, init_residual_codebooks, load_hf_config, load_hf_model, seeded,
     want_random,
 )
-from .base import CodecAdapter
+from .base import CodecAdapter, OneLoader
 
 HUB = {24000: "facebook/encodec_24khz", 48000: "facebook/encodec_48khz"}
 BANDWIDTHS = {24000: (1.5, 3.0, 6.0, 12.0, 24.0), 48000: (3.0, 6.0, 12.0, 24.0)}
@@ -68,7 +68,7 @@ def builtin_config(sample_rate: int, size: str):
 
 
 @CODECS.register("encodec")
-class EnCodec(TorchCodec, CodecAdapter):
+class EnCodec(OneLoader, TorchCodec, CodecAdapter):
     options = ("size", "calibration")
 
     def __init__(self, model, bandwidth: float, device: torch.device):
@@ -83,15 +83,6 @@ class EnCodec(TorchCodec, CodecAdapter):
         self.codebook_sizes = [int(cfg.codebook_size)] * self.n_layers
         #: decode() restores the input level only given scales() (48 kHz: per-chunk RMS); the store keeps them.
         self.needs_scales = bool(cfg.normalize)
-
-    @classmethod
-    def from_spec(cls, spec: Spec, device: torch.device) -> "EnCodec":
-        return cls._load(spec, device, extraction_only=False)
-
-    @classmethod
-    def from_spec_for_extraction(cls, spec: Spec, device: torch.device) -> "EnCodec":
-        """Encoder + quantizer only (no decoder; weight norm folded): the same codes."""
-        return cls._load(spec, device, extraction_only=True)
 
     @classmethod
     def _load(cls, spec: Spec, device: torch.device, extraction_only: bool) -> "EnCodec":

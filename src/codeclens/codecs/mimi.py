@@ -24,7 +24,7 @@ from ._hf import (
     TorchCodec, calibration_batch, check_size, hf_class, init_residual_codebooks, load_hf_config, load_hf_model,
     seeded, want_random,
 )
-from .base import CodecAdapter, layer_mask
+from .base import CodecAdapter, OneLoader, layer_mask
 
 HUB = "kyutai/mimi"
 DEFAULT_LAYERS = 8
@@ -42,7 +42,7 @@ def builtin_config(size: str):
 
 
 @CODECS.register("mimi")
-class Mimi(TorchCodec, CodecAdapter):
+class Mimi(OneLoader, TorchCodec, CodecAdapter):
     options = ("size", "layers", "calibration")
 
     def __init__(self, model, n_layers: int, device: torch.device):
@@ -59,15 +59,6 @@ class Mimi(TorchCodec, CodecAdapter):
         self.n_layers = n_layers
         self.n_semantic = int(cfg.num_semantic_quantizers)
         self.codebook_sizes = [int(cfg.codebook_size)] * n_layers
-
-    @classmethod
-    def from_spec(cls, spec: Spec, device: torch.device) -> "Mimi":
-        return cls._load(spec, device, extraction_only=False)
-
-    @classmethod
-    def from_spec_for_extraction(cls, spec: Spec, device: torch.device) -> "Mimi":
-        """Encoder + quantizer only (no decoder): the same codes."""
-        return cls._load(spec, device, extraction_only=True)
 
     @classmethod
     def _load(cls, spec: Spec, device: torch.device, extraction_only: bool) -> "Mimi":

@@ -40,7 +40,7 @@ from ._hf import (
     TorchCodec, calibration_batch, check_size, init_residual_codebooks, seeded,
     want_random,
 )
-from .base import CodecAdapter
+from .base import CodecAdapter, OneLoader
 
 WEIGHTS = "speechtokenizer.safetensors"
 CONFIG = "config.json"
@@ -175,7 +175,7 @@ def _from_hub() -> tuple[dict, Path]:
 
 
 @CODECS.register("speechtokenizer")
-class SpeechTokenizerCodec(TorchCodec, CodecAdapter):
+class SpeechTokenizerCodec(OneLoader, TorchCodec, CodecAdapter):
     options = ("size", "config", "calibration")
 
     def __init__(self, model, config: dict, device: torch.device):
@@ -189,16 +189,6 @@ class SpeechTokenizerCodec(TorchCodec, CodecAdapter):
         self.codebook_sizes = [int(config["codebook_size"])] * self.n_layers
         for layer in self._vq_layers:
             layer._codebook.inited.fill_(1.0)
-
-    @classmethod
-    def from_spec(cls, spec: Spec, device: torch.device) -> "SpeechTokenizerCodec":
-        return cls._load(spec, device, extraction_only=False)
-
-    @classmethod
-    def from_spec_for_extraction(cls, spec: Spec, device: torch.device) -> "SpeechTokenizerCodec":
-        """Encoder + quantizer only: built on the meta device, the decoder swapped for a
-        placeholder, only the kept keys read from the weights file, weight norm folded."""
-        return cls._load(spec, device, extraction_only=True)
 
     @classmethod
     def _load(cls, spec: Spec, device: torch.device, extraction_only: bool) -> "SpeechTokenizerCodec":
