@@ -39,6 +39,8 @@ class Registry(Generic[T]):
                 importlib.import_module(f"{self.package}.{mod.name}")
 
     def get(self, name: str) -> T:
+        if name in self._items:  # already registered: importing every other module would only cost time
+            return self._items[name]
         self._load()
         try:
             return self._items[name]

@@ -14,23 +14,41 @@ from .. import __version__
 from ..errors import CodeclensError
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of every command; with ``argv``, of the command it names only, when that command's
+    module has the command's name (importing every module costs ~0.7 s of CPU for modules the command
+    never uses: torch's ablation code, scipy's FFT; a run of one analysis should not pay it)."""
     parser = argparse.ArgumentParser(
         prog="codeclens", description="What does each RVQ layer of a neural audio codec encode?"
     )
     parser.add_argument("--version", action="version", version=f"codeclens {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for mod in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        if mod.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{__name__}.{mod.name}")
-        if hasattr(module, "add_parser"):
-            module.add_parser(sub)
+    mods = sorted((m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")))
+    cmd = _command(argv)
+    if cmd in mods:
+        _add(sub, cmd)
+        if cmd in sub.choices:
+            return parser
+        return build_parser()  # the module registers other names: build every command
+    for name in mods:
+        _add(sub, name)
     return parser
 
 
+def _command(argv: list[str] | None) -> str | None:
+    """The command word of ``argv`` (its first argument when that is not an option)."""
+    return argv[0] if argv and not argv[0].startswith("-") else None
+
+
+def _add(sub, name: str) -> None:
+    module = importlib.import_module(f"{__name__}.{name}")
+    if hasattr(module, "add_parser"):
+        module.add_parser(sub)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
