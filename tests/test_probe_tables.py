@@ -192,3 +192,20 @@ def test_order_statistics_are_exact():
     one.plan(np.zeros(1, np.int64), np.array([1234]), extra=one.binner(np.array([x], np.float32)))
     one.collect(v)
     assert one.count_below(x) == int((v < x).sum()) and one.count_below(x, strict=False) == int((v <= x).sum())
+
+
+def test_f0_st_reuses_the_f0_passes_for_its_speaker_medians(store, monkeypatch, one_torch_thread):
+    """f0 then f0_st in one run: f0_st's speaker medians come from the F0 task's two passes (no passes of
+    their own) and its rows are bit for bit those of f0_st run alone (its own two median passes)."""
+    from codeclens.analyses.probes import regtables
+
+    alone = run_probes([store], ProbeConfig(task=("f0_st",), l2=(1e-4, 1e-2), bootstrap=100, f0_semitones=False))
+    calls = []
+    real = regtables.speaker_medians
+    monkeypatch.setattr(regtables, "speaker_medians", lambda *a: calls.append(1) or real(*a))
+    both = run_probes([store], ProbeConfig(task=("f0",), l2=(1e-4, 1e-2), bootstrap=100))
+    assert not calls, "f0_st read the frames again for its medians"
+    assert not regtables._MEDIANS.get(store), "the shared medians were not taken by f0_st"
+    st = both[both.task == "f0_st"].reset_index(drop=True)
+    assert len(st) == len(alone) > 0
+    pd.testing.assert_frame_equal(st, alone, check_exact=True)

@@ -20,6 +20,7 @@ path's to rounding (about 1e-12 relative), not bit for bit.
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from typing import Any
 
 import numpy as np
@@ -37,8 +38,9 @@ from .data import F0_COLUMNS, SPLITS, _check_val, resolve_column, split_column
 from .linear import threads_for
 from .lookup import CodeSums
 from .orderstats import OrderStats
-from .run import MIN_CONTROL_COVERAGE, SEMITONES, _selectivity, control_seed, emit, row_base, stat_scores, store_reprs
-from .tables import _by_vector, _count, distinct_vectors, units_of_utterances
+from .run import (MIN_CONTROL_COVERAGE, SEMITONES, _selectivity, control_seed, emit, expand_tasks, row_base, stat_scores,
+                  store_reprs)
+from .tables import _by_vector, _count, distinct_vectors, eligible, units_of_utterances
 from .torch_backend import TableProblem, fit_table_regress
 
 QUANTILES = {"train": (0.01, 0.99, 0.05, 0.95), "test": (0.05, 0.95)}
@@ -84,26 +86,63 @@ class _Rows:
             yield a, b, utt, ok, sp[ok], y, n_ok
 
 
+class _Medians:
+    """The speakers' median F0 over a task's rows, exactly as :func:`.run._speaker_medians`, from
+    :class:`.orderstats.OrderStats` fed one pass (:meth:`add`), then :meth:`plan`, then another
+    (:meth:`collect`): two passes of their own, or the counting and evaluation passes of the F0
+    task, so that f0_st, which needs them before its own counting, reads the frames twice, not four times."""
+
+    def __init__(self, store: Store):
+        if "speaker" not in store.utterances.columns:
+            raise CodeclensError(f"{store.path}: f0_st needs a speaker column (or give --no-f0-semitones)")
+        _, spk = np.unique(store.utterances["speaker"].astype(str).to_numpy(), return_inverse=True)
+        self.spk = spk.reshape(-1).astype(np.int64)
+        self.n_spk = int(self.spk.max()) + 1 if len(self.spk) else 0
+        self.st = OrderStats(self.n_spk, 12)
+
+    def add(self, utt: np.ndarray, ok: np.ndarray, y: np.ndarray) -> None:
+        self.st.add(y, self.spk[utt[ok]])
+
+    def plan(self) -> None:
+        n = self.st.hist.sum(1)
+        self.have = np.flatnonzero(n > 0)
+        self.st.plan(np.repeat(self.have, 2), np.stack([(n[self.have] - 1) // 2, n[self.have] // 2], 1).reshape(-1))
+
+    def collect(self, utt: np.ndarray, ok: np.ndarray, y: np.ndarray) -> None:
+        self.st.collect(y, self.spk[utt[ok]])
+
+    def per_utterance(self) -> np.ndarray:
+        """Each utterance's speaker median (float32 values in float64, NaN for absent speakers)."""
+        mid = self.st.values().reshape(-1, 2).astype(np.float64)
+        med = np.full(self.n_spk, np.nan, np.float64)
+        med[self.have] = (mid.sum(1) / 2).astype(np.float32)
+        return med[self.spk]
+
+
 def speaker_medians(store: Store, rows: _Rows) -> np.ndarray:
     """Median positive F0 per speaker over the task's rows of every split (float32 values in float64,
     NaN for absent speakers), exactly as :func:`.run._speaker_medians`: two streamed passes."""
-    if "speaker" not in store.utterances.columns:
-        raise CodeclensError(f"{store.path}: f0_st needs a speaker column (or give --no-f0-semitones)")
-    _, spk = np.unique(store.utterances["speaker"].astype(str).to_numpy(), return_inverse=True)
-    spk = spk.reshape(-1).astype(np.int64)
-    n_spk = int(spk.max()) + 1 if len(spk) else 0
-    st = OrderStats(n_spk, 12)
+    m = _Medians(store)
     for _, _, utt, ok, _, y, _ in rows:
-        st.add(y, spk[utt[ok]])
-    n = st.hist.sum(1)
-    have = np.flatnonzero(n > 0)
-    st.plan(np.repeat(have, 2), np.stack([(n[have] - 1) // 2, n[have] // 2], 1).reshape(-1))
+        m.add(utt, ok, y)
+    m.plan()
     for _, _, utt, ok, _, y, _ in rows:
-        st.collect(y, spk[utt[ok]])
-    mid = st.values().reshape(-1, 2).astype(np.float64)
-    med = np.full(n_spk, np.nan, np.float64)
-    med[have] = (mid.sum(1) / 2).astype(np.float32)
-    return med[spk]
+        m.collect(utt, ok, y)
+    return m.per_utterance()
+
+
+_MEDIANS: "weakref.WeakKeyDictionary[Store, dict]" = weakref.WeakKeyDictionary()
+"""Speaker medians made in an F0 task's passes, by store and (column, split column), for the f0_st task
+that follows it (taken, not kept, by that task)."""
+
+
+def _share_medians(store: Store, task: str, cfg: ProbeConfig, rows: _Rows) -> _Medians | None:
+    """A median accumulator for the F0 task's passes when f0_st will follow it on this store."""
+    if task == SEMITONES or not rows.is_f0 or SEMITONES not in expand_tasks(cfg):
+        return None
+    if "speaker" not in store.utterances.columns or not eligible(store, SEMITONES, cfg):
+        return None
+    return _Medians(store)
 
 
 def _sums(c: np.ndarray, y: np.ndarray, K: int) -> np.ndarray:
@@ -163,7 +202,9 @@ def run_store(store: Store, task: str, cfg: ProbeConfig, si: int, names: dict[in
     cfg = dataclasses.replace(cfg, l2=cfg.ridge_l2)  # ridge's own grid (see run.fit)
     rows = _Rows(store, task, cfg, chunk)
     if task == SEMITONES:
-        rows.ref = speaker_medians(store, rows)
+        shared = _MEDIANS.get(store, {}).pop((rows.column, rows.scol), None)
+        rows.ref = shared if shared is not None else speaker_medians(store, rows)
+    medians = _share_medians(store, task, cfg, rows)
     is_f0 = rows.is_f0 and task != SEMITONES
     column = f"{rows.column} (semitones re speaker median)" if task == SEMITONES else rows.column
     scol = rows.scol
@@ -187,6 +228,8 @@ def run_store(store: Store, task: str, cfg: ProbeConfig, si: int, names: dict[in
     # -- pass: counting
     for a, b, utt, ok, sp, y, n_chunk in rows:
         n_ok += n_chunk
+        if medians is not None:
+            medians.add(utt, ok, y)
         codes = framestream.code_rows(store, a, b, layers)[ok]  # int16: converted a layer at a time
         if len(codes) and (int(codes.min()) < 0 or int(codes.max()) >= K):
             raise CodeclensError(f"{store.path}: codes outside [0, {K})")
@@ -253,7 +296,11 @@ def run_store(store: Store, task: str, cfg: ProbeConfig, si: int, names: dict[in
     chance_acc = _RegAcc(U)
     preds = {ri: (f.pred_test[remap].astype(np.float64), f.lookup_test[remap].astype(np.float64))
              for ri, (_, _, _, _, remap, f) in enumerate(per_rep)}
+    if medians is not None:
+        medians.plan()
     for a, b, utt, ok, sp, y, _ in rows:
+        if medians is not None:
+            medians.collect(utt, ok, y)
         order["train"].collect(y[sp == 0])
         te = sp == 2
         yt = y[te].astype(np.float64)
@@ -267,6 +314,8 @@ def run_store(store: Store, task: str, cfg: ProbeConfig, si: int, names: dict[in
             c = codes[:, j].astype(np.int64)
             accs[(ri, "linear")].add(yt, preds[ri][0][c], u, is_f0)
             accs[(ri, "lookup")].add(yt, preds[ri][1][c], u, is_f0)
+    if medians is not None:
+        _MEDIANS.setdefault(store, {})[(rows.column, rows.scol)] = medians.per_utterance()
     tr_vals, te_vals = order["train"].values(), order["test"].values()
     qtr = _quantiles(order["train"], QUANTILES["train"], n["train"], tr_vals[: len(q_tr)])
     qte = _quantiles(order["test"], QUANTILES["test"], n["test"], te_vals)
