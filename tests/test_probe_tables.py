@@ -209,3 +209,21 @@ def test_f0_st_reuses_the_f0_passes_for_its_speaker_medians(store, monkeypatch, 
     st = both[both.task == "f0_st"].reset_index(drop=True)
     assert len(st) == len(alone) > 0
     pd.testing.assert_frame_equal(st, alone, check_exact=True)
+
+
+def test_shared_truth_sums_equal_per_predictor_stats():
+    """The evaluation pass sums each chunk's truth (n, sum y, sum y^2 per unit) once for all predictors:
+    bit for bit the per-predictor :func:`reg_stats` sums it replaced."""
+    from codeclens.analyses.probes import metrics as Mx
+    from codeclens.analyses.probes import regtables
+
+    rng = np.random.default_rng(3)
+    acc, ref = regtables._RegAcc(7), np.zeros((6, 7))
+    for _ in range(5):  # chunks
+        y = rng.uniform(80, 300, 400)
+        pred = y + rng.normal(0, 20, 400)
+        u = rng.integers(0, 7, 400)
+        acc.add(y, pred, u, True, Mx.reg_truth_sums(y, u, 7))
+        st = Mx.reg_stats(y, pred, u, 7, True)
+        ref += np.stack([st.n, st.sy, st.syy, st.sse, st.sae, st.sac])
+    assert np.array_equal(acc.s, ref)

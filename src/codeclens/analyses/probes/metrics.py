@@ -212,10 +212,23 @@ class RegStats:
 
 def reg_stats(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, n_groups: int, cents: bool) -> RegStats:
     y_true, y_pred = np.asarray(y_true, np.float64), np.asarray(y_pred, np.float64)
+    return RegStats(*reg_truth_sums(y_true, groups, n_groups), *reg_error_sums(y_true, y_pred, groups, n_groups, cents))
+
+
+def reg_truth_sums(y_true: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
+    """``[3, G]`` rows, sum y, sum y^2 per group (float64 ``y_true``): the part of :func:`reg_stats` that
+    does not depend on the predictions, shared by every predictor of the same rows."""
+    b = lambda v: np.bincount(groups, weights=v, minlength=n_groups)  # noqa: E731
+    return np.stack([b(np.ones_like(y_true)), b(y_true), b(y_true**2)])
+
+
+def reg_error_sums(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, n_groups: int,
+                   cents: bool) -> np.ndarray:
+    """``[3, G]`` SSE, sum |error|, sum |cents error| per group (float64 arrays): the rest of :func:`reg_stats`."""
     b = lambda v: np.bincount(groups, weights=v, minlength=n_groups)  # noqa: E731
     err = y_pred - y_true
     sac = b(cents_error(y_true, y_pred)) if cents else np.zeros(n_groups)
-    return RegStats(b(np.ones_like(y_true)), b(y_true), b(y_true**2), b(err**2), b(np.abs(err)), sac)
+    return np.stack([b(err**2), b(np.abs(err)), sac])
 
 
 def _reg_from_sums(n, sy, syy, sse, sae, sac, cents: bool) -> dict[str, np.ndarray]:

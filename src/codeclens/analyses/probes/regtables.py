@@ -145,11 +145,17 @@ def _share_medians(store: Store, task: str, cfg: ProbeConfig, rows: _Rows) -> _M
     return _Medians(store)
 
 
-def _sums(c: np.ndarray, y: np.ndarray, K: int) -> np.ndarray:
-    """``[K, 3]`` per-code n, sum y, sum y^2 (float64)."""
+def _sums(c: np.ndarray, y: tuple[np.ndarray, np.ndarray], K: int) -> np.ndarray:
+    """``[K, 3]`` per-code n, sum y, sum y^2 (float64) of rows with codes ``c`` and targets ``y`` given as
+    (y, y * y) in float64 (made once per chunk and split, not once per layer)."""
+    y1, y2 = y
+    return np.stack([np.bincount(c, minlength=K), np.bincount(c, weights=y1, minlength=K),
+                     np.bincount(c, weights=y2, minlength=K)], 1).astype(np.float64)
+
+
+def _powers(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     y = y.astype(np.float64)
-    return np.stack([np.bincount(c, minlength=K), np.bincount(c, weights=y, minlength=K),
-                     np.bincount(c, weights=y * y, minlength=K)], 1).astype(np.float64)
+    return y, y * y
 
 
 def _code_sums(t: np.ndarray) -> CodeSums:
@@ -162,9 +168,10 @@ class _RegAcc:
     def __init__(self, n_units: int):
         self.s = np.zeros((6, n_units))
 
-    def add(self, y: np.ndarray, pred: np.ndarray, u: np.ndarray, cents: bool) -> None:
-        st = M.reg_stats(y, pred, u, self.s.shape[1], cents)
-        self.s += np.stack([st.n, st.sy, st.syy, st.sse, st.sae, st.sac])
+    def add(self, y: np.ndarray, pred: np.ndarray, u: np.ndarray, cents: bool, truth: np.ndarray) -> None:
+        """``truth``: :func:`.metrics.reg_truth_sums` of these rows (the same for every predictor of a chunk)."""
+        st = M.reg_error_sums(y, pred, u, self.s.shape[1], cents)
+        self.s += np.concatenate([truth, st])
 
     def stats(self, keep: np.ndarray) -> M.RegStats:
         return M.RegStats(*self.s[:, keep])
@@ -240,7 +247,7 @@ def run_store(store: Store, task: str, cfg: ProbeConfig, si: int, names: dict[in
         order["test"].add(y[te])
         u = tunit[unit_of[utt[ok][te]]]
         per_utt += np.bincount(utt[ok][te], minlength=len(per_utt))
-        split_rows = [(np.flatnonzero(sp == k), y[sp == k]) for k in (0, 1)]
+        split_rows = [(np.flatnonzero(sp == k), _powers(y[sp == k])) for k in (0, 1)]
         for j in range(L):
             c = codes[:, j].astype(np.int64)
             for k, (i, yk) in enumerate(split_rows):
@@ -309,11 +316,12 @@ def run_store(store: Store, task: str, cfg: ProbeConfig, si: int, names: dict[in
             continue
         u = tunit[unit_of[utt[ok][te]]]
         codes = framestream.code_rows(store, a, b, layers)[np.flatnonzero(ok)[te]]
-        chance_acc.add(yt, np.full(len(yt), mean_train), u, is_f0)
+        truth = M.reg_truth_sums(yt, u, U)
+        chance_acc.add(yt, np.full(len(yt), mean_train), u, is_f0, truth)
         for ri, (rep, j, *_r) in enumerate(per_rep):
             c = codes[:, j].astype(np.int64)
-            accs[(ri, "linear")].add(yt, preds[ri][0][c], u, is_f0)
-            accs[(ri, "lookup")].add(yt, preds[ri][1][c], u, is_f0)
+            accs[(ri, "linear")].add(yt, preds[ri][0][c], u, is_f0, truth)
+            accs[(ri, "lookup")].add(yt, preds[ri][1][c], u, is_f0, truth)
     if medians is not None:
         _MEDIANS.setdefault(store, {})[(rows.column, rows.scol)] = medians.per_utterance()
     tr_vals, te_vals = order["train"].values(), order["test"].values()
