@@ -80,6 +80,12 @@ def _count(flat: np.ndarray, keys: np.ndarray) -> None:
     np.add(part, np.bincount(keys - lo, minlength=hi - lo), out=part, casting="unsafe")
 
 
+def _count_all(flat: np.ndarray, keys: np.ndarray) -> None:
+    """``flat[keys] += 1`` for keys that cover most of ``flat`` (a layer's train or val table): one
+    bincount over the whole table, without the range scans of :func:`_count`."""
+    np.add(flat, np.bincount(keys, minlength=len(flat)), out=flat, casting="unsafe")
+
+
 class _Grow:
     """A flat int accumulator of ``[*lead, width]`` tables whose last axis (the label names met so far)
     grows geometrically as new names appear chunk by chunk."""
@@ -227,7 +233,7 @@ def count_task(store: Store, task: str, cfg: ProbeConfig, chunk: int | None = No
         for j in range(L):
             c = codes[:, j].astype(np.int64)
             for k, acc in ((0, tr), (1, va)):
-                _count(acc.layer(j), c[idx[k]] * acc.width + xs[k])
+                _count_all(acc.layer(j), c[idx[k]] * acc.width + xs[k])
             if te is not None:
                 _count(te.layer(j), c[idx[2]] * w + ubase)
             else:
