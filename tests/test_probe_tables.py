@@ -227,3 +227,16 @@ def test_shared_truth_sums_equal_per_predictor_stats():
         st = Mx.reg_stats(y, pred, u, 7, True)
         ref += np.stack([st.n, st.sy, st.syy, st.sse, st.sae, st.sac])
     assert np.array_equal(acc.s, ref)
+
+
+def test_distinct_vectors_made_once_per_store_and_layer(store):
+    """Every task of a run asks for the same layers' distinct vectors: one row sort per layer, the same
+    arrays as sorting again."""
+    from codeclens.store import Repr
+
+    a = T.distinct_vectors(store, Repr("layer", 2))
+    assert T.distinct_vectors(store, Repr("layer", 2))[0] is a[0]
+    ref = T._distinct_vectors(store, Repr("layer", 2))
+    assert all(np.array_equal(x, y) for x, y in zip(a, ref))
+    v, remap = a
+    np.testing.assert_array_equal(v[remap], np.asarray(store.tables[1], np.float64))

@@ -25,6 +25,7 @@ subsampling, and test tables over the memory budget.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
@@ -281,8 +282,23 @@ def count_task(store: Store, task: str, cfg: ProbeConfig, chunk: int | None = No
                   unit_label, n, unit, int(np.count_nonzero(per_utt)), keep, take)
 
 
+_VECTORS: "weakref.WeakKeyDictionary[Store, dict]" = weakref.WeakKeyDictionary()
+"""distinct_vectors per store and representation: every task of a run probes the same layers (a row
+sort of each codebook, once per task and layer before)."""
+
+
 def distinct_vectors(store: Store, rep: Repr) -> tuple[np.ndarray, np.ndarray]:
-    """(distinct vectors [U, D], vector id of every code): :func:`.lookup.code_vectors` without rows."""
+    """(distinct vectors [U, D], vector id of every code): :func:`.lookup.code_vectors` without rows.
+    Made once per store and representation and shared: callers must not write into them (torch warns on
+    read-only arrays, so they are not flagged)."""
+    key = (rep.kind, rep.layer)
+    done = _VECTORS.setdefault(store, {})
+    if key not in done:
+        done[key] = _distinct_vectors(store, rep)
+    return done[key]
+
+
+def _distinct_vectors(store: Store, rep: Repr) -> tuple[np.ndarray, np.ndarray]:
     k = rep.layer - 1
     if rep.kind == "codes":
         return np.eye(store.codebook_sizes[k], dtype=np.float64), np.arange(store.codebook_sizes[k], dtype=np.int64)
