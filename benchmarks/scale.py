@@ -194,6 +194,7 @@ def main() -> None:
             print(f"store {store.name}: {time.perf_counter() - t:.0f} s to build", flush=True)
             n = int(json.loads((store / "manifest.json").read_text())["n_frames"])
             secs, cpu, rss = run_script(FLOOR, store)
+            floor_cpu = cpu
             results.append({"frames": n, "analysis": "floor(layer:k)", "secs": secs, "cpu_secs": cpu, "rss_mb": rss})
             print(f"  {n:>10,} frames  {'floor(layer:k)':<18} {secs:7.1f} s  (CPU {cpu:7.1f} s)  {rss:7.0f} MB", flush=True)
             if m <= args.sklearn_max:
@@ -209,8 +210,11 @@ def main() -> None:
                 inner = analysis_cpu(out / a)
                 results.append({"frames": n, "analysis": a, "secs": wall, "cpu_secs": cpu, "rss_mb": rss, "rc": rc,
                                 "analysis_cpu_secs": inner})
+                # layer:k runs beside their floor (the same store's labels, codes and one bincount per layer):
+                # what the analysis costs over reading its data once.
+                vs = f"  = {inner / floor_cpu:.1f}x the floor's CPU" if a.startswith("probe-layer") and floor_cpu > 0 else ""
                 print(f"  {n:>10,} frames  {a:<18} {wall:7.1f} s  (CPU {cpu:7.1f} s, in the analysis {inner:7.1f} s)"
-                      f"  {rss:7.0f} MB" + ("" if rc == 0 else f"  (exit {rc})"), flush=True)
+                      f"  {rss:7.0f} MB" + ("" if rc == 0 else f"  (exit {rc})") + vs, flush=True)
         print("\nper-frame growth between the smallest and largest store:")
         for a in sorted({r["analysis"] for r in results}):
             rs = sorted((r for r in results if r["analysis"] == a), key=lambda r: r["frames"])
