@@ -260,3 +260,101 @@ def test_speechtokenizer_full_load_is_the_saved_model_built_on_meta(saved):
     codes = built.encode(x, lengths)
     assert torch.equal(full.encode(x, lengths)[0], codes[0])
     assert torch.equal(full.decode(codes[0][:1]), built.decode(codes[0][:1]))
+
+
+# -- memory of the extraction-only load and of extraction (docs/benchmarks.md, third round) --
+
+def test_safetensors_reader_gives_the_files_tensors_in_memory_of_their_own(tmp_path):
+    """Every dtype and shape as ``safe_open`` reads it, none of it a view of the file's mapping
+    (a mapping kept alive by one tensor keeps every page read from it resident)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from codeclens.codecs._extraction import read_safetensors, read_safetensors_header
+
+    g = torch.Generator().manual_seed(0)
+    planted = {
+        "f32": torch.randn(3, 5, generator=g), "f16": torch.randn(7, generator=g).half(),
+        "bf16": torch.randn(2, 2, generator=g).bfloat16(), "f64": torch.randn(4, generator=g).double(),
+        "i64": torch.arange(6).reshape(2, 3), "i16": torch.tensor([-3, 7], dtype=torch.int16),
+        "u8": torch.tensor([0, 255], dtype=torch.uint8), "bool": torch.tensor([True, False, True]),
+        "scalar": torch.tensor(2.5), "empty": torch.zeros(0, 4),
+    }
+    path = tmp_path / "w.safetensors"
+    save_file(planted, str(path), metadata={"format": "pt"})
+    header, start = read_safetensors_header(path, "test")
+    got = read_safetensors(path, header, start)
+    with safe_open(str(path), framework="pt") as f:
+        assert set(got) == set(f.keys()) == set(planted)
+        for k in planted:
+            ref = f.get_tensor(k)
+            assert got[k].dtype == ref.dtype and got[k].shape == ref.shape, k
+            assert torch.equal(got[k], ref), k
+    assert not _mapped_from(path, got.values())
+
+
+def _mapped_from(path, tensors) -> list[int]:
+    """Data pointers of ``tensors`` that lie in a mapping of the file ``path`` (Linux)."""
+    import os
+
+    spans = []
+    with open("/proc/self/maps") as fh:
+        for line in fh:
+            parts = line.split()
+            if len(parts) > 5 and os.path.realpath(parts[5]) == os.path.realpath(path):
+                a, b = (int(x, 16) for x in parts[0].split("-"))
+                spans.append((a, b))
+    ptrs = [t.data_ptr() for t in tensors if t.numel()]
+    return [p for p in ptrs if any(a <= p < b for a, b in spans)]
+
+
+def test_speechtokenizer_extraction_load_holds_no_view_of_the_checkpoint_file(saved):
+    from pathlib import Path
+
+    from codeclens.spec import parse_spec
+
+    spec = saved("speechtokenizer")
+    lean = load_codec(spec, "cpu", extraction_only=True)
+    path = next(Path(parse_spec(spec).get("checkpoint")).glob("*.safetensors"))
+    tensors = list(lean.model.parameters()) + list(lean.model.buffers())
+    assert tensors and not _mapped_from(path, tensors)
+
+
+@pytest.mark.parametrize("name", ["speechtokenizer", "encodec24"])
+def test_encode_with_latent_is_encode_and_latent_bit_for_bit(name, saved):
+    """SpeechTokenizer quantizes the latent of its one encoder pass; EnCodec takes the two
+    passes. Either way the very codes and latent of separate ``encode`` and ``latent`` calls."""
+    codec = load_codec(saved(name), "cpu", extraction_only=True)
+    x, lengths = _batch(codec.sample_rate)
+    codes, n, lat, n_lat = codec.encode_with_latent(x, lengths)
+    want_codes, want_n = codec.encode(x, lengths)
+    want_lat, want_n_lat = codec.latent(x, lengths)
+    assert torch.equal(codes, want_codes) and torch.equal(n, want_n)
+    assert torch.equal(lat, want_lat) and torch.equal(n_lat, want_n_lat)
+
+
+def test_speechtokenizer_store_codes_and_latent_are_the_separate_passes(saved, audio_folder, tmp_path):
+    """The store written from one encoder pass holds what ``encode`` and ``latent`` give each
+    utterance alone (the computation extraction made before: two passes)."""
+    from codeclens.corpora import load_corpus
+    from codeclens.store.writer import ExtractConfig, extract
+
+    spec = saved("speechtokenizer")
+    cfg = ExtractConfig(corpus=str(audio_folder), codec=spec, out=str(tmp_path / "s"), labels=("loudness",),
+                        shard_size=2, batch_seconds=3.0, device="cpu", latent=True)
+    out = extract(cfg, progress=False, log=lambda m: None)
+    codec = load_codec(spec, "cpu", extraction_only=True)
+    codes, lats = [], []
+    for u in load_corpus(str(audio_folder)):
+        try:
+            a, _ = u.load(codec.sample_rate)
+        except Exception:  # noqa: BLE001 - the corrupt file, skipped by extraction too
+            continue
+        x, n = torch.from_numpy(a)[None], torch.tensor([len(a)])
+        with torch.inference_mode():
+            c, k = codec.encode(x, n)
+            z, _ = codec.latent(x, n)
+        codes.append(c[0, :, : int(k[0])].T.numpy().astype(np.int16))
+        lats.append(z[0, : int(k[0])].float().numpy().astype(np.float16))
+    np.testing.assert_array_equal(np.load(out / "codes.npy"), np.concatenate(codes))
+    np.testing.assert_array_equal(np.load(out / "latent.npy"), np.concatenate(lats))

@@ -487,6 +487,26 @@ class TorchCodec:
         return latent_items(self._latent_one, waves, lengths, self.frames_for)
 
     @torch.no_grad()
+    def encode_with_latent(self, waves: torch.Tensor, lengths: torch.Tensor):
+        """One encoder pass per item when the adapter has ``_encode_latent_one(x) -> (codes
+        [L, T], latent [T, D])``; else :meth:`encode` then :meth:`latent`."""
+        both = getattr(self, "_encode_latent_one", None)
+        if both is None:
+            return super().encode_with_latent(waves, lengths)
+        waves = waves.to(self.device, torch.float32)
+        latents: list[torch.Tensor] = []
+
+        def codes_keeping_latent(x):
+            c, z = both(x)
+            latents.append(z)
+            return c
+
+        codes, n_frames = encode_items(codes_keeping_latent, waves, lengths, self.frames_for)
+        latents.reverse()  # handed back in item order by pop()
+        lat, n_lat = latent_items(lambda x: latents.pop(), waves, lengths, self.frames_for)
+        return codes, n_frames, lat, n_lat
+
+    @torch.no_grad()
     def decode(self, codes: torch.Tensor, layers=None) -> torch.Tensor:
         self.require_full_model("decode")
         return self._decode_quantized(self.quantized(codes.to(self.device), layers))

@@ -86,6 +86,14 @@ class CodecAdapter(abc.ABC):
         """Pre-quantization latent ``[B, T, D]`` and valid frame counts (optional)."""
         raise NotImplementedError(f"{type(self).__name__} has no pre-quantization latent")
 
+    def encode_with_latent(self, waves: torch.Tensor, lengths: torch.Tensor):
+        """``(codes, n_frames, latent, n_latent)``: :meth:`encode` and :meth:`latent` of the
+        same input together (what extraction with ``--latent`` needs). Adapters whose codes are
+        quantized from that very latent override it to run their encoder once, not twice."""
+        codes, n_frames = self.encode(waves, lengths)
+        lat, n_lat = self.latent(waves, lengths)
+        return codes, n_frames, lat, n_lat
+
     @abc.abstractmethod
     def quantized(self, codes: torch.Tensor, layers: Sequence[int] | None = None) -> torch.Tensor:
         """The codec's own quantized representation ``[B, T, D]`` of ``codes``,

@@ -243,6 +243,10 @@ class SpeechTokenizerCodec(OneLoader, TorchCodec, CodecAdapter):
     def _latent_one(self, x):
         return self._embed(x)[0].T
 
+    def _encode_latent_one(self, x):
+        z = self._embed(x)
+        return self.model.quantizer.encode(z, n_q=self.n_layers)[:, 0], z[0].T
+
     def _compute_tables(self):
         return [layer.project_out(layer._codebook.embed) for layer in self._vq_layers[: self.n_layers]]
 

@@ -578,7 +578,11 @@ def _encode_batch(codec: CodecAdapter, audios: list[np.ndarray], want_latent: bo
     for i, a in enumerate(audios):
         waves[i, : len(a)] = torch.from_numpy(a)
     waves, lengths = waves.to(codec.device), lengths.to(codec.device)
-    codes, n_frames = codec.encode(waves, lengths)
+    if want_latent:
+        codes, n_frames, lat, _ = codec.encode_with_latent(waves, lengths)
+        lat = lat.float().cpu().numpy()
+    else:
+        codes, n_frames = codec.encode(waves, lengths)
     codes = codes.cpu().numpy()
     n_frames = n_frames.cpu().numpy()
     out_codes = [codes[i, :, : n_frames[i]].T.copy() for i in range(len(audios))]
@@ -590,8 +594,6 @@ def _encode_batch(codec: CodecAdapter, audios: list[np.ndarray], want_latent: bo
         scales = [s[i, : len(count(int(n))) if count else s.shape[1]].copy() for i, n in enumerate(lengths.tolist())]
     if not want_latent:
         return out_codes, [None] * len(audios), scales
-    lat, n_lat = codec.latent(waves, lengths)
-    lat = lat.float().cpu().numpy()
     return out_codes, [lat[i, : n_frames[i]] for i in range(len(audios))], scales
 
 
