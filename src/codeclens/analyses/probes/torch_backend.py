@@ -377,7 +377,10 @@ def _bounded_classify(jobs, sub: _Subsample, feats: list[_RepFeatures], cfg: Pro
     # 1. Every strength on the subsample (in memory); the val check on the val subsample.
     sjobs = [Job(j.store, j.rep, sub.td, {s: np.asarray(j.y[s])[m] for s, m in sub.keep.items()}, j.control)
              for j in jobs]
-    fr = _Frames(feats, sub.rows, True, device)
+    # The train subsample is held (every evaluation reads it); the val subsample, read once per ROUND
+    # iterations, is made from the codes chunk by chunk instead (the same values: a frame's features do
+    # not depend on its chunk), which keeps P x select_frames x r floats out of memory.
+    fr = _Frames(feats, sub.rows, True, device, splits=("train",))
     m = _chunk_rows(P * max(len(cfg.l2) * C, fr.r))
     with threads_for(P * len(cfg.l2) * len(sub.rows["train"]) * max(C, fr.r)):
         fit, choice, _ = _select(sjobs, fr, cfg, device, m)
