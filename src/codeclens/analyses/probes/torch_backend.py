@@ -389,7 +389,8 @@ def _bounded_classify(jobs, sub: _Subsample, feats: list[_RepFeatures], cfg: Pro
     ar = torch.arange(P, device=device)
     # 2. The chosen strengths on all train rows, warm-started, at most --refit-passes passes.
     ys = [np.asarray(j.y["train"]) for j in jobs]
-    counts = torch.stack([torch.bincount(torch.from_numpy(y.astype(np.int64)), minlength=C)[:C] for y in ys]).float()
+    # np.bincount reads the int32 labels as they are (an int64 copy was 8 bytes per train frame)
+    counts = torch.stack([torch.from_numpy(np.bincount(y, minlength=C)[:C]) for y in ys]).float()
     cw = _class_weights(counts.to(device), cfg.balance)
     wsum = (counts.to(device) * cw).sum(-1).clamp(min=1e-12)
     n = len(td.rows["train"])
