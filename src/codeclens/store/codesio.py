@@ -77,18 +77,33 @@ def codes_at(store: Any, rows: np.ndarray, cols: Sequence[int], chunk: int = CHU
     gather of rows spread over the corpus touches every page of ``codes.npy``, and those pages stay
     resident for as long as the map lives.
     """
-    rows = np.asarray(rows)
-    out = np.empty((len(rows), len(cols)), npy_layout(store.path / layout.CODES)[1])
+    cols = list(cols)
+    return _rows_at(lambda a, b: code_rows(store, a, b, cols), np.asarray(rows), (len(cols),),
+                    npy_layout(store.path / layout.CODES)[1], chunk)
+
+
+def latent_at(store: Any, rows: np.ndarray, chunk_bytes: int = 8 << 20) -> np.ndarray:
+    """Latent rows ``[len(rows), D]`` (the file's dtype) of ascending frame ``rows``, read block by block
+    as :func:`codes_at` reads codes (blocks of about ``chunk_bytes``)."""
+    if not store.has_latent:
+        raise CodeclensError(f"{store.path}: store has no latent (extract with --latent)")
+    path = store.path / layout.LATENT
+    _, dtype, shape = npy_layout(path)
+    return _rows_at(lambda a, b: npy_rows(path, a, b), np.asarray(rows), (int(shape[1]),), dtype,
+                    max(1, chunk_bytes // (int(shape[1]) * dtype.itemsize)))
+
+
+def _rows_at(read, rows: np.ndarray, width: tuple[int, ...], dtype, chunk: int) -> np.ndarray:
+    out = np.empty((len(rows),) + width, dtype)
     if not len(rows):
         return out
     if np.any(np.diff(rows) < 0):
-        raise ValueError("codes_at needs ascending rows")
+        raise ValueError("reading rows needs them ascending")
     i = 0
     while i < len(rows):
         a = int(rows[i])
-        b = a + chunk
-        j = int(np.searchsorted(rows, b, side="left"))
-        block = code_rows(store, a, min(b, int(rows[j - 1]) + 1), cols)
+        j = int(np.searchsorted(rows, a + chunk, side="left"))
+        block = read(a, int(rows[j - 1]) + 1)
         out[i:j] = block[rows[i:j] - a]
         i = j
     return out

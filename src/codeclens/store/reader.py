@@ -17,7 +17,7 @@ import pandas as pd
 
 from ..errors import CodeclensError
 from . import layout
-from .codesio import npy_rows
+from .codesio import codes_at, latent_at, npy_layout, npy_rows
 from .pooling import utterance_means
 from .reprs import Repr, parse_reprs
 
@@ -185,14 +185,32 @@ class Store:
         """Yield ``(row_indices, values)`` in batches, streaming from disk."""
         rep = self._one(rep)
         if rows is None:
-            for a in range(0, self.n_frames, batch_frames):
-                b = min(a + batch_frames, self.n_frames)
-                yield np.arange(a, b), self.materialize(rep, slice(a, b))
-        else:
-            rows = np.asarray(rows)
-            for a in range(0, len(rows), batch_frames):
-                r = rows[a : a + batch_frames]
-                yield r, self.materialize(rep, r)
+            rows = np.arange(npy_layout(self.path / layout.CODES)[2][0])  # the frame count, without the map
+        rows = np.asarray(rows)
+        ascending = not np.any(np.diff(rows) < 0)
+        for a in range(0, len(rows), batch_frames):
+            r = rows[a : a + batch_frames]
+            yield r, (self._read(rep, r) if ascending else self.materialize(rep, r))
+
+    def _read(self, rep: Repr, rows: np.ndarray) -> np.ndarray:
+        """:meth:`materialize` of ascending ``rows``, reading codes and latent rows from the files.
+
+        A pass over the corpus through the memory maps leaves every page it touched resident for the
+        store's life (2 bytes x layers of codes per frame, 2 x D of a float16 latent): 256 MB of codes
+        at 16 M frames of an 8-layer codec, on top of whatever the analysis holds afterwards."""
+        if rep.pooled or rep.kind == "codes":
+            return self.materialize(rep, rows)
+        if rep.kind == "latent":
+            return latent_at(self, rows).astype(np.float32)
+        k = rep.layer - 1  # type: ignore[operator]
+        layers = [k] if rep.kind == "layer" else list(range(k + 1))
+        codes = codes_at(self, rows, layers).astype(np.int64)
+        out = self.tables[layers[0]][codes[:, 0]]
+        if rep.kind == "cumulative":
+            out = out.copy()
+            for j, l in enumerate(layers[1:], 1):
+                out += self.tables[l][codes[:, j]]
+        return out
 
     def pooled(self, rep: Repr | str, batch_frames: int | None = None) -> np.ndarray:
         """Utterance-mean ``[n_utterances, D]`` (float32) of a representation, streamed in chunks of

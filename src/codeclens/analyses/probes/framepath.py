@@ -8,6 +8,12 @@ forward (logits of every active strength at once) and one back (the weight gradi
 and the softmax gradient ``w_i (softmax_i - onehot_i)`` is formed in place in the
 logits' memory.
 
+Memory: one logits buffer per evaluation, reused by every chunk and probe, the softmax written over
+the logits. A fresh logits tensor and a fresh softmax per chunk (about CHUNK_BYTES each) were
+carved from glibc's heap (just under its 32 MB mmap ceiling) at slightly different sizes, chunk after
+chunk; the heap fragmented and a 2 M-frame ``cumulative:8`` run's resident set crept by ~0.3 GB during
+the speaker task's selection alone.
+
 Objective of problem j (probe p, strength lam_j), as :func:`linear.fit_logistic`:
 (1/W_p) sum_i w_i CE_i + lam_j |W_j|^2, with w_i the class weight of row i's label
 (0 for padding, label -1) and the bias unpenalised.
@@ -26,6 +32,21 @@ def _groups(pof: torch.Tensor, idx: torch.Tensor) -> list[tuple[int, torch.Tenso
     return [(int(q), torch.nonzero(p == q).flatten()) for q in torch.unique(p).tolist()]
 
 
+def _room(buf: torch.Tensor | None, n: int, like: torch.Tensor) -> torch.Tensor:
+    """``buf``, or a larger flat buffer when it holds fewer than ``n`` elements."""
+    if buf is None or buf.numel() < n:
+        buf = torch.empty(n, dtype=like.dtype, device=like.device)
+    return buf
+
+
+def _softmax_(lg: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dimension written over ``lg`` (contiguous); the values of torch.softmax
+    (tests/test_framepath.py checks they are equal)."""
+    if not lg.is_contiguous():
+        raise ValueError("the in-place softmax needs contiguous rows")
+    return torch.ops.aten._softmax.out(lg, -1, False, out=lg)
+
+
 def frame_objective(chunks: Iterable[tuple[torch.Tensor, torch.Tensor]], x: torch.Tensor, idx: torch.Tensor,
                     pof: torch.Tensor, lam: torch.Tensor, cw: torch.Tensor, wsum: torch.Tensor, r: int, C: int,
                     grad: bool = True):
@@ -41,6 +62,7 @@ def frame_objective(chunks: Iterable[tuple[torch.Tensor, torch.Tensor]], x: torc
     total = torch.zeros(k, dtype=torch.float64, device=x.device)
     gW = [torch.zeros_like(W) for W in Ws] if grad else None
     gb = [torch.zeros_like(b) for b in bs] if grad else None
+    buf = None
     for z, y in chunks:
         for j, (p, pos) in enumerate(groups):
             kp, zp, yp = len(pos), z[p], y[p]
@@ -49,18 +71,21 @@ def frame_objective(chunks: Iterable[tuple[torch.Tensor, torch.Tensor]], x: torc
                 continue
             yc = yp.clamp(min=0).long()
             w = cw[p][yc] * (yp >= 0)  # [m]
-            lg = torch.addmm(bs[j], zp, Ws[j]).view(m, kp, C)
-            # One fused softmax (several times faster than logsumexp and a separate exp on CPU); the loss
-            # needs only each row's -log p of its label. Where that probability underflows (a logit gap
-            # beyond ~70, e.g. a long trial step), those rows' losses come from log_softmax instead.
-            sm = torch.softmax(lg, -1)
+            buf = _room(buf, m * kp * C, x)
+            lg = torch.addmm(bs[j], zp, Ws[j], out=buf[: m * kp * C].view(m, kp * C)).view(m, kp, C)
+            # One fused softmax (several times faster than logsumexp and a separate exp on CPU), written
+            # over the logits; the loss needs only each row's -log p of its label. Where that probability
+            # underflows (a logit gap beyond ~70, e.g. a long trial step), those rows' losses come from
+            # log_softmax of their logits, formed again from their rows.
+            sm = _softmax_(lg)
             at = yc.view(m, 1, 1).expand(m, kp, 1)
             py = sm.gather(-1, at).squeeze(-1)  # [m, kp]
             nl = -torch.log(py)
             tiny = py < 1e-30
             if bool(tiny.any()):
                 rows = torch.nonzero(tiny.any(1)).flatten()
-                nl[rows] = -torch.log_softmax(lg[rows], -1).gather(-1, at[rows]).squeeze(-1)
+                lr = torch.addmm(bs[j], zp[rows], Ws[j]).view(len(rows), kp, C)
+                nl[rows] = -torch.log_softmax(lr, -1).gather(-1, at[rows]).squeeze(-1)
             # per-row losses summed in float64: the objective's relative decrease is read to 1e-7
             total[pos] += (nl * w[:, None]).double().sum(0)
             if not grad:

@@ -43,9 +43,14 @@ def _weights(target: torch.Tensor, cw: torch.Tensor) -> torch.Tensor:
 
 
 def _nll(z: torch.Tensor, target: torch.Tensor, W: torch.Tensor, b: torch.Tensor, cw: torch.Tensor) -> torch.Tensor:
-    """Summed weighted cross-entropy per (probe, strength): [P, G]."""
-    logits = torch.einsum("pmr,pgrc->pgmc", z, W) + b[:, :, None, :]
-    logp = torch.log_softmax(logits, -1)
+    """Summed weighted cross-entropy per (probe, strength): [P, G]. Without autograd (validation) the
+    log-softmax is written over the logits: one [P, G, m, C] tensor per chunk instead of three."""
+    logits = logits_of(z, W, b)
+    if torch.is_grad_enabled():
+        logp = torch.log_softmax(logits, -1)
+    else:
+        logits = logits.contiguous()  # einsum may return a permuted view; the in-place kernel needs rows
+        logp = torch.ops.aten._log_softmax.out(logits, -1, False, out=logits)
     if target.dtype.is_floating_point:
         return -(logp * (target * cw[:, None, :])[:, None]).sum((2, 3))
     yc = target.clamp(min=0)
@@ -612,8 +617,8 @@ class _Fista:
 
 
 def logits_of(z: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """[P, G, m, C] logits."""
-    return torch.einsum("pmr,pgrc->pgmc", z, W) + b[:, :, None, :]
+    """[P, G, m, C] logits (the bias added in place: no second [P, G, m, C] tensor)."""
+    return torch.einsum("pmr,pgrc->pgmc", z, W).add_(b[:, :, None, :])
 
 
 # -- ridge -------------------------------------------------------------------

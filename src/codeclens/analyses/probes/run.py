@@ -13,7 +13,7 @@ from ...store import Repr, Store, open_stores, parse_reprs
 from ...util.device import resolve_device
 from . import metrics as M
 from .config import ProbeConfig
-from .controls import CodeLabels, code_types, control_labels, control_table, phone_types, selectivity
+from .controls import CodeLabels, code_coverage_bound, code_types, control_labels, control_table, phone_types, selectivity
 from .cv import Pooled, fold_tasks, pool_tasks, target_range, use_cv
 from .cv import pool_labels as cv_pool_labels
 from .data import SPLITS as SPLITS_
@@ -54,6 +54,9 @@ def store_reprs(store: Store, cfg: ProbeConfig) -> list[Repr]:
 def _control(store: Store, rep: Repr, td: TaskData, cfg: ProbeConfig, seed: int) -> dict[str, np.ndarray] | None:
     if cfg.control == "none" or td.level != "frame" or td.open_set:
         return None
+    if cfg.control == "code" and rep.kind not in ("layer", "codes") and \
+            code_coverage_bound(store, rep, td.rows) < MIN_CONTROL_COVERAGE:
+        return None  # refused as below, without ranking every row's code tuple
     types = code_types(store, rep, td.rows) if cfg.control == "code" else phone_types(store, td.rows)
     if control_coverage(types) < MIN_CONTROL_COVERAGE:
         # Mostly unseen types (code tuples of cumulative:k, k >= 2, and latent on a real codebook): their

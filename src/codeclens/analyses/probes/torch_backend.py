@@ -377,7 +377,10 @@ def _bounded_classify(jobs, sub: _Subsample, feats: list[_RepFeatures], cfg: Pro
     # 1. Every strength on the subsample (in memory); the val check on the val subsample.
     sjobs = [Job(j.store, j.rep, sub.td, {s: np.asarray(j.y[s])[m] for s, m in sub.keep.items()}, j.control)
              for j in jobs]
-    fr = _Frames(feats, sub.rows, True, device)
+    # The train subsample is held (every evaluation reads it); the val subsample, read once per ROUND
+    # iterations, is made from the codes chunk by chunk instead (the same values: a frame's features do
+    # not depend on its chunk), which keeps P x select_frames x r floats out of memory.
+    fr = _Frames(feats, sub.rows, True, device, splits=("train",))
     m = _chunk_rows(P * max(len(cfg.l2) * C, fr.r))
     with threads_for(P * len(cfg.l2) * len(sub.rows["train"]) * max(C, fr.r)):
         fit, choice, _ = _select(sjobs, fr, cfg, device, m)
@@ -386,7 +389,8 @@ def _bounded_classify(jobs, sub: _Subsample, feats: list[_RepFeatures], cfg: Pro
     ar = torch.arange(P, device=device)
     # 2. The chosen strengths on all train rows, warm-started, at most --refit-passes passes.
     ys = [np.asarray(j.y["train"]) for j in jobs]
-    counts = torch.stack([torch.bincount(torch.from_numpy(y.astype(np.int64)), minlength=C)[:C] for y in ys]).float()
+    # np.bincount reads the int32 labels as they are (an int64 copy was 8 bytes per train frame)
+    counts = torch.stack([torch.from_numpy(np.bincount(y, minlength=C)[:C]) for y in ys]).float()
     cw = _class_weights(counts.to(device), cfg.balance)
     wsum = (counts.to(device) * cw).sum(-1).clamp(min=1e-12)
     n = len(td.rows["train"])
