@@ -343,7 +343,7 @@ def _fit_exact(jobs, idx: list[int], cfg: ProbeConfig, device, out: list, log) -
     td = jobs[idx[0]].td
     m = _chunk_of(jobs, idx, cfg, "select" if td.categorical else "ridge")
     for group, resident in _plan(_units(jobs, idx), jobs, cfg, td.rows, m):
-        fr = _Frames(_features(jobs, group, device), td.rows, resident, device, chunk=m)
+        fr = _Frames(_features(jobs, group, device), td.rows, resident, device, chunk=m, width=_width(jobs, idx))
         fn = _frames_classify if td.categorical else _frames_regress
         work = len(group) * len(cfg.l2) * len(td.rows["train"]) * max(td.n_classes, fr.r)
         with threads_for(work):
@@ -365,7 +365,7 @@ def _fit_bounded(jobs, idx: list[int], cfg: ProbeConfig, device, out: list, log)
         hold = _charge(units, jobs, cfg, refit_rows, True, m_fit, held=("train",)) <= cfg.memory_mb * 2**20
         feats = _features(jobs, group, device)
         for i, f in zip(group, _bounded_classify([jobs[i] for i in group], sub, feats, cfg, device,
-                                                 resident, hold, m_sel, m_fit)):
+                                                 resident, hold, m_sel, m_fit, _width(jobs, idx))):
             out[i] = f
         del feats
         if log:
@@ -389,6 +389,11 @@ def _features(jobs, group: list[int], device) -> list["_RepFeatures"]:
         if j.rep not in made:
             made[j.rep] = _RepFeatures(j.store, j.rep, j.td, device)
     return [made[jobs[i].rep] for i in group]
+
+
+def _width(jobs, idx: list[int]) -> int:
+    """The padded width of a store's frames: its widest feature dimension (the whitened one's bound)."""
+    return max(data_dim(jobs[i]) for i in idx)
 
 
 def _chunk_of(jobs, idx: list[int], cfg: ProbeConfig, kind: str) -> int:
@@ -506,9 +511,10 @@ def _subsample(td: TaskData, cfg: ProbeConfig) -> _Subsample:
 
 def _bounded_classify(jobs, sub: _Subsample, feats: list[_RepFeatures], cfg: ProbeConfig, device,
                       resident: bool = True, hold: bool = True, m_sel: int | None = None,
-                      m_fit: int | None = None) -> list[JobFit]:
+                      m_fit: int | None = None, width: int | None = None) -> list[JobFit]:
     """``resident``: the subsample's frames held (else streamed), ``hold``: the refit's train frames held;
-    ``m_sel`` / ``m_fit``: rows per chunk of the two phases (default: :func:`_chunk_of` of these jobs)."""
+    ``m_sel`` / ``m_fit``: rows per chunk of the two phases (default: :func:`_chunk_of` of these jobs);
+    ``width``: the padded feature width (default: their widest feature dimension)."""
     td, P, C = jobs[0].td, len(jobs), jobs[0].td.n_train_classes
     idx = list(range(P))
     m_sel = _chunk_of(jobs, idx, cfg, "select") if m_sel is None else m_sel
@@ -516,7 +522,8 @@ def _bounded_classify(jobs, sub: _Subsample, feats: list[_RepFeatures], cfg: Pro
     # 1. Every strength on the subsample; the val check on the val subsample.
     sjobs = [Job(j.store, j.rep, sub.td, {s: np.asarray(j.y[s])[m] for s, m in sub.keep.items()}, j.control)
              for j in jobs]
-    fr = _Frames(feats, sub.rows, resident, device, chunk=m_sel)
+    width = max(data_dim(j) for j in jobs) if width is None else width
+    fr = _Frames(feats, sub.rows, resident, device, chunk=m_sel, width=width)
     with threads_for(P * len(cfg.l2) * len(sub.rows["train"]) * max(C, fr.r)):
         fit, choice, _ = _select(sjobs, fr, cfg, device)
     del fr
@@ -529,7 +536,7 @@ def _bounded_classify(jobs, sub: _Subsample, feats: list[_RepFeatures], cfg: Pro
     wsum = (counts.to(device) * cw).sum(-1).clamp(min=1e-12)
     n = len(td.rows["train"])
     full = _Frames(feats, {"train": td.rows["train"], "test": td.rows["test"]}, hold, device, splits=("train",),
-                   chunk=m_fit)
+                   chunk=m_fit, width=width)
 
     def train():
         for a, b, z in full.chunks("train"):
@@ -621,11 +628,15 @@ class _Frames:
     never holds a second copy. Streamed chunks are re-materialised from the codes on every pass (each pass
     of a full-batch fit is one exact loss and gradient), so memory is one chunk, whatever the number of
     frames. Chunks have ``chunk`` rows (held frames are built and cut at the same boundaries, so held and
-    streamed chunks are equal bit for bit). ``splits``: the splits held when ``in_memory`` (default all).
+    streamed chunks are equal bit for bit) and at least ``width`` columns: padded to one width per store,
+    a probe's weights and the optimiser's vectors have the same layout whatever its group (padding to the
+    group's widest shifted the bias entries and changed the rounding of cumulative:1 beside latent).
+    ``splits``: the splits held when ``in_memory`` (default all).
     """
 
     def __init__(self, feats: list[_RepFeatures], rows: dict[str, np.ndarray], in_memory: bool, device,
-                 max_chunk: int | None = None, splits: Sequence[str] | None = None, chunk: int = 65536):
+                 max_chunk: int | None = None, splits: Sequence[str] | None = None, chunk: int = 65536,
+                 width: int = 0):
         self.feats, self.rows, self.device = feats, rows, device
         self.chunk = min(chunk, max_chunk or chunk)
         self.reps: list[_RepFeatures] = []
@@ -636,7 +647,7 @@ class _Frames:
                 at = len(self.reps)
                 self.reps.append(f)
             self.slot.append(at)
-        self.P, self.R, self.r = len(feats), len(self.reps), max(f.whitener.dim for f in feats)
+        self.P, self.R, self.r = len(feats), len(self.reps), max([width] + [f.whitener.dim for f in feats])
         self.mem: dict[str, torch.Tensor] = {}
         if in_memory:
             for s in rows if splits is None else splits:
