@@ -3,6 +3,8 @@ strength refitted on all train rows in at most --refit-passes streamed passes, t
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -58,7 +60,8 @@ def test_passes_are_bounded(runs):
 
 
 def test_over_budget_equals_in_memory(store, runs):
-    """A job larger than --memory-mb (streamed from the codes every pass) gives the in-memory result."""
+    """A job larger than --memory-mb (streamed from the codes every pass) gives the in-memory result, exactly:
+    held frames are built and cut at the streamed chunks' boundaries."""
     from codeclens.analyses.probes.torch_backend import _RepFeatures
     from codeclens.store import Repr
 
@@ -68,22 +71,42 @@ def test_over_budget_equals_in_memory(store, runs):
         assert len(td.rows["train"]) * r * 4 > 2**20  # over the 1 MB budget: streamed
     a, b = runs["bounded"], runs["streamed"]
     assert list(a["l2"]) == list(b["l2"])
-    np.testing.assert_allclose(a["value"], b["value"], atol=2e-3)
+    assert list(a["value"]) == list(b["value"])
+
+
+def _budgets(store, cfg):
+    """(MB that holds the subsample's frames, bytes the refit's held train frames would need) by the plan's charge."""
+    import math
+
+    from codeclens.analyses.probes import torch_backend as tb
+    from codeclens.analyses.probes.run import make_jobs
+
+    td = gather_task(store, "phone", cfg)
+    jobs = make_jobs([store], [td], cfg)
+    idx = list(range(len(jobs)))
+    units = tb._units(jobs, idx)
+    sel = tb._charge(units, jobs, cfg, tb._subsample(td, cfg).rows, True, tb._chunk_of(jobs, idx, cfg, "select"))
+    full = tb._charge(units, jobs, cfg, {s: td.rows[s] for s in ("train", "test")}, True,
+                      tb._chunk_of(jobs, idx, cfg, "refit"), held=("train",))
+    return math.ceil(sel / 2**20), full
 
 
 def test_streamed_rows_are_counted(store, monkeypatch):
-    """Rows materialised from the codes over the whole fit, budget exceeded: the train subsample once, the
-    val subsample once per validation round (every ROUND iterations), for its total row weight and for the
-    val predictions, at most
-    refit_passes passes over train and one over test (the unbounded fit needs hundreds of passes)."""
+    """Rows materialised from the codes over the whole fit, with a budget that holds the train subsample but
+    not all train frames: the train subsample once, the val subsample once per validation round (every
+    ROUND iterations), for its total row weight and for the val predictions, at most refit_passes passes
+    over train and one over test (the unbounded fit needs hundreds of passes). A budget below the
+    subsample's streams it too."""
     from codeclens.analyses.probes import torch_backend as tb
 
     seen = []
     orig = tb._RepFeatures.z_t
     monkeypatch.setattr(tb._RepFeatures, "z_t", lambda self, rows: (seen.append(len(rows)), orig(self, rows))[1])
     cfg = ProbeConfig(task=("phone",), repr="cumulative:2", bootstrap=0, control="none", cv="off", select_frames=SELECT,
-                      refit_passes=4, memory_mb=1)
-    df = run_probes([store], cfg)
+                      refit_passes=4)
+    mb, full = _budgets(store, cfg)
+    assert full > mb * 2**20
+    df = run_probes([store], dataclasses.replace(cfg, memory_mb=mb))
     td = gather_task(store, "phone", cfg)
     n_tr, n_va, n_te = (len(td.rows[s]) for s in ("train", "val", "test"))
     row = df[(df.probe == "linear") & (df.metric == "macro_f1")].iloc[0]
@@ -93,6 +116,11 @@ def test_streamed_rows_are_counted(store, monkeypatch):
     val_reads = -(-int(row["iters"]) // ROUND) + 2
     assert sum(seen) <= SELECT + val_reads * min(SELECT, n_va) + 4 * n_tr + n_te
     assert sum(seen) >= 4 * n_tr + n_te
+    seen.clear()
+    tiny = run_probes([store], dataclasses.replace(cfg, memory_mb=mb - 1))
+    assert sum(seen) > 10 * SELECT + 4 * n_tr + n_te  # every evaluation of the selection re-read the subsample
+    pick = lambda d: d[(d.probe == "linear")][["metric", "value", "l2"]].reset_index(drop=True)  # noqa: E731
+    assert pick(tiny).equals(pick(df))
 
 
 def test_ridge_is_one_pass(store, monkeypatch):

@@ -57,9 +57,11 @@ class ProbeConfig:
     speakers on speaker-disjoint splits, test utterances otherwise (0 = none)."""
     max_train_frames: int | None = None
     """Subsample train utterances to at most this many frames (None: all)."""
-    memory_mb: int = 256
-    """Feature memory budget of one batched fit; larger groups are split, larger single probes streamed
-    (re-materialised from the codes on every pass, so memory stays flat in the number of frames)."""
+    memory_mb: int = 512
+    """Memory budget of one batched frame fit: the whitened frames held, every representation's whitening and
+    folded tables, the optimiser's state and a chunk's temporaries (count tables: a group's table copies).
+    Larger groups are split, larger single probes streamed (re-materialised from the codes on every pass, so
+    memory stays flat in the number of frames)."""
     select_frames: int = 200_000
     """Frame-path logistic probes (cumulative:k, latent, open-set) with more train rows than this choose their L2
     strength on a seeded subsample of whole utterances of at most this many train rows (and as many val rows),

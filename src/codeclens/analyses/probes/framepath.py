@@ -21,7 +21,7 @@ Objective of problem j (probe p, strength lam_j), as :func:`linear.fit_logistic`
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import torch
 
@@ -49,11 +49,12 @@ def _softmax_(lg: torch.Tensor) -> torch.Tensor:
 
 def frame_objective(chunks: Iterable[tuple[torch.Tensor, torch.Tensor]], x: torch.Tensor, idx: torch.Tensor,
                     pof: torch.Tensor, lam: torch.Tensor, cw: torch.Tensor, wsum: torch.Tensor, r: int, C: int,
-                    grad: bool = True):
+                    grad: bool = True, slot: Sequence[int] | None = None):
     """``(loss [k] float64, grad [k, r*C + C])`` of problems ``idx`` at ``x [k, r*C + C]`` (W flattened [r, C],
     then b), summed over ``chunks`` of ``(Z [P, m, r], labels [P, m])``. ``pof``: probe of every problem,
     ``lam``: its L2 strength, ``cw [P, C]``: class weights, ``wsum [P]``: each probe's total row weight.
-    ``grad=False``: the loss only (validation)."""
+    ``grad=False``: the loss only (validation). ``slot``: the row of ``Z`` each probe reads (default: its
+    own), so probes of one representation (a task and its control) share one copy of its frames."""
     k, nW = len(idx), r * C
     groups = _groups(pof, idx)
     # Per probe: its problems' weights side by side, [r, kp * C], and biases [kp * C].
@@ -65,7 +66,7 @@ def frame_objective(chunks: Iterable[tuple[torch.Tensor, torch.Tensor]], x: torc
     buf = None
     for z, y in chunks:
         for j, (p, pos) in enumerate(groups):
-            kp, zp, yp = len(pos), z[p], y[p]
+            kp, zp, yp = len(pos), z[p if slot is None else slot[p]], y[p]
             m = zp.shape[0]
             if not m:
                 continue

@@ -241,7 +241,7 @@ class BatchedLBFGS:
 def fit_logistic(
     train: Source, val: Source | None, P: int, r: int, C: int, cw: torch.Tensor, l2: Sequence[float],
     l1: float = 0.0, max_iter: int = 300, patience: int = 3, tol: float = 1e-6, closed_form: bool = True,
-    path: bool = True, stop_on_val: bool | Sequence[bool] = True,
+    path: bool = True, stop_on_val: bool | Sequence[bool] = True, slot: Sequence[int] | None = None,
 ) -> LogisticFit:
     """Fit P x G multinomial logistic regressions; keep each one's best-validation iterate.
 
@@ -257,7 +257,9 @@ def fit_logistic(
     serves the count-table path's skipping of strengths weaker than a perfect one, and is otherwise unused.
     Frame sources also take one flag per probe (``[P]`` booleans): probes without stopping run to their
     optimum beside those that stop, and their optimiser stops at a relative decrease of 1e-7 (as count
-    tables do) rather than 100 eps, so the optimum is reached to float32 precision.
+    tables do) rather than 100 eps, so the optimum is reached to float32 precision. ``slot``: frame sources
+    only, the row of each chunk's ``Z`` that each probe reads (see :func:`.framepath.frame_objective`); the
+    validation loss of frame sources is then computed probe by probe as well (no ``[P, G, m, C]`` logits).
     """
     one = _one_table(train) if closed_form else None
     per_probe = not isinstance(stop_on_val, bool)
@@ -288,15 +290,16 @@ def fit_logistic(
         if table is not None:
             return _table_objective(table, wsum, lam, pof, x, idx, r, C)
         if closed_form:
-            return frame_objective(train(), x, idx, pof, lam, cw, wsum, r, C)
+            return frame_objective(train(), x, idx, pof, lam, cw, wsum, r, C, slot=slot)
         p = pof[idx]
+        zp = p if slot is None else torch.as_tensor(list(slot), device=dev)[p]
         k = len(idx)
         x = x.detach().requires_grad_(True)
         total = torch.zeros(k, dtype=torch.float64, device=dev)
         grad = torch.zeros_like(x)
         for z, t in train():
             W, b = x[:, :nW].reshape(k, 1, r, C), x[:, nW:].reshape(k, 1, C)
-            part = _nll(z[p], t[p], W, b, cw[p])[:, 0] / wsum[p]
+            part = _nll(z[zp], t[p], W, b, cw[p])[:, 0] / wsum[p]
             (gr,) = torch.autograd.grad(part.sum(), x)
             grad += gr
             total = total + part.detach().double()
@@ -310,7 +313,7 @@ def fit_logistic(
 
     x0 = torch.zeros(B, nW + C, dtype=dt, device=dev)
     if l1 > 0:
-        opt = _Fista(f, x0, _fista_steps(train, cw, wsum, l2, r).reshape(-1), l1, nW)
+        opt = _Fista(f, x0, _fista_steps(train, cw, wsum, l2, r, slot).reshape(-1), l1, nW)
     else:
         # A float32 count-table fit stops at a relative decrease of 1e-7 (not 100 eps = 1.2e-5): its loss
         # sums non-negative terms, so decreases that small are real, and stopping earlier changed which
@@ -336,8 +339,7 @@ def fit_logistic(
         if val is None:
             best_x = opt.x.clone()
             continue
-        W, b = unpack(opt.x)
-        vl = mean_nll(val, W, b, cw, wsum_val).reshape(-1)
+        vl = _val_loss(val, opt.x, unpack, pof, cw, wsum_val, r, C, slot, table is None and closed_form)
         better = torch.isinf(best) | (vl < best - tol * best.abs().clamp(min=1.0)) | free
         best_x = torch.where(better[:, None], opt.x, best_x)
         best = torch.where(better, vl, best)
@@ -345,6 +347,19 @@ def fit_logistic(
         opt.freeze(stale >= patience)
     W, b = unpack(best_x)
     return LogisticFit(W.contiguous(), b.contiguous(), best.view(P, G) if val is not None else None, iters)
+
+
+def _val_loss(val: Source, x: torch.Tensor, unpack, pof: torch.Tensor, cw: torch.Tensor, wsum_val: torch.Tensor,
+              r: int, C: int, slot, frames: bool) -> torch.Tensor:
+    """[B] mean validation loss of every problem. Frames: probe by probe (:func:`.framepath.frame_objective`
+    without penalty), so a chunk's temporaries are one probe's ``[m, G * C]``, whatever the number of probes
+    fitted together, and a probe's value does not depend on the others."""
+    if not frames:
+        W, b = unpack(x)
+        return mean_nll(val, W, b, cw, wsum_val).reshape(-1)
+    every = torch.arange(len(x), device=x.device)
+    zero = torch.zeros(len(x), dtype=x.dtype, device=x.device)
+    return frame_objective(val(), x, every, pof, zero, cw, wsum_val, r, C, grad=False, slot=slot).to(x.dtype)
 
 
 def _fit_table_path(train, val, cw: torch.Tensor, l2: Sequence[float], max_iter: int, patience: int,
@@ -577,11 +592,13 @@ def _ls_init(Z: torch.Tensor, A: torch.Tensor, a: torch.Tensor, n: torch.Tensor,
     return torch.cat([W.reshape(len(W), -1), b], 1)
 
 
-def _fista_steps(train: Source, cw: torch.Tensor, wsum: torch.Tensor, l2: Sequence[float], r: int) -> torch.Tensor:
+def _fista_steps(train: Source, cw: torch.Tensor, wsum: torch.Tensor, l2: Sequence[float], r: int,
+                 slot: Sequence[int] | None = None) -> torch.Tensor:
     """1/L per (probe, strength): the softmax Hessian is at most 1/2 times the weighted second moment."""
     P = cw.shape[0]
     M = torch.zeros(P, r + 1, r + 1, dtype=cw.dtype, device=cw.device)
     for z, t in train():
+        z = z if slot is None else z[list(slot)]
         za = torch.cat([z, torch.ones_like(z[..., :1])], -1)
         M += torch.einsum("pm,pmi,pmj->pij", _weights(t, cw), za, za)
     top = torch.linalg.eigvalsh(M / wsum[:, None, None])[:, -1]
@@ -691,32 +708,48 @@ class Refit:
     """Loss-and-gradient evaluations over the whole train source (each one streamed pass)."""
     iters: int
     """L-BFGS iterations."""
+    evals: torch.Tensor | None = None
+    """[P] evaluations of each probe (at most ``max_passes``; what the probe alone would have cost)."""
 
 
 def refit_logistic(train: Source, W0: torch.Tensor, b0: torch.Tensor, cw: torch.Tensor, wsum: torch.Tensor,
-                   l2: torch.Tensor, max_passes: int, tol: float = 1e-5) -> Refit:
+                   l2: torch.Tensor, max_passes: int, tol: float = 1e-5, slot: Sequence[int] | None = None) -> Refit:
     """Minimise each probe's objective at its own strength ``l2 [P]`` over the whole train source, from
     ``(W0 [P, r, C], b0 [P, C])``, with at most ``max_passes`` evaluations (each one pass over the source).
 
     ``train`` yields ``(Z [P, m, r], labels [P, m])``; ``wsum [P]`` is each probe's total row weight.
     Meant for a warm start near the optimum (the solution on a subsample): L-BFGS then needs few
-    iterations. The budget is hard: an evaluation past it is refused (reported as no decrease), so the
-    line search stops, the problem counts as finished and keeps its last accepted iterate.
+    iterations. The budget is hard and per probe: an evaluation of a probe past it is refused (reported as
+    no decrease), so its line search stops, the probe counts as finished and keeps its last accepted
+    iterate. Per probe, so that a probe refitted beside others (a group of --memory-mb) ends where it would
+    alone: one shared count let a probe's line search spend the others' passes. ``passes``: the passes made
+    over the source (an evaluation is one pass for the probes it evaluates), ``evals`` each probe's count.
     """
     P, r, C = W0.shape
     nW = r * C
-    count = [0]
+    count = torch.zeros(P, dtype=torch.long, device=cw.device)
+    made = [0]
     pof = torch.arange(P, device=cw.device)  # one problem per probe: frame_objective's grouping is trivial
 
     def f(x: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if count[0] >= max_passes:
-            return torch.full((len(idx),), float("inf"), dtype=torch.float64, device=x.device), torch.zeros_like(x)
-        count[0] += 1
-        return frame_objective(train(), x, idx, pof, l2.to(x.dtype), cw, wsum, r, C)
+        live = count[idx] < max_passes
+        if bool(live.any()):
+            made[0] += 1
+        if bool(live.all()):
+            count[idx] += 1
+            return frame_objective(train(), x, idx, pof, l2.to(x.dtype), cw, wsum, r, C, slot=slot)
+        loss = torch.full((len(idx),), float("inf"), dtype=torch.float64, device=x.device)
+        g = torch.zeros_like(x)
+        if bool(live.any()):
+            k = torch.nonzero(live).flatten()
+            count[idx[k]] += 1
+            loss[k], g[k] = frame_objective(train(), x[k], idx[k], pof, l2.to(x.dtype), cw, wsum, r, C, slot=slot)
+        return loss, g
 
     x0 = torch.cat([W0.reshape(P, nW), b0], 1).to(cw.dtype)
     opt = BatchedLBFGS(f, x0, tol=tol)
     iters = 0
-    while count[0] < max_passes and opt.step():
+    while bool((count < max_passes).any()) and opt.step():
         iters += 1
-    return Refit(opt.x[:, :nW].reshape(P, r, C).contiguous(), opt.x[:, nW:].contiguous(), count[0], iters)
+    return Refit(opt.x[:, :nW].reshape(P, r, C).contiguous(), opt.x[:, nW:].contiguous(), made[0], iters,
+                 count.clone())

@@ -303,41 +303,176 @@ def fit_table_regress(probs: Sequence[TableProblem], cfg: ProbeConfig, device) -
 
 # -- frame path --------------------------------------------------------------
 # Logistic probes on more train frames than --select-frames are fitted in a bounded number of passes:
-# the L2 strength is chosen on an in-memory subsample of whole utterances (every strength, early
-# stopping and the val check on a val subsample), then the chosen strength alone is refitted on all train
-# rows from the subsample's solution, each L-BFGS evaluation one exact pass (at most --refit-passes), and
-# test is predicted in one pass. Before, every strength was fitted on all rows and, beyond the memory
-# budget, every one of hundreds of evaluations re-materialised all train frames from the codes.
+# the L2 strength is chosen on a subsample of whole utterances (every strength, early stopping and the
+# val check on a val subsample), then the chosen strength alone is refitted on all train rows from the
+# subsample's solution, each L-BFGS evaluation one exact pass (at most --refit-passes), and test is
+# predicted in one pass. Before, every strength was fitted on all rows and, beyond the memory budget,
+# every one of hundreds of evaluations re-materialised all train frames from the codes.
+#
+# Memory: the jobs of a store are cut into groups whose whole charge (:func:`_charge`: frames held,
+# every representation's whitening and folded tables, the optimiser's state, a chunk's temporaries)
+# fits --memory-mb; a representation's features are built for its group only and freed after it, and
+# the jobs of one representation (a task and its control) read one copy of its frames. A group's
+# results do not depend on its company: chunks have a fixed number of rows per store and task, and
+# every computation on them is per probe, so a probe fitted alone or beside others, in memory or
+# streamed, gives the same numbers.
+HISTORY = 10
+"""Curvature pairs of :class:`.linear.BatchedLBFGS` (its default)."""
+OPT_COPIES = 2 * HISTORY + 14
+"""Problem-sized float32 vectors the optimiser holds at once: the S / Y history, x, g, the kept iterate,
+the line search's trial point and gradient, its accepted copies, the direction and the recursion's
+work vector, s and y, and the objective's gradient laid out per probe and back."""
+WHITEN_BYTES = 16 * 2**20
+"""Raw float32 frames read at a time for the whitening moments (plus their float64 copy)."""
+
+
 def _fit_frames(jobs, idx: list[int], cfg: ProbeConfig, device, out: list, log) -> None:
     by_store: dict[int, list[int]] = {}
     for i in idx:
         by_store.setdefault(id(jobs[i].store), []).append(i)
-    for idx in by_store.values():
-        feats: dict[Repr, _RepFeatures] = {}
-        for i in idx:
-            j = jobs[i]
-            if j.rep not in feats:
-                feats[j.rep] = _RepFeatures(j.store, j.rep, j.td, device)
+    for idx in by_store.values():  # all jobs of a store here share the task's rows (one TaskData)
         bounded = [i for i in idx if _bounded(jobs[i], cfg)]
-        exact = [i for i in idx if i not in bounded]
-        for group, in_memory in _plan(exact, jobs, feats, cfg.memory_mb):
-            fr = _Frames([feats[jobs[i].rep] for i in group], jobs[group[0]].td.rows, in_memory, device)
-            fn = _frames_classify if jobs[group[0]].td.categorical else _frames_regress
-            td = jobs[group[0]].td
-            work = len(group) * len(cfg.l2) * len(td.rows["train"]) * max(td.n_classes, fr.r)
-            with threads_for(work):
-                for i, f in zip(group, fn([jobs[i] for i in group], fr, cfg, device)):
-                    out[i] = f
-            if log:
-                log(len(group))
+        exact = [i for i in idx if not _bounded(jobs[i], cfg)]
+        if exact:
+            _fit_exact(jobs, exact, cfg, device, out, log)
         if bounded:
-            sub = _subsample(jobs[bounded[0]].td, cfg)  # all jobs of a store here share the task's rows
-            for group, _ in _plan(bounded, jobs, feats, cfg.memory_mb, sub.rows):
-                for i, f in zip(group, _bounded_classify([jobs[i] for i in group], sub,
-                                                          [feats[jobs[i].rep] for i in group], cfg, device)):
-                    out[i] = f
-                if log:
-                    log(len(group))
+            _fit_bounded(jobs, bounded, cfg, device, out, log)
+
+
+def _fit_exact(jobs, idx: list[int], cfg: ProbeConfig, device, out: list, log) -> None:
+    td = jobs[idx[0]].td
+    m = _chunk_of(jobs, idx, cfg, "select" if td.categorical else "ridge")
+    for group, resident in _plan(_units(jobs, idx), jobs, cfg, td.rows, m):
+        fr = _Frames(_features(jobs, group, device), td.rows, resident, device, chunk=m, width=_width(jobs, idx))
+        fn = _frames_classify if td.categorical else _frames_regress
+        work = len(group) * len(cfg.l2) * len(td.rows["train"]) * max(td.n_classes, fr.r)
+        with threads_for(work):
+            for i, f in zip(group, fn([jobs[i] for i in group], fr, cfg, device)):
+                out[i] = f
+        del fr  # the group's frames, whitening and tables
+        if log:
+            log(len(group))
+
+
+def _fit_bounded(jobs, idx: list[int], cfg: ProbeConfig, device, out: list, log) -> None:
+    td = jobs[idx[0]].td
+    sub = _subsample(td, cfg)
+    m_sel, m_fit = _chunk_of(jobs, idx, cfg, "select"), _chunk_of(jobs, idx, cfg, "refit")
+    for group, resident in _plan(_units(jobs, idx), jobs, cfg, sub.rows, m_sel):
+        # The refit's train frames are held only when the group would fit the budget with them too.
+        refit_rows = {"train": td.rows["train"], "test": td.rows["test"]}
+        units = _units(jobs, group)
+        hold = _charge(units, jobs, cfg, refit_rows, True, m_fit, held=("train",)) <= cfg.memory_mb * 2**20
+        feats = _features(jobs, group, device)
+        for i, f in zip(group, _bounded_classify([jobs[i] for i in group], sub, feats, cfg, device,
+                                                 resident, hold, m_sel, m_fit, _width(jobs, idx))):
+            out[i] = f
+        del feats
+        if log:
+            log(len(group))
+
+
+def _units(jobs, idx: list[int]) -> list[list[int]]:
+    """Jobs by representation (first-seen order): a task and its control read the same frames, so they are
+    grouped together and their representation is held once."""
+    by: dict[Repr, list[int]] = {}
+    for i in idx:
+        by.setdefault(jobs[i].rep, []).append(i)
+    return list(by.values())
+
+
+def _features(jobs, group: list[int], device) -> list["_RepFeatures"]:
+    """One :class:`_RepFeatures` per job, built once per representation of the group."""
+    made: dict[Repr, _RepFeatures] = {}
+    for i in group:
+        j = jobs[i]
+        if j.rep not in made:
+            made[j.rep] = _RepFeatures(j.store, j.rep, j.td, device)
+    return [made[jobs[i].rep] for i in group]
+
+
+def _width(jobs, idx: list[int]) -> int:
+    """The padded width of a store's frames: its widest feature dimension (the whitened one's bound)."""
+    return max(data_dim(jobs[i]) for i in idx)
+
+
+def _chunk_of(jobs, idx: list[int], cfg: ProbeConfig, kind: str) -> int:
+    """Rows per frame chunk of a store's jobs, the same for every group (see the section comment): a
+    chunk's widest float32 tensor (a probe's logits of every strength, one representation's frames, or,
+    for ridge, one representation's frames in float64) about CHUNK_BYTES."""
+    td = jobs[idx[0]].td
+    D = max(data_dim(jobs[i]) for i in idx)
+    C = max(td.n_train_classes, 1)
+    width = {"select": max(len(cfg.l2) * C, D), "refit": max(C, D), "ridge": 2 * D}[kind]
+    return _chunk_rows(width)
+
+
+def _rep_bytes(store: Store, rep: Repr, level: str, n_train: int) -> tuple[int, int]:
+    """(held, build): what one representation holds while its group is fitted (the whitening's float64 mean
+    and projection and its float32 copy, or the folded tables of layer:k / cumulative:k frames), and what
+    building it needs on top at its peak (the whitening's moments and a raw chunk, or one layer's float64
+    table); representations are built one after the other, so only the largest build counts."""
+    from .data import feature_dim
+
+    D = feature_dim(store, rep)
+    held = D * D * 8 + D * 8
+    if level == "frame" and rep.kind in ("layer", "cumulative"):
+        K = sum(store.codebook_sizes[l] for l in ([rep.layer - 1] if rep.kind == "layer" else range(rep.layer)))
+        held += K * D * 4
+        build = max(2 * D * D * 8, 2 * max(store.codebook_sizes) * D * 8)
+    else:
+        held += D * D * 4
+        build = 2 * D * D * 8
+    return held, max(build, min(n_train, _whiten_rows(store, rep)) * D * 12 + 2 * D * D * 8)
+
+
+def _charge(units: list[list[int]], jobs, cfg: ProbeConfig, rows: dict[str, np.ndarray], resident: bool, m: int,
+            held: Sequence[str] | None = None) -> int:
+    """Bytes a group of ``units`` (see :func:`_units`) holds at its peak when fitted together on ``rows``,
+    with the frames of splits ``held`` (default all) in memory (``resident``) or streamed in chunks of ``m``
+    rows: the frames (one copy per representation, zero-padded to the widest), every representation's
+    :func:`_rep_bytes`, the labels, and, logistic, the optimiser's state and one probe's chunk temporaries,
+    ridge the per-probe moment matrices and their eigendecomposition. The whitened width is taken at its
+    bound, the feature dimension."""
+    first = jobs[units[0][0]]
+    store, td = first.store, first.td
+    reps = [jobs[u[0]].rep for u in units]
+    P, R = sum(len(u) for u in units), len(reps)
+    r = max(data_dim(jobs[u[0]]) for u in units)
+    n_all = sum(len(v) for v in rows.values())
+    n_held = sum(len(rows[s]) for s in (rows if held is None else held))
+    m = max(1, min(m, max(len(v) for v in rows.values())))  # no chunk is longer than its split
+    frames = R * r * 4 * (n_held if resident else m) + 3 * m * r * 4  # + one representation's chunk being made
+    per_rep = [_rep_bytes(store, rep, td.level, len(td.rows["train"])) for rep in reps]
+    tables = sum(h for h, _ in per_rep) + max(b for _, b in per_rep)
+    labels = P * n_all * 8 * 2
+    G = len(cfg.l2)
+    if td.categorical:
+        C = td.n_train_classes
+        fit = P * G * (r * C + C) * 4 * OPT_COPIES + 3 * m * G * C * 4 + 2 * r * G * C * 4
+    else:
+        fit = P * (6 * r * r + 3 * G * r) * 8 + 2 * m * r * 8
+    return frames + tables + labels + fit
+
+
+def _plan(units: list[list[int]], jobs, cfg: ProbeConfig, rows: dict[str, np.ndarray],
+          m: int) -> list[tuple[list[int], bool]]:
+    """Greedy groups of whole units whose :func:`_charge` in memory fits --memory-mb; a unit over it alone
+    is streamed (its charge then the chunks', not the frames')."""
+    budget = cfg.memory_mb * 2**20
+    groups: list[tuple[list[int], bool]] = []
+    cur: list[list[int]] = []
+    for u in units:
+        if _charge([u], jobs, cfg, rows, True, m) > budget:
+            groups.append((list(u), False))
+            continue
+        if cur and _charge(cur + [u], jobs, cfg, rows, True, m) > budget:
+            groups.append(([i for c in cur for i in c], True))
+            cur = []
+        cur.append(u)
+    if cur:
+        groups.append(([i for c in cur for i in c], True))
+    return groups
 
 
 def _bounded(job: Job, cfg: ProbeConfig) -> bool:
@@ -372,42 +507,51 @@ def _subsample(td: TaskData, cfg: ProbeConfig) -> _Subsample:
     return _Subsample(dataclasses.replace(td, rows=pick(td.rows), y=pick(td.y), groups=pick(td.groups)), keep)
 
 
-def _bounded_classify(jobs, sub: _Subsample, feats: list[_RepFeatures], cfg: ProbeConfig, device) -> list[JobFit]:
+
+
+def _bounded_classify(jobs, sub: _Subsample, feats: list[_RepFeatures], cfg: ProbeConfig, device,
+                      resident: bool = True, hold: bool = True, m_sel: int | None = None,
+                      m_fit: int | None = None, width: int | None = None) -> list[JobFit]:
+    """``resident``: the subsample's frames held (else streamed), ``hold``: the refit's train frames held;
+    ``m_sel`` / ``m_fit``: rows per chunk of the two phases (default: :func:`_chunk_of` of these jobs);
+    ``width``: the padded feature width (default: their widest feature dimension)."""
     td, P, C = jobs[0].td, len(jobs), jobs[0].td.n_train_classes
-    # 1. Every strength on the subsample (in memory); the val check on the val subsample.
+    idx = list(range(P))
+    m_sel = _chunk_of(jobs, idx, cfg, "select") if m_sel is None else m_sel
+    m_fit = _chunk_of(jobs, idx, cfg, "refit") if m_fit is None else m_fit
+    # 1. Every strength on the subsample; the val check on the val subsample.
     sjobs = [Job(j.store, j.rep, sub.td, {s: np.asarray(j.y[s])[m] for s, m in sub.keep.items()}, j.control)
              for j in jobs]
-    # The train subsample is held (every evaluation reads it); the val subsample, read once per ROUND
-    # iterations, is made from the codes chunk by chunk instead (the same values: a frame's features do
-    # not depend on its chunk), which keeps P x select_frames x r floats out of memory.
-    fr = _Frames(feats, sub.rows, True, device, splits=("train",))
-    m = _chunk_rows(P * max(len(cfg.l2) * C, fr.r))
+    # The train subsample is held when the budget allows (every evaluation reads it); the val subsample,
+    # read once per ROUND iterations, is made from the codes chunk by chunk instead (the same values: a
+    # frame's features do not depend on its chunk), which keeps P x select_frames x r floats out of memory.
+    width = max(data_dim(j) for j in jobs) if width is None else width
+    fr = _Frames(feats, sub.rows, resident, device, splits=("train",), chunk=m_sel, width=width)
     with threads_for(P * len(cfg.l2) * len(sub.rows["train"]) * max(C, fr.r)):
-        fit, choice, _ = _select(sjobs, fr, cfg, device, m)
+        fit, choice, _ = _select(sjobs, fr, cfg, device)
     del fr
     g = torch.as_tensor(choice, device=device)
     ar = torch.arange(P, device=device)
-    # 2. The chosen strengths on all train rows, warm-started, at most --refit-passes passes.
+    # 2. The chosen strengths on all train rows, warm-started, at most --refit-passes passes per probe.
     ys = [np.asarray(j.y["train"]) for j in jobs]
     # np.bincount reads the int32 labels as they are (an int64 copy was 8 bytes per train frame)
     counts = torch.stack([torch.from_numpy(np.bincount(y, minlength=C)[:C]) for y in ys]).float()
     cw = _class_weights(counts.to(device), cfg.balance)
     wsum = (counts.to(device) * cw).sum(-1).clamp(min=1e-12)
     n = len(td.rows["train"])
-    resident = P * n * max(f.whitener.dim for f in feats) * 4 <= cfg.memory_mb * 2**20
-    full = _Frames(feats, {"train": td.rows["train"], "test": td.rows["test"]}, resident, device, splits=("train",))
-    m = _chunk_rows(P * max(C, full.r))  # a chunk's features and its logits each about CHUNK_BYTES
+    full = _Frames(feats, {"train": td.rows["train"], "test": td.rows["test"]}, hold, device, splits=("train",),
+                   chunk=m_fit, width=width)
 
     def train():
-        for a, b, z in full.chunks("train", m):
+        for a, b, z in full.chunks("train"):
             yield z, torch.from_numpy(np.stack([y[a:b] for y in ys])).to(device)
 
     l2 = [float(cfg.l2[int(c)]) for c in choice]
     with threads_for(P * n * max(C, full.r)):
         ref = refit_logistic(train, fit.W[ar, g], fit.b[ar, g], cw, wsum, torch.tensor(l2, device=device),
-                             cfg.refit_passes)
+                             cfg.refit_passes, slot=full.slot)
     # 3. Test in one pass.
-    return _finish(jobs, full, ref.W, ref.b, l2, fit.iters + ref.iters, ref.passes, m)
+    return _finish(jobs, full, ref.W, ref.b, l2, fit.iters + ref.iters, [int(e) for e in ref.evals])
 
 
 def _chunk_rows(width: int) -> int:
@@ -433,24 +577,30 @@ class _RepFeatures:
         self._pooled = None
         if td.level == "utterance":
             self._pooled = store.values(Repr(rep.kind, rep.layer, True))
-        self.whitener = streamed_whitener(self.raw(td.rows["train"]))
+        self.whitener = streamed_whitener(self.raw(td.rows["train"], _whiten_rows(store, rep)))
         self._layers: list[int] = []
         if td.level == "frame" and rep.kind in ("layer", "cumulative"):
             self._layers = [rep.layer - 1] if rep.kind == "layer" else list(range(rep.layer))
             proj = torch.from_numpy(self.whitener.proj)
-            tables = [torch.from_numpy(np.asarray(store.tables[l], np.float64)) @ proj for l in self._layers]
-            self._table = torch.cat(tables).float().to(self.device)  # [sum of K_l, r]
-            self._start = np.cumsum([0] + [len(t) for t in tables[:-1]]).astype(np.int64)  # each table's first row
+            sizes = [store.codebook_sizes[l] for l in self._layers]
+            # Filled a layer at a time (float64 product, then float32): the stacked float64 tables and their
+            # concatenation were 3x the folded table at once (160 MB for cumulative:8 of 1024 x 1024).
+            self._table = torch.empty((sum(sizes), self.whitener.dim), dtype=torch.float32, device=self.device)
+            at = 0
+            for l, K in zip(self._layers, sizes):
+                self._table[at : at + K] = torch.from_numpy(np.asarray(store.tables[l], np.float64)) @ proj
+                at += K
+            self._start = np.cumsum([0] + sizes[:-1]).astype(np.int64)  # each table's first row
             self._offset = (torch.from_numpy(self.whitener.mean) @ proj).float().to(self.device)
         else:
             self._proj = torch.from_numpy(self.whitener.proj).float().to(self.device)
             self._mean = torch.from_numpy(self.whitener.mean).float().to(self.device)
 
-    def raw(self, rows: np.ndarray) -> Iterator[np.ndarray]:
+    def raw(self, rows: np.ndarray, chunk: int = 65536) -> Iterator[np.ndarray]:
         if self._pooled is not None:
             yield np.asarray(self._pooled[rows], np.float32)
             return
-        yield from iter_features(self.store, self.rep, rows, self.level)
+        yield from iter_features(self.store, self.rep, rows, self.level, chunk)
 
     def z_t(self, rows: np.ndarray) -> torch.Tensor:
         """Whitened features ``[len(rows), r]`` (float32, on the device)."""
@@ -466,70 +616,71 @@ class _RepFeatures:
         return self.z_t(rows).cpu().numpy()
 
 
-def _stack(zs: Sequence[torch.Tensor], n: int, r: int, device) -> torch.Tensor:
-    """``[P, n, r]`` with each probe's features zero-padded to width r."""
-    t = torch.zeros((len(zs), n, r), dtype=torch.float32, device=device)
-    for p, z in enumerate(zs):
-        t[p, :, : z.shape[1]] = z
-    return t
+def _whiten_rows(store: Store, rep: Repr) -> int:
+    """Raw rows per chunk of the whitening's moments: WHITEN_BYTES of float32 (65536 frames of D = 1024 were
+    0.25 GB, and 0.5 GB more as float64, the largest transient of a frame fit)."""
+    from .data import feature_dim
 
-
-def _plan(idx: list[int], jobs, feats, memory_mb: int,
-          rows: dict[str, np.ndarray] | None = None) -> list[tuple[list[int], bool]]:
-    """Greedy groups within the memory budget (features of ``rows``, default each job's own); a job
-    alone over budget is streamed."""
-    budget = memory_mb * 2**20
-    groups: list[tuple[list[int], bool]] = []
-    cur, used = [], 0
-    for i in idx:
-        n = sum(len(r) for r in (jobs[i].td.rows if rows is None else rows).values())
-        cost = n * feats[jobs[i].rep].whitener.dim * 4
-        if cost > budget:
-            groups.append(([i], False))
-            continue
-        if cur and used + cost > budget:
-            groups.append((cur, True))
-            cur, used = [], 0
-        cur.append(i)
-        used += cost
-    if cur:
-        groups.append((cur, True))
-    return groups
+    return max(1024, WHITEN_BYTES // (4 * feature_dim(store, rep)))
 
 
 class _Frames:
     """Whitened frames of a group of jobs (same store, same rows), in memory or streamed in chunks.
 
-    Streamed chunks are re-materialised from the codes on every pass (each pass of a
-    full-batch fit is one exact loss and gradient), so memory is one chunk, whatever
-    the number of frames. ``splits``: the splits held when ``in_memory`` (default all).
+    The frames are held once per representation (``slot[p]``: the row of a chunk's ``[R, m, r]`` tensor that
+    job p reads, zero-padded to the widest), built chunk by chunk into their place, so building them
+    never holds a second copy. Streamed chunks are re-materialised from the codes on every pass (each pass
+    of a full-batch fit is one exact loss and gradient), so memory is one chunk, whatever the number of
+    frames. Chunks have ``chunk`` rows (held frames are built and cut at the same boundaries, so held and
+    streamed chunks are equal bit for bit) and at least ``width`` columns: padded to one width per store,
+    a probe's weights and the optimiser's vectors have the same layout whatever its group (padding to the
+    group's widest shifted the bias entries and changed the rounding of cumulative:1 beside latent).
+    ``splits``: the splits held when ``in_memory`` (default all).
     """
 
     def __init__(self, feats: list[_RepFeatures], rows: dict[str, np.ndarray], in_memory: bool, device,
-                 max_chunk: int | None = None, splits: Sequence[str] | None = None):
-        self.feats, self.rows, self.device, self.max_chunk = feats, rows, device, max_chunk
-        self.P, self.r = len(feats), max(f.whitener.dim for f in feats)
+                 max_chunk: int | None = None, splits: Sequence[str] | None = None, chunk: int = 65536,
+                 width: int = 0):
+        self.feats, self.rows, self.device = feats, rows, device
+        self.chunk = min(chunk, max_chunk or chunk)
+        self.reps: list[_RepFeatures] = []
+        self.slot: list[int] = []
+        for f in feats:
+            at = next((k for k, g in enumerate(self.reps) if g is f), None)
+            if at is None:
+                at = len(self.reps)
+                self.reps.append(f)
+            self.slot.append(at)
+        self.P, self.R, self.r = len(feats), len(self.reps), max([width] + [f.whitener.dim for f in feats])
         self.mem: dict[str, torch.Tensor] = {}
         if in_memory:
             for s in rows if splits is None else splits:
-                self.mem[s] = self._make(rows[s])
+                t = torch.zeros((self.R, len(rows[s]), self.r), dtype=torch.float32, device=device)
+                for a in range(0, len(rows[s]), self.chunk):
+                    self._fill(t[:, a : a + self.chunk], rows[s][a : a + self.chunk])
+                self.mem[s] = t
 
-    def _make(self, rows: np.ndarray) -> torch.Tensor:
-        per_rep: dict[Repr, torch.Tensor] = {}
-        for f in self.feats:
-            if f.rep not in per_rep:
-                per_rep[f.rep] = f.z_t(rows)
-        return _stack([per_rep[f.rep] for f in self.feats], len(rows), self.r, self.device)
+    def _fill(self, out: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+        for k, f in enumerate(self.reps):
+            out[k, :, : f.whitener.dim] = f.z_t(rows)
+        return out
 
-    def chunks(self, split: str, m: int) -> Iterator[tuple[int, int, torch.Tensor]]:
+    def chunks(self, split: str, m: int | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """``(a, b, Z [R, b - a, r])``; read job p's frames as ``Z[slot[p]]``. ``m`` is ignored (kept for
+        callers): chunks have the rows fixed at construction."""
         rows = self.rows[split]
-        m = min(m, self.max_chunk or m)
+        m = self.chunk
         for a in range(0, len(rows), m):
             b = min(a + m, len(rows))
             if split in self.mem:
                 yield a, b, self.mem[split][:, a:b]
             else:
-                yield a, b, self._make(rows[a:b])
+                out = torch.zeros((self.R, b - a, self.r), dtype=torch.float32, device=self.device)
+                yield a, b, self._fill(out, rows[a:b])
+
+    def z(self, chunk: torch.Tensor, p: int) -> torch.Tensor:
+        """Job p's frames ``[m, r]`` of a chunk."""
+        return chunk[self.slot[p]]
 
 
 class _Counted:
@@ -543,7 +694,7 @@ class _Counted:
         return self.src()
 
 
-def _select(jobs, fr: _Frames, cfg: ProbeConfig, device, m: int):
+def _select(jobs, fr: _Frames, cfg: ProbeConfig, device):
     """Every strength fitted on ``fr``'s train rows: (the fit, the strength index kept per probe, passes over
     the train rows). Kept: the best val macro-F1, or for open-set tasks the best identification of val
     rows among val classes by the probe's class scores (val labels cannot score the probe's own outputs,
@@ -557,7 +708,7 @@ def _select(jobs, fr: _Frames, cfg: ProbeConfig, device, m: int):
     cw = _class_weights(counts, cfg.balance)
 
     def src(split, y):
-        return lambda: ((z, y[:, a:b]) for a, b, z in fr.chunks(split, m))
+        return lambda: ((z, y[:, a:b]) for a, b, z in fr.chunks(split))
 
     has_val = len(fr.rows["val"]) > 0
     train = _Counted(src("train", Y["train"]))
@@ -565,7 +716,8 @@ def _select(jobs, fr: _Frames, cfg: ProbeConfig, device, m: int):
     # Code controls run to each strength's penalised optimum, val only choosing the strength; task probes
     # and type controls stop on val (see fit_table_classify). One flag per probe: they share this program.
     stop = [not (j.control and cfg.control == "code") for j in jobs]
-    fit = fit_logistic(train, val, P, fr.r, C, cw, cfg.l2, cfg.l1, cfg.max_iter, cfg.patience, stop_on_val=stop)
+    fit = fit_logistic(train, val, P, fr.r, C, cw, cfg.l2, cfg.l1, cfg.max_iter, cfg.patience, stop_on_val=stop,
+                       slot=fr.slot)
     if td.open_set:
         from .metrics import nearest_centroid_loo
 
@@ -574,39 +726,47 @@ def _select(jobs, fr: _Frames, cfg: ProbeConfig, device, m: int):
             for p, job in enumerate(jobs):
                 yv, best = job.y["val"], -1.0
                 for g in range(G):
-                    acc = float(np.mean(nearest_centroid_loo(_embed(fr, "val", fit.W[p, g], p, m), yv,
+                    acc = float(np.mean(nearest_centroid_loo(_embed(fr, "val", fit.W[p, g], p), yv,
                                                              job.td.groups["val"]) == yv))
                     if acc >= best:  # ties: the stronger strength
                         choice[p], best = g, acc
         return fit, choice, train.n
     if not has_val:
         return fit, np.zeros(P, np.int64), train.n
-    parts = []
+    return fit, _choose(_val_f1(fr, fit, Y["val"], G, Call, device), G), train.n
+
+
+def _val_f1(fr: _Frames, fit, yv_all: torch.Tensor, G: int, Call: int, device) -> torch.Tensor:
+    """[P, G] val macro-F1 of every strength, from per-chunk class counts (a probe's chunk logits at a
+    time: no per-row predictions of every probe and strength are kept)."""
+    P = fr.P
+    size = G * Call
+    base = (torch.arange(G, device=device) * Call).view(G, 1)
+    tp = torch.zeros((P, size), dtype=torch.float64, device=device)
+    predn, truen = torch.zeros_like(tp), torch.zeros_like(tp)
     with torch.no_grad():
-        for a, b, z in fr.chunks("val", m):
-            parts.append(logits_of(z, fit.W, fit.b).argmax(-1))
-    pv = torch.cat(parts, -1)  # [P, G, n]
-    yv = Y["val"][:, None, :].expand_as(pv)
-    base = (torch.arange(P * G, device=device) * Call).view(P, G, 1)
-    size = P * G * Call
-    hit = (pv == yv).to(torch.float64)
-    tp = torch.bincount((base + yv).flatten(), weights=hit.flatten(), minlength=size).view(P, G, Call)
-    predn = torch.bincount((base + pv).flatten(), minlength=size).view(P, G, Call).double()
-    truen = torch.bincount((base + yv).flatten(), minlength=size).view(P, G, Call).double()
-    return fit, _choose(_f1(tp, predn - tp, truen - tp), G), train.n
+        for a, b, z in fr.chunks("val"):
+            for p in range(P):
+                pv = logits_of(fr.z(z, p)[None], fit.W[p : p + 1], fit.b[p : p + 1])[0].argmax(-1)  # [G, m]
+                yv = yv_all[p, a:b][None].expand_as(pv)
+                hit = (pv == yv).to(torch.float64)
+                tp[p] += torch.bincount((base + yv).flatten(), weights=hit.flatten(), minlength=size)
+                predn[p] += torch.bincount((base + pv).flatten(), minlength=size)
+                truen[p] += torch.bincount((base + yv).flatten(), minlength=size)
+    tp, predn, truen = (t.view(P, G, Call) for t in (tp, predn, truen))
+    return _f1(tp, predn - tp, truen - tp)
 
 
 def _frames_classify(jobs, fr: _Frames, cfg: ProbeConfig, device) -> list[JobFit]:
     """Every strength on all train rows (in memory or streamed every evaluation); test in one pass."""
-    td = jobs[0].td
-    m = _chunk_rows(len(jobs) * len(cfg.l2) * max(td.n_train_classes, 1))  # as before: logits bound the chunk
-    fit, choice, passes = _select(jobs, fr, cfg, device, m)
+    fit, choice, passes = _select(jobs, fr, cfg, device)
     ar, g = torch.arange(len(jobs), device=device), torch.as_tensor(choice, device=device)
-    return _finish(jobs, fr, fit.W[ar, g], fit.b[ar, g], [float(cfg.l2[int(c)]) for c in choice], fit.iters, passes, m)
+    return _finish(jobs, fr, fit.W[ar, g], fit.b[ar, g], [float(cfg.l2[int(c)]) for c in choice], fit.iters,
+                   [passes] * len(jobs))
 
 
-def _finish(jobs, fr: _Frames, W: torch.Tensor, b: torch.Tensor, l2: list[float], iters: int, passes: int,
-            m: int) -> list[JobFit]:
+def _finish(jobs, fr: _Frames, W: torch.Tensor, b: torch.Tensor, l2: list[float], iters: int,
+            passes: list[int]) -> list[JobFit]:
     """JobFits of the kept weights (``W [P, r, C]``, ``b [P, C]``) with their test predictions, from one
     pass over the test rows (open-set tasks: identification of test rows by their class scores)."""
     P = len(jobs)
@@ -615,50 +775,61 @@ def _finish(jobs, fr: _Frames, W: torch.Tensor, b: torch.Tensor, l2: list[float]
 
         out = []
         for p, job in enumerate(jobs):
-            emb = _embed(fr, "test", W[p], p, m)
+            emb = _embed(fr, "test", W[p], p)
             pred = nearest_centroid_loo(emb, job.y["test"], job.td.groups["test"])
             r = fr.feats[p].whitener.dim
             out.append(JobFit(fr.feats[p].whitener, W[p, :r].cpu().numpy(), b[p].cpu().numpy(), l2[p], pred,
-                              None, iters, emb, passes))
+                              None, iters, emb, passes[p]))
         return out
-    parts = []
+    pt = np.zeros((P, len(fr.rows["test"])), np.int32)
     with torch.no_grad():
-        for _, _, z in fr.chunks("test", m):
-            parts.append(torch.baddbmm(b[:, None, :], z, W).argmax(-1).to(torch.int32))
-    pt = torch.cat(parts, -1).cpu().numpy() if parts else np.zeros((P, 0), np.int32)
+        for a, bb, z in fr.chunks("test"):
+            for p in range(P):
+                pt[p, a:bb] = torch.addmm(b[p], fr.z(z, p), W[p]).argmax(-1).to(torch.int32).cpu().numpy()
     return [JobFit(fr.feats[p].whitener, W[p, : fr.feats[p].whitener.dim].cpu().numpy(), b[p].cpu().numpy(),
-                   l2[p], pt[p], None, iters, passes=passes) for p in range(P)]
+                   l2[p], pt[p], None, iters, passes=passes[p]) for p in range(P)]
 
 
-def _embed(fr: _Frames, split: str, W: torch.Tensor, p: int, m: int) -> np.ndarray:
+def _embed(fr: _Frames, split: str, W: torch.Tensor, p: int, m: int | None = None) -> np.ndarray:
     """Class scores (without bias: priors of train classes say nothing about held-out ones)."""
-    parts = [torch.einsum("mr,rc->mc", z[p], W) for _, _, z in fr.chunks(split, m)]
+    parts = [fr.z(z, p) @ W for _, _, z in fr.chunks(split)]
     return torch.cat(parts).cpu().numpy() if parts else np.zeros((0, W.shape[1]), np.float32)
 
 
 def _frames_regress(jobs, fr: _Frames, cfg: ProbeConfig, device) -> list[JobFit]:
-    """Exact ridge from streamed sufficient statistics: one pass over each split (train, val, test)."""
+    """Exact ridge from streamed sufficient statistics: one pass over each split (train, val, test), a
+    probe's chunk at a time."""
     G, P = len(cfg.l2), len(jobs)
-    m = 65536
     Y = {s: [np.asarray(j.y[s]) for j in jobs] for s in fr.rows}
 
-    def chunks(split):
-        for a, b, z in fr.chunks(split, m):
-            y = torch.from_numpy(np.stack([v[a:b] for v in Y[split]])).to(device=device, dtype=torch.float64)
-            yield z, torch.ones_like(y), y, y * y
+    def stats(split) -> RidgeStats:
+        r = fr.r
+        acc = RidgeStats(*(torch.zeros(shape, dtype=torch.float64, device=device)
+                           for shape in ((P,), (P, r), (P, r, r), (P,), (P, r), (P,))))
+        for a, b, z in fr.chunks(split):
+            for p in range(P):
+                zp = fr.z(z, p).double()
+                y = torch.from_numpy(Y[split][p][a:b]).to(device=device, dtype=torch.float64)
+                acc.n[p] += len(y)
+                acc.sz[p] += zp.sum(0)
+                acc.gzz[p].addmm_(zp.t(), zp)
+                acc.sy[p] += y.sum()
+                acc.szy[p] += y @ zp
+                acc.syy[p] += y @ y
+        return acc
 
-    w, b = fit_ridge(ridge_stats(chunks("train")), cfg.l2)
+    w, b = fit_ridge(stats("train"), cfg.l2)
     if len(fr.rows["val"]):
-        choice = _choose(-ridge_sse(ridge_stats(chunks("val")), w, b), G)
+        choice = _choose(-ridge_sse(stats("val"), w, b), G)
     else:
         choice = np.zeros(P, np.int64)
     ar, g = torch.arange(P, device=device), torch.as_tensor(choice, device=device)
     wk, bk = w[ar, g], b[ar, g]  # [P, r], [P]
-    parts = []
+    pt = np.zeros((P, len(fr.rows["test"])), np.float32)
     with torch.no_grad():
-        for _, _, z in fr.chunks("test", m):
-            parts.append((torch.einsum("pmr,pr->pm", z.double(), wk) + bk[:, None]).float())
-    pt = torch.cat(parts, -1).cpu().numpy() if parts else np.zeros((P, 0), np.float32)
+        for a, bb, z in fr.chunks("test"):
+            for p in range(P):
+                pt[p, a:bb] = (fr.z(z, p).double() @ wk[p] + bk[p]).float().cpu().numpy()
     return [
         JobFit(fr.feats[p].whitener, wk[p, : fr.feats[p].whitener.dim].cpu().numpy(),
                bk[p].cpu().numpy(), float(cfg.l2[int(choice[p])]), pt[p], passes=1)
