@@ -507,8 +507,6 @@ def _subsample(td: TaskData, cfg: ProbeConfig) -> _Subsample:
     return _Subsample(dataclasses.replace(td, rows=pick(td.rows), y=pick(td.y), groups=pick(td.groups)), keep)
 
 
-
-
 def _bounded_classify(jobs, sub: _Subsample, feats: list[_RepFeatures], cfg: ProbeConfig, device,
                       resident: bool = True, hold: bool = True, m_sel: int | None = None,
                       m_fit: int | None = None, width: int | None = None) -> list[JobFit]:
