@@ -667,6 +667,25 @@ def ridge_stats(chunks: Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor,
     return acc
 
 
+def ridge_stats_rows(chunks: Iterator[tuple[int, torch.Tensor, torch.Tensor]], P: int, r: int,
+                     device) -> RidgeStats:
+    """:func:`ridge_stats` of unit-weight rows, from chunks ``(p, Z [m, r'], y [m])`` of probe ``p``
+    (``r' <= r``: a probe narrower than the padded width fills its leading columns). The frame path's
+    form: a probe's chunk at a time, so no ``[P, m, r]`` float64 copy and no per-row weights."""
+    acc = RidgeStats(*(torch.zeros(shape, dtype=torch.float64, device=device)
+                       for shape in ((P,), (P, r), (P, r, r), (P,), (P, r), (P,))))
+    for p, z, y in chunks:
+        z, y = z.double(), y.to(torch.float64)
+        k = z.shape[1]
+        acc.n[p] += len(y)
+        acc.sz[p, :k] += z.sum(0)
+        acc.gzz[p, :k, :k].addmm_(z.t(), z)
+        acc.sy[p] += y.sum()
+        acc.szy[p, :k] += y @ z
+        acc.syy[p] += y @ y
+    return acc
+
+
 def fit_ridge(st: RidgeStats, l2: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact ridge with an unpenalised intercept for every strength: ``w [P,G,r]``, ``b [P,G]``.
 

@@ -19,7 +19,7 @@ from ..framestream import codes_at
 from .config import ProbeConfig
 from .data import TaskData, Whitener, iter_features, streamed_whitener, weighted_whitener
 from .linear import (RidgeStats, fit_logistic, fit_ridge, logits_of, refit_logistic, ridge_sse, ridge_stats,
-                     threads_for)
+                     ridge_stats_rows, threads_for)
 from .lookup import CodeVectors, code_sums, code_vectors, count_table, lookup_classifier, lookup_regressor
 
 CHUNK_BYTES = 32 * 2**20  # size of one logits tensor of a frame chunk
@@ -401,7 +401,7 @@ def _chunk_of(jobs, idx: list[int], cfg: ProbeConfig, kind: str) -> int:
     chunk's widest float32 tensor (a probe's logits of every strength, one representation's frames, or,
     for ridge, one representation's frames in float64) about CHUNK_BYTES."""
     td = jobs[idx[0]].td
-    D = max(data_dim(jobs[i]) for i in idx)
+    D = _width(jobs, idx)
     C = max(td.n_train_classes, 1)
     width = {"select": max(len(cfg.l2) * C, D), "refit": max(C, D), "ridge": 2 * D}[kind]
     return _chunk_rows(width)
@@ -523,7 +523,7 @@ def _bounded_classify(jobs, sub: _Subsample, feats: list[_RepFeatures], cfg: Pro
     # The train subsample is held when the budget allows (every evaluation reads it); the val subsample,
     # read once per ROUND iterations, is made from the codes chunk by chunk instead (the same values: a
     # frame's features do not depend on its chunk), which keeps P x select_frames x r floats out of memory.
-    width = max(data_dim(j) for j in jobs) if width is None else width
+    width = _width(jobs, idx) if width is None else width
     fr = _Frames(feats, sub.rows, resident, device, splits=("train",), chunk=m_sel, width=width)
     with threads_for(P * len(cfg.l2) * len(sub.rows["train"]) * max(C, fr.r)):
         fit, choice, _ = _select(sjobs, fr, cfg, device)
@@ -663,9 +663,9 @@ class _Frames:
             out[k, :, : f.whitener.dim] = f.z_t(rows)
         return out
 
-    def chunks(self, split: str, m: int | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
-        """``(a, b, Z [R, b - a, r])``; read job p's frames as ``Z[slot[p]]``. ``m`` is ignored (kept for
-        callers): chunks have the rows fixed at construction."""
+    def chunks(self, split: str) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """``(a, b, Z [R, b - a, r])``; read job p's frames as ``Z[slot[p]]``. Chunks have the rows fixed at
+        construction, so a probe's numbers do not depend on the company it is fitted in."""
         rows = self.rows[split]
         m = self.chunk
         for a in range(0, len(rows), m):
@@ -788,7 +788,7 @@ def _finish(jobs, fr: _Frames, W: torch.Tensor, b: torch.Tensor, l2: list[float]
                    l2[p], pt[p], None, iters, passes=passes[p]) for p in range(P)]
 
 
-def _embed(fr: _Frames, split: str, W: torch.Tensor, p: int, m: int | None = None) -> np.ndarray:
+def _embed(fr: _Frames, split: str, W: torch.Tensor, p: int) -> np.ndarray:
     """Class scores (without bias: priors of train classes say nothing about held-out ones)."""
     parts = [fr.z(z, p) @ W for _, _, z in fr.chunks(split)]
     return torch.cat(parts).cpu().numpy() if parts else np.zeros((0, W.shape[1]), np.float32)
@@ -801,20 +801,8 @@ def _frames_regress(jobs, fr: _Frames, cfg: ProbeConfig, device) -> list[JobFit]
     Y = {s: [np.asarray(j.y[s]) for j in jobs] for s in fr.rows}
 
     def stats(split) -> RidgeStats:
-        r = fr.r
-        acc = RidgeStats(*(torch.zeros(shape, dtype=torch.float64, device=device)
-                           for shape in ((P,), (P, r), (P, r, r), (P,), (P, r), (P,))))
-        for a, b, z in fr.chunks(split):
-            for p in range(P):
-                zp = fr.z(z, p).double()
-                y = torch.from_numpy(Y[split][p][a:b]).to(device=device, dtype=torch.float64)
-                acc.n[p] += len(y)
-                acc.sz[p] += zp.sum(0)
-                acc.gzz[p].addmm_(zp.t(), zp)
-                acc.sy[p] += y.sum()
-                acc.szy[p] += y @ zp
-                acc.syy[p] += y @ y
-        return acc
+        return ridge_stats_rows(((p, fr.z(z, p), torch.from_numpy(Y[split][p][a:b]).to(device))
+                                 for a, b, z in fr.chunks(split) for p in range(P)), P, fr.r, device)
 
     w, b = fit_ridge(stats("train"), cfg.l2)
     if len(fr.rows["val"]):
