@@ -1,7 +1,8 @@
 """--memory-mb bounds a frame-path group's whole charge, and grouping never changes a result.
 
 Known answers: (a) the same jobs fitted as one group, one representation per group, and streamed give
-identical fits (strengths, test predictions; weights to the last float32 bit), for logistic (task and code control sharing one
+identical fits (strengths, test predictions; weights to the last float32 bit; each probe's iterations and
+passes over the train rows), for logistic (also with an L1 term, fitted by FISTA) (task and code control sharing one
 representation), ridge and the bounded (subsample + refit) path; (b) the plan's groups each stay within the
 budget, and the bytes a group actually holds (its frames, whitening and tables, measured on the built
 objects) stay within its planned charge; a budget below one representation streams it.
@@ -58,6 +59,8 @@ def _fit(store, task, memory_mb, **kw):
 def _same(a, b):
     for fa, fb in zip(a, b):
         assert fa.l2 == fb.l2
+        # what a probe cost is its own: the same alone as beside others (they were the group's once)
+        assert (fa.iters, fa.passes) == (fb.iters, fb.passes)
         np.testing.assert_array_equal(np.asarray(fa.pred_test), np.asarray(fb.pred_test))
         # weights: equal but for the last bit of a few (measured: one float32 ulp, a code control beside
         # other probes; the optimiser's batched row reductions round by batch size)
@@ -66,7 +69,8 @@ def _same(a, b):
 
 
 @pytest.mark.parametrize("task,kw", [("phone", {}), ("f0", {"f0_semitones": False}),
-                                     ("phone", {"select_frames": 3000, "refit_passes": 6})])
+                                     ("phone", {"select_frames": 3000, "refit_passes": 6}),
+                                     ("phone", {"l1": 1e-3, "max_iter": 60})])
 def test_grouping_and_streaming_do_not_change_fits(store, task, kw):
     jobs, one, g_one = _fit(store, task, 4096, **kw)
     _, alone, g_alone = _fit_alone(store, task, **kw)

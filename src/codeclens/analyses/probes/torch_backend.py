@@ -549,7 +549,8 @@ def _bounded_classify(jobs, sub: _Subsample, feats: list[_RepFeatures], cfg: Pro
         ref = refit_logistic(train, fit.W[ar, g], fit.b[ar, g], cw, wsum, torch.tensor(l2, device=device),
                              cfg.refit_passes, slot=full.slot)
     # 3. Test in one pass.
-    return _finish(jobs, full, ref.W, ref.b, l2, fit.iters + ref.iters, [int(e) for e in ref.evals])
+    iters = [int(a) + int(b) for a, b in zip(fit.steps, ref.steps)]
+    return _finish(jobs, full, ref.W, ref.b, l2, iters, [int(e) for e in ref.evals])
 
 
 def _chunk_rows(width: int) -> int:
@@ -693,8 +694,10 @@ class _Counted:
 
 
 def _select(jobs, fr: _Frames, cfg: ProbeConfig, device):
-    """Every strength fitted on ``fr``'s train rows: (the fit, the strength index kept per probe, passes over
-    the train rows). Kept: the best val macro-F1, or for open-set tasks the best identification of val
+    """Every strength fitted on ``fr``'s train rows: (the fit, the strength index kept per probe, each probe's
+    passes over the train rows: those the program made for all its probes at once, such as the total
+    weight, and the evaluations that included the probe; so a probe's count does not depend on the
+    probes fitted beside it). Kept: the best val macro-F1, or for open-set tasks the best identification of val
     rows among val classes by the probe's class scores (val labels cannot score the probe's own outputs,
     so those fits run to convergence without early stopping)."""
     td = jobs[0].td
@@ -716,6 +719,8 @@ def _select(jobs, fr: _Frames, cfg: ProbeConfig, device):
     stop = [not (j.control and cfg.control == "code") for j in jobs]
     fit = fit_logistic(train, val, P, fr.r, C, cw, cfg.l2, cfg.l1, cfg.max_iter, cfg.patience, stop_on_val=stop,
                        slot=fr.slot)
+    shared = train.n - fit.calls
+    passes = [shared + int(e) for e in fit.evals]
     if td.open_set:
         from .metrics import nearest_centroid_loo
 
@@ -728,10 +733,10 @@ def _select(jobs, fr: _Frames, cfg: ProbeConfig, device):
                                                              job.td.groups["val"]) == yv))
                     if acc >= best:  # ties: the stronger strength
                         choice[p], best = g, acc
-        return fit, choice, train.n
+        return fit, choice, passes
     if not has_val:
-        return fit, np.zeros(P, np.int64), train.n
-    return fit, _choose(_val_f1(fr, fit, Y["val"], G, Call, device), G), train.n
+        return fit, np.zeros(P, np.int64), passes
+    return fit, _choose(_val_f1(fr, fit, Y["val"], G, Call, device), G), passes
 
 
 def _val_f1(fr: _Frames, fit, yv_all: torch.Tensor, G: int, Call: int, device) -> torch.Tensor:
@@ -759,11 +764,11 @@ def _frames_classify(jobs, fr: _Frames, cfg: ProbeConfig, device) -> list[JobFit
     """Every strength on all train rows (in memory or streamed every evaluation); test in one pass."""
     fit, choice, passes = _select(jobs, fr, cfg, device)
     ar, g = torch.arange(len(jobs), device=device), torch.as_tensor(choice, device=device)
-    return _finish(jobs, fr, fit.W[ar, g], fit.b[ar, g], [float(cfg.l2[int(c)]) for c in choice], fit.iters,
-                   [passes] * len(jobs))
+    return _finish(jobs, fr, fit.W[ar, g], fit.b[ar, g], [float(cfg.l2[int(c)]) for c in choice],
+                   [int(s) for s in fit.steps], passes)
 
 
-def _finish(jobs, fr: _Frames, W: torch.Tensor, b: torch.Tensor, l2: list[float], iters: int,
+def _finish(jobs, fr: _Frames, W: torch.Tensor, b: torch.Tensor, l2: list[float], iters: list[int],
             passes: list[int]) -> list[JobFit]:
     """JobFits of the kept weights (``W [P, r, C]``, ``b [P, C]``) with their test predictions, from one
     pass over the test rows (open-set tasks: identification of test rows by their class scores)."""
@@ -777,7 +782,7 @@ def _finish(jobs, fr: _Frames, W: torch.Tensor, b: torch.Tensor, l2: list[float]
             pred = nearest_centroid_loo(emb, job.y["test"], job.td.groups["test"])
             r = fr.feats[p].whitener.dim
             out.append(JobFit(fr.feats[p].whitener, W[p, :r].cpu().numpy(), b[p].cpu().numpy(), l2[p], pred,
-                              None, iters, emb, passes[p]))
+                              None, iters[p], emb, passes[p]))
         return out
     pt = np.zeros((P, len(fr.rows["test"])), np.int32)
     with torch.no_grad():
@@ -785,7 +790,7 @@ def _finish(jobs, fr: _Frames, W: torch.Tensor, b: torch.Tensor, l2: list[float]
             for p in range(P):
                 pt[p, a:bb] = torch.addmm(b[p], fr.z(z, p), W[p]).argmax(-1).to(torch.int32).cpu().numpy()
     return [JobFit(fr.feats[p].whitener, W[p, : fr.feats[p].whitener.dim].cpu().numpy(), b[p].cpu().numpy(),
-                   l2[p], pt[p], None, iters, passes=passes[p]) for p in range(P)]
+                   l2[p], pt[p], None, iters[p], passes=passes[p]) for p in range(P)]
 
 
 def _embed(fr: _Frames, split: str, W: torch.Tensor, p: int) -> np.ndarray:

@@ -1,0 +1,102 @@
+"""Count-table probes of several layers fitted in one program give what each gives alone.
+
+Known answers: (a) ``linear._dot`` equals numpy's row-wise dot products, and a row's value does not
+depend on the rows batched with it; (b) ``fit_table_classify`` of eight layers' problems at once (task
+probes, then code controls, as ``tables.run_store`` fits them) chooses the same L2 and predicts the same
+class for every vector as eight one-problem programs, with the same weights to float32 rounding; (c) a
+--memory-mb too small for two problems splits the batch into one-problem programs, with the same results.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from codeclens.analyses.probes import tables as T
+from codeclens.analyses.probes.config import ProbeConfig
+from codeclens.analyses.probes.linear import _dot
+from codeclens.analyses.probes.torch_backend import TableProblem, fit_table_classify
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_dot_is_rowwise_and_batch_free():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(5, 3001, generator=g), torch.randn(5, 3001, generator=g)
+    got = _dot(a, b)
+    exact = (a.double() * b.double()).sum(1).numpy()
+    scale = (a.double().norm(dim=1) * b.double().norm(dim=1)).numpy()
+    assert np.all(np.abs(got.numpy() - exact) <= 1e-6 * scale)  # float32 rounding of a sum of 3001 terms
+    assert torch.equal(_dot(a[1:3], b[1:3]), got[1:3])  # the same bits beside other rows or not
+    assert _dot(a[:0], b[:0]).shape == (0,)
+    assert abs(float(_dot(a[:1], b[:1])[0]) - exact[0]) <= 1e-6 * scale[0]  # B = 1: one bmm, also right
+
+
+def _problems(control: bool, n: int = 8, U: int = 64, D: int = 6, C: int = 5, seed: int = 0):
+    """Layers whose codes carry the class more or less strongly (layer 0 most), as planted stores do."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for layer in range(n):
+        vectors = rng.normal(size=(U, D))
+        home = rng.integers(0, C, U)  # each code's usual class
+        strength = 8.0 / (1 + layer)
+        p = np.full((U, C), 1.0)
+        p[np.arange(U), home] += strength
+        p /= p.sum(1, keepdims=True)
+        n_code = rng.integers(5, 40, U)
+        if control:  # a code control: one label per code
+            train = np.zeros((U, C))
+            train[np.arange(U), home] = n_code
+            val = np.zeros((U, C))
+            val[np.arange(U), home] = rng.integers(1, 10, U)
+        else:
+            train = np.stack([rng.multinomial(k, q) for k, q in zip(n_code, p)]).astype(np.float64)
+            val = np.stack([rng.multinomial(k, q) for k, q in zip(rng.integers(2, 12, U), p)]).astype(np.float64)
+        out.append(TableProblem(vectors, train.sum(1).astype(np.int64), train, val, control))
+    return out
+
+
+@pytest.mark.parametrize("control", [False, True])
+def test_layers_batched_equal_layers_alone(control):
+    cfg = ProbeConfig(l2=(1e-4, 1e-3, 1e-2, 1e-1))
+    probs = _problems(control)
+    C = probs[0].train.shape[1]
+    dev = torch.device("cpu")
+    together = fit_table_classify(probs, C, C, cfg, dev)
+    alone = [fit_table_classify([p], C, C, cfg, dev)[0] for p in probs]
+    assert len({f.l2 for f in alone}) > 1 or control  # the layers differ: the strengths are really chosen
+    for t, a in zip(together, alone):
+        assert t.l2 == a.l2
+        np.testing.assert_array_equal(t.pred_test, a.pred_test)
+        # Task probes stop on val at the same iterate: their weights agree to float32 rounding. A code
+        # control runs to its optimum, reached to the stopping tolerance (relative decrease 1e-7): its
+        # weights agree to that, the classes they predict exactly.
+        tol = 2e-2 if control else 1e-4
+        np.testing.assert_allclose(t.W, a.W, rtol=0, atol=tol * max(1.0, np.abs(a.W).max()))
+    hits = [(f.pred_test == p.train.argmax(1)).mean() for f, p in zip(alone, probs)]
+    if not control:  # the planted order: the strongest layer is decoded best
+        assert hits[0] > hits[-1]
+
+
+def test_memory_budget_splits_the_batch(monkeypatch):
+    probs = _problems(False, n=4)
+    C = probs[0].train.shape[1]
+    dev = torch.device("cpu")
+    calls = []
+    real = T.fit_table_classify
+
+    def spy(part, *a, **k):  # records the programs (the fits are the real ones)
+        calls.append(len(part))
+        return real(part, *a, **k)
+
+    monkeypatch.setattr(T, "fit_table_classify", spy)
+    cfg = ProbeConfig(l2=(1e-4, 1e-2))
+    one = T._fit_tables(probs, C, C, cfg, dev, None)
+    # copies such that one problem charges just under 1 MB: memory_mb=1 holds one per program
+    monkeypatch.setattr(T, "TABLE_COPIES", 2**20 // (len(cfg.l2) * 64 * (6 + C) * 8))
+    split = T._fit_tables(probs, C, C, ProbeConfig(l2=(1e-4, 1e-2), memory_mb=1), dev, None)
+    assert calls == [4, 1, 1, 1, 1]
+    for a, b in zip(one, split):
+        assert a.l2 == b.l2
+        np.testing.assert_array_equal(a.pred_test, b.pred_test)
