@@ -109,13 +109,11 @@ def threads_for(work: int):
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Row-wise dot products [B] of two [B, n] tensors, without a [B, n] temporary.
 
-    One ``torch.dot`` per row when B > 1: the batched product ``[B, 1, n] x [B, n, 1]`` of one
-    bmm, fast for B = 1, ran 30-60x slower per row for B > 1 on CPU (measured: B = 4, n = 25 800,
-    239 vs 27 us), which made every batched L-BFGS step pay for it. Each row is then one kernel
-    call on that row alone, so its value does not depend on the rows beside it.
+    One ``torch.dot`` per row: the batched product ``[B, 1, n] x [B, n, 1]`` of one bmm (used
+    before) ran 30-60x slower per row for B > 1 on CPU (measured: B = 4, n = 25 800, 239 vs 27 us),
+    which made every batched L-BFGS step pay for it. Each row is one kernel call on that row alone,
+    so its value does not depend on the rows beside it (nor on B).
     """
-    if len(a) == 1:
-        return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
     if not len(a):
         return a.new_zeros(0)
     return torch.stack([torch.dot(x, y) for x, y in zip(a, b)])
@@ -573,8 +571,11 @@ def _table_objective(table, wsum: torch.Tensor, lam: torch.Tensor, pof: torch.Te
 
     ``table`` = (Z, A, a): vectors, weighted counts A = T * cw and their row sums. The
     loss is -sum_uc A_uc log softmax(l_u)_c (non-negative terms: no cancellation in
-    float32) and its gradient in the logits is a_u softmax(l_u) - A_u: two batched
-    matrix products and one exponential per evaluation, in the table's dtype.
+    float32) and its gradient in the logits is a_u softmax(l_u) - A_u: two matrix products
+    per problem and one exponential per evaluation, in the table's dtype. The products are made
+    problem by problem (not one batched product): a batched product rounds differently from a
+    single one, which let a layer's early-stopped fit (and, at chance level, its chosen strength)
+    depend on how many layers shared its program.
     ``val`` = (Av, wsum_val, Av row sums): also return, at the same point, the validation loss [k]
     and every vector's predicted class [k, U] (the logits are already there).
     """
@@ -584,10 +585,13 @@ def _table_objective(table, wsum: torch.Tensor, lam: torch.Tensor, pof: torch.Te
     one = Z.shape[0] == 1  # one probe (a layer's program): broadcast, no per-problem copies of the table
     same = not one and k == Z.shape[0] and bool((p == torch.arange(k, device=p.device)).all())
     pick = (lambda t: t.expand(k, *t.shape[1:])) if one else (lambda t: t) if same else (lambda t: t[p])
-    Zp, Ap, ap = pick(Z), pick(A), pick(a)
+    Ap, ap = pick(A), pick(a)
+    Zs = [Z[0]] * k if one else [Z[j] for j in p.tolist()]
     n = wsum[p]
     W, b = x[:, :nW].reshape(k, r, C), x[:, nW:]
-    lg = torch.baddbmm(b[:, None, :], Zp, W)  # [k, U, C] logits, shifted by their row maximum in place
+    lg = torch.empty((k, Z.shape[1], C), dtype=x.dtype, device=x.device)
+    for i, z in enumerate(Zs):  # [k, U, C] logits, shifted by their row maximum in place
+        torch.addmm(b[i : i + 1], z, W[i], out=lg[i])
     top, pred = lg.max(-1, keepdim=True)
     lg.sub_(top)
     e = lg.exp()
@@ -598,7 +602,10 @@ def _table_objective(table, wsum: torch.Tensor, lam: torch.Tensor, pof: torch.Te
         Av, nv, av = val
         vloss = (_dot(pick(av), ls) - rows(pick(Av))) / nv[p]
     G = e.mul_((ap / ls.exp_())[..., None]).sub_(Ap).div_(n[:, None, None])
-    grad = torch.cat([torch.bmm(Zp.transpose(1, 2), G).reshape(k, nW), G.sum(1)], 1)
+    grad = torch.empty((k, nW + C), dtype=x.dtype, device=x.device)
+    for i, z in enumerate(Zs):
+        torch.mm(z.T, G[i], out=grad[i, :nW].view(r, C))
+        torch.sum(G[i], 0, out=grad[i, nW:])
     Wd = x[:, :nW]
     grad[:, :nW].addcmul_(Wd, lam[idx, None], value=2.0)
     loss = loss + (lam[idx, None] * Wd * Wd).sum(1).double()

@@ -437,10 +437,11 @@ def run_store(store: Store, task: str, cfg: ProbeConfig, si: int, names: dict[in
 
 BATCH_ELEMENTS = 2**21
 """Logits (vectors x classes) of the problems batched in one count-table program. Fitting a task's layers in
-one program pays each L-BFGS step's Python and dispatch overhead once for all of them: at 4 M frames
-(1024 codes, 40 phones / 200 speakers, 8 layers) the phone fits took 0.72 s instead of 1.16 and the
-speaker fits 0.90 s instead of 1.46 (benchmarks/scale.py). Beyond this size a program's elementwise
-passes stop gaining from it, and its copies grow (see :data:`TABLE_COPIES`)."""
+one program pays each L-BFGS step's Python and dispatch overhead once for all of them
+(``benchmarks/table_batch.py``, 4 M planted store: phone fits 1.27 -> 0.74 s, speaker 1.52 -> 1.46 s),
+and each problem's arithmetic is made on its own (:func:`.linear._table_objective`), so it gets the
+same bits as alone. Beyond this size a program's elementwise passes leave the cache and cost more than
+the overhead saved."""
 TABLE_COPIES = 3
 """Float64 copies of a problem's [strengths, vectors, features + classes] a count-table program holds
 (as :func:`.torch_backend._split_lookup` counts them): with --memory-mb, a bound on the batch."""
@@ -457,7 +458,9 @@ def _fit_tables(probs: list[TableProblem], C: int, Call: int, cfg: ProbeConfig, 
     out = []
     for a in range(0, len(probs), n):
         part = probs[a:a + n]
-        with threads_for(len(part) * len(cfg.l2) * U * max(Call, 8)):
+        # Threads by one problem's work, as if it were alone: a product's rounding can depend on the
+        # threads that share it, and a layer's fit must not depend on the layers beside it.
+        with threads_for(len(cfg.l2) * U * max(Call, 8)):
             out += fit_table_classify(part, C, Call, cfg, device)
         if bar is not None:
             bar.update(len(part))
