@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -68,14 +67,9 @@ def main(argv=None) -> int:
     ap.add_argument("--store", type=Path, help="a store (default: a small planted store in a temp dir)")
     ap.add_argument("--task", default="phone,speaker")
     a = ap.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        store = a.store
-        if store is None:
-            from codeclens.analyses.probes.synthetic import planted_store
+    from table_fits import recorded
 
-            store = planted_store(Path(tmp) / "s", n_utt=300, n_speakers=40, frames=(60, 120), n_layers=8,
-                                  codebook_size=256, dim=32, n_phones=20, noise=0.3, seed=0)
-        calls = record(store, tuple(a.task.split(",")))
+    calls = recorded(a.store, a.task, record, n_layers=8)
     tot = np.zeros(4)
     same = True
     print(f"{'fits':24s} {'problems':>8s} {'one each: CPU / wall s':>22s} {'batched: CPU / wall s':>21s} "

@@ -84,20 +84,24 @@ def fit_and_choose(c: dict, path: bool) -> tuple[float, int, np.ndarray, np.ndar
     return cpu, fit.iters, choice, f1.numpy()[np.arange(P), choice]
 
 
+def recorded(store: Path | None, tasks: str, record, n_layers: int) -> list:
+    """``record(store, tasks)``, on a small planted store in a temp dir when ``store`` is None."""
+    with tempfile.TemporaryDirectory() as tmp:
+        if store is None:
+            from codeclens.analyses.probes.synthetic import planted_store
+
+            store = planted_store(Path(tmp) / "s", n_utt=300, n_speakers=40, frames=(60, 120), n_layers=n_layers,
+                                  codebook_size=256, dim=32, n_phones=20, noise=0.3, seed=0)
+        return record(store, tuple(tasks.split(",")))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--store", type=Path, help="a store (default: a small planted store in a temp dir)")
     ap.add_argument("--task", default="phone,speaker")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
-    with tempfile.TemporaryDirectory() as tmp:
-        store = a.store
-        if store is None:
-            from codeclens.analyses.probes.synthetic import planted_store
-
-            store = planted_store(Path(tmp) / "s", n_utt=300, n_speakers=40, frames=(60, 120), n_layers=4,
-                                  codebook_size=256, dim=32, n_phones=20, noise=0.3, seed=0)
-        calls = record(store, tuple(a.task.split(",")))
+    calls = recorded(a.store, a.task, record, n_layers=4)
     tot = {False: 0.0, True: 0.0}
     changed, worst = 0, 0.0
     print(f"{'fit':32s} {'old CPU s':>9s} {'path CPU s':>10s} {'iters old/path':>14s}  chosen l2 old -> path  (val macro-F1)")
