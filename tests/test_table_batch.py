@@ -33,12 +33,17 @@ def test_dot_is_rowwise_and_batch_free():
     assert abs(float(_dot(a[:1], b[:1])[0]) - exact[0]) <= 1e-6 * scale[0]  # B = 1: one bmm, also right
 
 
-def _problems(control: bool, n: int = 8, U: int = 64, D: int = 6, C: int = 5, seed: int = 0):
-    """Layers whose codes carry the class more or less strongly (layer 0 most), as planted stores do."""
+def _problems(control: bool, n: int = 8, U: int = 64, D: int = 6, C: int = 5, seed: int = 0, ragged: bool = False):
+    """Layers whose codes carry the class more or less strongly (layer 0 most), as planted stores do.
+    ``ragged``: layers with different numbers of distinct vectors and a rank-deficient codebook (as
+    duplicate or degenerate codebook rows give), so a batched program pads them."""
     rng = np.random.default_rng(seed)
     out = []
     for layer in range(n):
+        U = 64 - 5 * (layer % 3) if ragged else U
         vectors = rng.normal(size=(U, D))
+        if ragged and layer == 1:
+            vectors[:, -1] = vectors[:, 0]  # one direction fewer after whitening
         home = rng.integers(0, C, U)  # each code's usual class
         strength = 8.0 / (1 + layer)
         p = np.full((U, C), 1.0)
@@ -57,10 +62,10 @@ def _problems(control: bool, n: int = 8, U: int = 64, D: int = 6, C: int = 5, se
     return out
 
 
-@pytest.mark.parametrize("control", [False, True])
-def test_layers_batched_equal_layers_alone(control):
+@pytest.mark.parametrize("control,ragged", [(False, False), (True, False), (False, True), (True, True)])
+def test_layers_batched_equal_layers_alone(control, ragged):
     cfg = ProbeConfig(l2=(1e-4, 1e-3, 1e-2, 1e-1))
-    probs = _problems(control)
+    probs = _problems(control, ragged=ragged)
     C = probs[0].train.shape[1]
     dev = torch.device("cpu")
     together = fit_table_classify(probs, C, C, cfg, dev)

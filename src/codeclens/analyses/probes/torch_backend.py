@@ -230,6 +230,17 @@ def fit_table_classify(probs: Sequence[TableProblem], C: int, Call: int, cfg: Pr
     G = len(cfg.l2)
     whs = [weighted_whitener(p.vectors, p.counts) for p in probs]
     Zs = [wh.transform(p.vectors).astype(np.float64) for wh, p in zip(whs, probs)]
+    shapes: dict[tuple[int, int], list[int]] = {}
+    for i, z in enumerate(Zs):
+        shapes.setdefault(z.shape, []).append(i)
+    if len(shapes) > 1:
+        # One program per shape: padding a problem to another's shape changes the length of its
+        # products and sums, so their rounding, and a fit must not depend on the problems beside it.
+        out: list[JobFit | None] = [None] * len(probs)
+        for idx in shapes.values():
+            for i, f in zip(idx, fit_table_classify([probs[i] for i in idx], C, Call, cfg, device, reference)):
+                out[i] = f
+        return out  # type: ignore[return-value]
     Ts, Tvs = [p.train for p in probs], [p.val for p in probs]
     Umax, rmax = max(len(z) for z in Zs), max(z.shape[1] for z in Zs)
     # float32: whitened features are O(1) and the loss sums non-negative terms, so single precision reaches
