@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -180,10 +182,19 @@ def test_count_table_fast_path_same_scores_as_reference(tmp_path, one_thread):
             ref += _lookup_classify([jobs[i] for i in part], [cvs[i] for i in part], cfg, dev, reference=True)
         rs = resampling(s, td, cfg)
         best = {}
-        for j, a, b in zip(jobs, fast, ref):
+        for i, (j, a, b) in enumerate(zip(jobs, fast, ref)):
             # Code controls at weak L2 are near-memorisation problems with many near-tied codes: their
             # argmax may differ on some rows at the same score; the task probes' predictions must agree.
-            assert j.control or np.mean(np.asarray(a.pred_test) == np.asarray(b.pred_test)) > 0.98, (task, j.rep, a.l2, b.l2)
+            if not j.control:
+                same = a
+                if a.l2 != b.l2:
+                    # Only at a chance-level layer may the strengths tie on val macro-F1 to within the two
+                    # computations' rounding (seen on AVX-512: 0.0235 vs 0.0238, chance 0.05), so the
+                    # choice may differ; the fits at one strength must still agree.
+                    assert j.rep.layer != carrier, (task, j.rep, a.l2, b.l2)
+                    one = dataclasses.replace(cfg, l2=(b.l2,))
+                    same = _lookup_classify([j], [cvs[i]], one, dev)[0]
+                assert np.mean(np.asarray(same.pred_test) == np.asarray(b.pred_test)) > 0.98, (task, j.rep, a.l2, b.l2)
             np.testing.assert_array_equal(np.asarray(a.lookup_test), np.asarray(b.lookup_test))
             sa, sb = _scores(td, j.y["test"], a.pred_test, rs), _scores(td, j.y["test"], b.pred_test, rs)
             for metric in sa:

@@ -1,7 +1,7 @@
 """Count-table probes of several layers fitted in one program give what each gives alone.
 
 Known answers: (a) ``linear._dot`` equals numpy's row-wise dot products, and a row's value does not
-depend on the rows batched with it; (b) ``fit_table_classify`` of eight layers' problems at once (task
+depend on the rows batched with it nor on its address; (b) ``fit_table_classify`` of eight layers' problems at once (task
 probes, then code controls, as ``tables.run_store`` fits them) chooses the same L2 and predicts the same
 class for every vector as eight one-problem programs, with bit-identical weights; (c) a
 --memory-mb too small for two problems splits the batch into one-problem programs, with the same results.
@@ -16,6 +16,7 @@ import torch
 from codeclens.analyses.probes import tables as T
 from codeclens.analyses.probes.config import ProbeConfig
 from codeclens.analyses.probes.linear import _dot
+from codeclens.analyses.probes import torch_backend as tb
 from codeclens.analyses.probes.torch_backend import TableProblem, fit_table_classify
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -29,6 +30,10 @@ def test_dot_is_rowwise_and_batch_free():
     scale = (a.double().norm(dim=1) * b.double().norm(dim=1)).numpy()
     assert np.all(np.abs(got.numpy() - exact) <= 1e-6 * scale)  # float32 rounding of a sum of 3001 terms
     assert torch.equal(_dot(a[1:3], b[1:3]), got[1:3])  # the same bits beside other rows or not
+    # ... and wherever a row sits: rows of 3001 floats start at addresses MKL treats differently from a
+    # fresh (aligned) tensor's, which changed the last bits on AVX-512 machines
+    assert all(torch.equal(_dot(a[i : i + 1], b[i : i + 1]), _dot(a[i].clone()[None], b[i].clone()[None]))
+               for i in range(5))
     assert _dot(a[:0], b[:0]).shape == (0,)
     assert abs(float(_dot(a[:1], b[:1])[0]) - exact[0]) <= 1e-6 * scale[0]  # B = 1: one bmm, also right
 
@@ -99,7 +104,7 @@ def test_memory_budget_splits_the_batch(monkeypatch):
     cfg = ProbeConfig(l2=(1e-4, 1e-2))
     one = T._fit_tables(probs, C, C, cfg, dev, None)
     # copies such that one problem charges just under 1 MB: memory_mb=1 holds one per program
-    monkeypatch.setattr(T, "TABLE_COPIES", 2**20 // (len(cfg.l2) * 64 * (6 + C) * 8))
+    monkeypatch.setattr(tb, "TABLE_COPIES", 2**20 // (len(cfg.l2) * 64 * (6 + C) * 8))
     split = T._fit_tables(probs, C, C, ProbeConfig(l2=(1e-4, 1e-2), memory_mb=1), dev, None)
     assert calls == [4, 1, 1, 1, 1]
     for a, b in zip(one, split):

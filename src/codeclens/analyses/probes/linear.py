@@ -106,6 +106,19 @@ def threads_for(work: int):
         torch.set_num_threads(old)
 
 
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as a contiguous tensor at a 64-byte aligned address (a copy when it is not one already).
+
+    MKL (torch's BLAS on x86) picks a kernel's code path, and with it the order of its sums, by the
+    operands' alignment (its "conditional numerical reproducibility" is off by default). A problem's
+    slice of a batched tensor sits at an offset that a problem alone does not have, so every BLAS
+    operand of a per-problem product goes through here: on AVX-512 machines the products of a
+    layer's fit otherwise rounded differently beside other layers than alone."""
+    if t.is_contiguous() and t.data_ptr() % 64 == 0:
+        return t
+    return torch.empty_like(t, memory_format=torch.contiguous_format).copy_(t)
+
+
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Row-wise dot products [B] of two [B, n] tensors, without a [B, n] temporary.
 
@@ -116,7 +129,7 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """
     if not len(a):
         return a.new_zeros(0)
-    return torch.stack([torch.dot(x, y) for x, y in zip(a, b)])
+    return torch.stack([torch.dot(_aligned(x), _aligned(y)) for x, y in zip(a, b)])
 
 
 class BatchedLBFGS:
@@ -575,7 +588,8 @@ def _table_objective(table, wsum: torch.Tensor, lam: torch.Tensor, pof: torch.Te
     per problem and one exponential per evaluation, in the table's dtype. The products are made
     problem by problem (not one batched product): a batched product rounds differently from a
     single one, which let a layer's early-stopped fit (and, at chance level, its chosen strength)
-    depend on how many layers shared its program.
+    depend on how many layers shared its program; and on aligned operands (:func:`_aligned`), as a
+    problem alone has them.
     ``val`` = (Av, wsum_val, Av row sums): also return, at the same point, the validation loss [k]
     and every vector's predicted class [k, U] (the logits are already there).
     """
@@ -591,7 +605,7 @@ def _table_objective(table, wsum: torch.Tensor, lam: torch.Tensor, pof: torch.Te
     W, b = x[:, :nW].reshape(k, r, C), x[:, nW:]
     lg = torch.empty((k, Z.shape[1], C), dtype=x.dtype, device=x.device)
     for i, z in enumerate(Zs):  # [k, U, C] logits, shifted by their row maximum in place
-        torch.addmm(b[i : i + 1], z, W[i], out=lg[i])
+        lg[i] = torch.addmm(_aligned(b[i : i + 1]), _aligned(z), _aligned(W[i]))
     top, pred = lg.max(-1, keepdim=True)
     lg.sub_(top)
     e = lg.exp()
@@ -604,7 +618,7 @@ def _table_objective(table, wsum: torch.Tensor, lam: torch.Tensor, pof: torch.Te
     G = e.mul_((ap / ls.exp_())[..., None]).sub_(Ap).div_(n[:, None, None])
     grad = torch.empty((k, nW + C), dtype=x.dtype, device=x.device)
     for i, z in enumerate(Zs):
-        torch.mm(z.T, G[i], out=grad[i, :nW].view(r, C))
+        grad[i, :nW] = torch.mm(_aligned(z).T, _aligned(G[i])).reshape(-1)
         torch.sum(G[i], 0, out=grad[i, nW:])
     Wd = x[:, :nW]
     grad[:, :nW].addcmul_(Wd, lam[idx, None], value=2.0)
@@ -617,7 +631,13 @@ def _table_objective(table, wsum: torch.Tensor, lam: torch.Tensor, pof: torch.Te
 def _ls_init(Z: torch.Tensor, A: torch.Tensor, a: torch.Tensor, n: torch.Tensor, r: int, C: int) -> torch.Tensor:
     """[P, r*C + C]: weighted least squares of every vector's smoothed log class frequencies (add-one,
     centred over classes) on its whitened features. One r x r solve per probe; a start that already
-    points every vector towards its frequent classes, for the strongest strength of a path."""
+    points every vector towards its frequent classes, for the strongest strength of a path.
+    Probe by probe, each on aligned copies (:func:`_aligned`): batched products and solves rounded a
+    probe's start by its place in the batch."""
+    return torch.cat([_ls_init_one(*(_aligned(t[p : p + 1]) for t in (Z, A, a, n)), r, C) for p in range(len(Z))])
+
+
+def _ls_init_one(Z: torch.Tensor, A: torch.Tensor, a: torch.Tensor, n: torch.Tensor, r: int, C: int) -> torch.Tensor:
     target = torch.log((A + 1) / (a[..., None] + C))
     target = target - target.mean(-1, keepdim=True)
     w = a / n[:, None]

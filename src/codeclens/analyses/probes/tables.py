@@ -44,7 +44,7 @@ from .data import F0_COLUMNS, SPLITS, _check_val, _encode, resolve_column, split
 from .linear import threads_for
 from .run import (MIN_CONTROL_COVERAGE, SEMITONES, SPEAKER_DISJOINT, _selectivity, control_seed, emit, row_base,
                   stat_scores, store_reprs)
-from .torch_backend import TableProblem, fit_table_classify
+from .torch_backend import TableProblem, fit_table_classify, table_batch
 
 
 def eligible(store: Store, task: str, cfg: ProbeConfig) -> bool:
@@ -144,6 +144,12 @@ class Counts:
         """``[U, K]`` test rows per unit and code of the j-th layer (the table's integer dtype)."""
         t = self.test[j][self.keep]
         return t if self.unit_label is not None else t.sum(-1)
+
+    def test_code(self, j: int) -> np.ndarray:
+        """``[K]`` test rows per code of the j-th layer: :meth:`unit_code` summed over units, without its copy
+        (units outside ``keep`` have no test rows)."""
+        t = self.test[j]
+        return t.sum(0) if self.unit_label is not None else t.sum((0, 2))
 
     def true_counts(self, j: int) -> np.ndarray:
         """``[U, C]`` test rows per unit and true class (the same for every layer)."""
@@ -388,7 +394,7 @@ def run_store(store: Store, task: str, cfg: ProbeConfig, si: int, names: dict[in
 
         probs.append(problem(tr_code, va_code, False))
         ctl = None
-        te_code = counts.unit_code(j)[:, :K].sum(0)
+        te_code = counts.test_code(j)[:K]
         # control_coverage: share of test rows whose code occurs in train.
         if cfg.control == "code" and te_code[n_tr > 0].sum() / counts.n["test"] >= MIN_CONTROL_COVERAGE:
             used = (n_tr + va_code.sum(1) + te_code) > 0
@@ -442,26 +448,26 @@ one program pays each L-BFGS step's Python and dispatch overhead once for all of
 and each problem's arithmetic is made on its own (:func:`.linear._table_objective`), so it gets the
 same bits as alone. Beyond this size a program's elementwise passes leave the cache and cost more than
 the overhead saved."""
-TABLE_COPIES = 3
-"""Float64 copies of a problem's [strengths, vectors, features + classes] a count-table program holds
-(as :func:`.torch_backend._split_lookup` counts them): with --memory-mb, a bound on the batch."""
 
 
 def _fit_tables(probs: list[TableProblem], C: int, Call: int, cfg: ProbeConfig, device, bar) -> list:
     """:func:`fit_table_classify` of ``probs`` (independent problems: each gives what it gives alone), in
-    programs of at most BATCH_ELEMENTS logits and --memory-mb of copies."""
-    if not probs:
-        return []
-    U = max(len(p.vectors) for p in probs)
-    per = len(cfg.l2) * U * (max(p.vectors.shape[1] for p in probs) + Call) * 8 * TABLE_COPIES
-    n = max(1, min(BATCH_ELEMENTS // max(U * max(Call, 8), 1), int(cfg.memory_mb * 2**20 // max(per, 1))))
-    out = []
-    for a in range(0, len(probs), n):
-        part = probs[a:a + n]
-        # Threads by one problem's work, as if it were alone: a product's rounding can depend on the
-        # threads that share it, and a layer's fit must not depend on the layers beside it.
-        with threads_for(len(cfg.l2) * U * max(Call, 8)):
-            out += fit_table_classify(part, C, Call, cfg, device)
-        if bar is not None:
-            bar.update(len(part))
+    programs of at most BATCH_ELEMENTS logits and --memory-mb of copies, one number of vectors each (it
+    sets the program's threads, which must be those of the problem alone)."""
+    out: list = [None] * len(probs)
+    by_size: dict[int, list[int]] = {}
+    for i, p in enumerate(probs):
+        by_size.setdefault(len(p.vectors), []).append(i)
+    for U, idx in by_size.items():
+        width = max(probs[i].vectors.shape[1] for i in idx) + Call
+        n = min(max(1, BATCH_ELEMENTS // max(U * max(Call, 8), 1)), table_batch(cfg, U, width))
+        for a in range(0, len(idx), n):
+            part = idx[a:a + n]
+            # Threads by one problem's work, as if it were alone: a product's rounding can depend on the
+            # threads that share it, and a layer's fit must not depend on the layers beside it.
+            with threads_for(len(cfg.l2) * U * max(Call, 8)):
+                for i, f in zip(part, fit_table_classify([probs[i] for i in part], C, Call, cfg, device)):
+                    out[i] = f
+            if bar is not None:
+                bar.update(len(part))
     return out

@@ -128,12 +128,22 @@ def _compact(cv: CodeVectors) -> CodeVectors:
     return CodeVectors(cv.vectors, {s: v.astype(np.int32) for s, v in cv.ids.items()}, {})
 
 
+TABLE_COPIES = 3
+"""Float64 copies of a problem's [strengths, vectors, features + classes] a count-table program holds."""
+
+
+def table_batch(cfg: ProbeConfig, vectors: int, width: int) -> int:
+    """Count-table problems of ``vectors`` rows and ``width`` features + classes that one program may hold
+    within --memory-mb (at least one)."""
+    per = max(len(cfg.l2) * vectors * width * 8 * TABLE_COPIES, 1)
+    return max(1, int(cfg.memory_mb * 2**20 // per))
+
+
 def _split_lookup(idx: list[int], jobs, cfg: ProbeConfig) -> list[list[int]]:
     """Cut a count-table group so one program's per-problem copies ([P*G, K, D] float64) fit the budget."""
     K = max(jobs[i].store.codebook_sizes[jobs[i].rep.layer - 1] for i in idx)
     width = max(data_dim(jobs[i]) for i in idx) + max(jobs[i].td.n_classes for i in idx)
-    per = max(len(cfg.l2) * K * width * 8 * 3, 1)
-    n = max(1, int(cfg.memory_mb * 2**20 // per))
+    n = table_batch(cfg, K, width)
     return [idx[a : a + n] for a in range(0, len(idx), n)]
 
 
