@@ -8,6 +8,7 @@ ordinary loader both ways, as a real checkpoint would be.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -247,19 +248,34 @@ def test_ray_engine_store_from_extraction_only_actors_equals_the_full_loads(save
 
 def test_speechtokenizer_full_load_is_the_saved_model_built_on_meta(saved):
     """The full load builds on the meta device too (so a built model's random weights and the
-    file's are never both in memory): every tensor is the saved one, nothing is left on meta, and
-    it decodes exactly as the model that was saved."""
+    file's are never both in memory), folds the package's weight norm and drops the codebooks' EMA
+    sums: every tensor is the saved one or, for a weight-normed convolution, the product its hook
+    computes; nothing is left on meta or hooked; it encodes and decodes bit for bit as the model that
+    was saved; and it holds less (the hooks kept each computed weight beside its two factors)."""
+    from torch.nn.utils.weight_norm import WeightNorm
+
     built = load_codec(random_spec(COVERED["speechtokenizer"], seed=0), "cpu")
     full = load_codec(saved("speechtokenizer"), "cpu")
+    assert full.folded and not built.folded
     want, got = built.model.state_dict(), full.model.state_dict()
-    assert set(got) == set(want)
-    for k in want:
+    normed = {k[: -len("_v")] for k in want if k.endswith(".weight_v")}
+    assert normed, "the package's convolutions are weight-normed"
+    assert set(got) == {k for k in want if not k.endswith(("_g", "_v", "embed_avg"))} | normed
+    for k in got:
         assert not got[k].is_meta, k
-        assert torch.equal(got[k], want[k]), k
+        ref = torch._weight_norm(want[k + "_v"], want[k + "_g"], 0) if k in normed else want[k]
+        assert torch.equal(got[k], ref), k
+    assert not any(isinstance(h, WeightNorm) for m in full.model.modules() for h in m._forward_pre_hooks.values())
     x, lengths = _batch(full.sample_rate)
     codes = built.encode(x, lengths)
     assert torch.equal(full.encode(x, lengths)[0], codes[0])
     assert torch.equal(full.decode(codes[0][:1]), built.decode(codes[0][:1]))
+    held = lambda c: sum(t.numel() for m in c.model.modules() for t in [*m._parameters.values(), *m._buffers.values(),
+                                                                       *(v for v in vars(m).values() if isinstance(v, torch.Tensor))]
+                         if t is not None)
+    assert held(full) < held(built)
+    with pytest.raises(CodeclensError, match="folded"):
+        full.save(Path(saved("speechtokenizer").split("checkpoint=")[1]).parent / "again")
 
 
 # -- memory of the extraction-only load and of extraction (docs/benchmarks.md, third round) --
