@@ -227,8 +227,8 @@ class SpeechTokenizerCodec(OneLoader, TorchCodec, CodecAdapter):
         load_kept_state(model, weights, "speechtokenizer", dropped, dropped_suffixes=("._codebook.embed_avg",))
         # The package's weight norm hooks keep each conv's computed weight beside its two factors
         # after a forward pass: folded, the loaded model holds its convolutions once (the same bits:
-        # the hook computes the same product at every call). Measured on the full-size model: ~150 MB
-        # less resident in an ablate step, which decodes and re-encodes.
+        # the hook computes the same product at every call). Full-size model after a decode and an
+        # encode of 8 s: 1.15 -> 0.94 GB resident (docs/benchmarks.md, sixth round).
         fold_weight_norm(model)
         adapter = cls(model, config, device)
         adapter.extraction_only = extraction_only
