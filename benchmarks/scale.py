@@ -35,6 +35,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 ANALYSES = {
     # name -> CLI arguments after the store (the defaults of each command, unless stated)
     "probe-layer": ["probe", "--task", "phone,speaker,f0", "--repr", "layer:*", "--quiet"],
+    # --workers 2: a task's probes beside its controls, classification tasks beside f0 / f0_st (same numbers)
+    "probe-layer-w2": ["probe", "--task", "phone,speaker,f0", "--repr", "layer:*", "--workers", "2", "--quiet"],
     "probe-layer-bare": ["probe", "--task", "phone,speaker,f0", "--repr", "layer:*", "--control", "none",
                          "--no-lookup", "--bootstrap", "0", "--l2", "1e-4", "--quiet"],
     "probe-cumulative": ["probe", "--task", "phone,speaker,f0", "--repr", "cumulative:8", "--quiet"],

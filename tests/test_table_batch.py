@@ -110,3 +110,43 @@ def test_memory_budget_splits_the_batch(monkeypatch):
     for a, b in zip(one, split):
         assert a.l2 == b.l2
         np.testing.assert_array_equal(a.pred_test, b.pred_test)
+
+
+def test_groups_side_by_side_equal_one_after_the_other(monkeypatch):
+    """A task's probes and its controls fitted at the same time in two Python threads give bit for bit
+    what they give one group after the other, the fits really run in two threads, and torch's thread
+    setting is what it was afterwards."""
+    import threading
+
+    groups = [_problems(False, ragged=True), _problems(True, ragged=True, seed=1)]
+    C = groups[0][0].train.shape[1]
+    dev = torch.device("cpu")
+    cfg = ProbeConfig(l2=(1e-4, 1e-3, 1e-2, 1e-1))
+    seq = T._fit_side_by_side(groups, C, C, ProbeConfig(l2=cfg.l2, workers=1), dev, None)
+    names, real = set(), T._fit_tables
+
+    def spy(*a, **k):  # records the thread of each group (the fits are the real ones)
+        names.add(threading.current_thread().name)
+        return real(*a, **k)
+
+    monkeypatch.setattr(T, "_fit_tables", spy)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)  # what a process has by default here
+    try:
+        par = T._fit_side_by_side(groups, C, C, ProbeConfig(l2=cfg.l2, workers=2), dev, None)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(old)
+    assert len(names) == 2 and all(n.startswith("codeclens-side") for n in names)
+    for gs, gp in zip(seq, par):
+        assert len(gs) == len(gp) == 8
+        for a, b in zip(gs, gp):
+            assert a.l2 == b.l2
+            np.testing.assert_array_equal(a.pred_test, b.pred_test)
+            np.testing.assert_array_equal(a.W, b.W)
+            np.testing.assert_array_equal(a.b, b.b)
+    # an empty group (no controls) and one worker: no threads
+    names.clear()
+    one = T._fit_side_by_side([groups[0], []], C, C, ProbeConfig(l2=cfg.l2, workers=2), dev, None)
+    assert one[1] == [] and names == {threading.current_thread().name}
+    np.testing.assert_array_equal(one[0][3].W, seq[0][3].W)

@@ -20,7 +20,7 @@ from .. import ANALYSES
 from ..base import Analysis, AnalysisResult, Artifact
 from .config import ProbeConfig
 from .fitted import FittedProbe, fit_probe
-from .run import COLUMNS, expand_tasks, open_store_list, run_probes, run_task
+from .run import COLUMNS, expand_tasks, open_store_list, run_probes, run_task, run_tasks
 
 __all__ = ["ProbeConfig", "ProbesAnalysis", "FittedProbe", "fit_probe", "run_probes", "COLUMNS"]
 
@@ -34,9 +34,7 @@ class ProbesAnalysis(Analysis):
     def run(self, stores: Sequence, cfg: ProbeConfig, out: Path, progress: bool = True) -> AnalysisResult:
         stores = open_store_list(stores)
         out = Path(out)
-        parts = []
-        for task in expand_tasks(cfg):
-            parts.append(self._task(stores, task, cfg, out, progress))
+        parts = run_tasks(stores, cfg, lambda task: self._task(stores, task, cfg, out, progress))
         df = pd.concat(parts, ignore_index=True)
         with atomic_path(out / "probes.csv", ".csv") as tmp:
             df.to_csv(tmp, index=False)
@@ -61,7 +59,7 @@ class ProbesAnalysis(Analysis):
         """One task's rows, cached under tasks/ so a re-run after an interruption resumes. The key holds each
         store's content fingerprint (codes, tables, labels, manifest): relabelling or re-extracting a store
         makes a new key, so results are never served from data that has changed."""
-        ident = {k: v for k, v in to_dict(cfg).items() if k not in ("device", "task")}
+        ident = {k: v for k, v in to_dict(cfg).items() if k not in ("device", "workers", "task")}
         ident.update(task=task, stores=[(str(s.path), s.fingerprint) for s in stores])
         path = out / "tasks" / f"{task}-{config_hash(ident)}.csv"
         if path.is_file():

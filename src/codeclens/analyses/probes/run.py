@@ -10,14 +10,16 @@ import pandas as pd
 
 from ...errors import CodeclensError
 from ...store import Repr, Store, open_stores, parse_reprs
+from ...store.columns import FrameLabels
 from ...util.device import resolve_device
+from ...util.threads import cpu_workers, side_by_side
 from . import metrics as M
 from .config import ProbeConfig
 from .controls import CodeLabels, code_coverage_bound, code_types, control_labels, control_table, phone_types, selectivity
 from .cv import Pooled, fold_tasks, pool_tasks, target_range, use_cv
 from .cv import pool_labels as cv_pool_labels
 from .data import SPLITS as SPLITS_
-from .data import TaskData, check_split_speakers, gather_task
+from .data import TaskData, check_split_speakers, gather_task, resolve_column
 from .torch_backend import Job, JobFit
 
 COLUMNS = [
@@ -117,11 +119,51 @@ def expand_tasks(cfg: ProbeConfig) -> tuple[str, ...]:
     return tuple(tasks)
 
 
+def task_chains(stores: Sequence[Store], tasks: Sequence[str], cfg: ProbeConfig) -> list[list[str]]:
+    """The tasks as chains that may run side by side (each chain's tasks in order, one after the other).
+
+    With two or more ``cfg.workers``, two chains, the classification tasks and the numeric ones, when
+    every task takes the count-table path on every store on the CPU: their passes and fits are kernels
+    that release the GIL. Two classification tasks never run at once (each one's dense test table is
+    bounded by ``memory_mb``); a numeric task keeps per-code and per-(unit, code) sums. f0_st follows f0
+    in its chain (it takes the speaker medians of f0's passes). Otherwise one chain."""
+    from . import tables
+
+    one = [list(tasks)]
+    if cpu_workers(cfg.workers) < 2 or resolve_device(cfg.device).type != "cpu":
+        return one
+    if not all(tables.eligible(s, t, cfg) for s in stores for t in tasks):
+        return one
+
+    def categorical(s: Store, t: str) -> bool:
+        if t == SEMITONES:
+            return False
+        col = resolve_column(s, t)
+        return bool(FrameLabels(s, [col]).categorical[col])
+
+    kinds = [{categorical(s, t) for s in stores} for t in tasks]
+    if any(len(k) > 1 for k in kinds):  # a column categorical in one store and numeric in another
+        return one
+    classify = [t for t, k in zip(tasks, kinds) if True in k]
+    regress = [t for t, k in zip(tasks, kinds) if True not in k]
+    return [classify, regress] if classify and regress else one
+
+
+def run_tasks(stores: Sequence[Store], cfg: ProbeConfig, one: Callable[[str], pd.DataFrame]) -> list[pd.DataFrame]:
+    """``one(task)`` for every task of :func:`expand_tasks`, in that order, the :func:`task_chains` side
+    by side (``cfg.workers``; the numbers are those of one task after the other)."""
+    tasks = expand_tasks(cfg)
+    chains = task_chains(stores, tasks, cfg)
+    done = side_by_side([lambda c=c: [(t, one(t)) for t in c] for c in chains], cpu_workers(cfg.workers))
+    got = dict(pair for chain in done for pair in chain)
+    return [got[t] for t in tasks]
+
+
 def run_probes(stores: Sequence[Store | str], cfg: ProbeConfig | None = None, progress: bool = False) -> pd.DataFrame:
     """Fit and evaluate every probe; a tidy DataFrame with :data:`COLUMNS`."""
     cfg = cfg or ProbeConfig()
     stores = open_store_list(stores)
-    frames = [run_task(stores, task, cfg, progress) for task in expand_tasks(cfg)]
+    frames = run_tasks(stores, cfg, lambda t: run_task(stores, t, cfg, progress))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
 
 

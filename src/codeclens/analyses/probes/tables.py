@@ -25,6 +25,7 @@ subsampling, and test tables over the memory budget.
 
 from __future__ import annotations
 
+import threading
 import weakref
 from typing import Any
 
@@ -35,13 +36,14 @@ from ...store import Repr, Store
 from ...store import columns
 from ...store.columns import FrameLabels, frame_column_names
 from ...util.device import resolve_device
+from ...util.threads import cpu_workers, side_by_side
 from .. import framestream
 from . import metrics as M
 from .config import ProbeConfig
 from .controls import control_table_counts
 from .cv import use_cv
 from .data import F0_COLUMNS, SPLITS, _check_val, _encode, resolve_column, split_column
-from .linear import threads_for
+from .linear import SMALL_WORK, threads_for
 from .run import (MIN_CONTROL_COVERAGE, SEMITONES, SPEAKER_DISJOINT, _selectivity, control_seed, emit, row_base,
                   stat_scores, store_reprs)
 from .torch_backend import TableProblem, fit_table_classify, table_batch
@@ -289,6 +291,7 @@ def count_task(store: Store, task: str, cfg: ProbeConfig, chunk: int | None = No
 
 
 _VECTORS: "weakref.WeakKeyDictionary[Store, dict]" = weakref.WeakKeyDictionary()
+_VECTORS_LOCK = threading.Lock()
 """distinct_vectors per store and representation: every task of a run probes the same layers (a row
 sort of each codebook, once per task and layer before)."""
 
@@ -298,10 +301,11 @@ def distinct_vectors(store: Store, rep: Repr) -> tuple[np.ndarray, np.ndarray]:
     Made once per store and representation and shared: callers must not write into them (torch warns on
     read-only arrays, so they are not flagged)."""
     key = (rep.kind, rep.layer)
-    done = _VECTORS.setdefault(store, {})
-    if key not in done:
-        done[key] = _distinct_vectors(store, rep)
-    return done[key]
+    with _VECTORS_LOCK:  # tasks run side by side (run.run_tasks) ask for the same layers
+        done = _VECTORS.setdefault(store, {})
+        if key not in done:
+            done[key] = _distinct_vectors(store, rep)
+        return done[key]
 
 
 def _distinct_vectors(store: Store, rep: Repr) -> tuple[np.ndarray, np.ndarray]:
@@ -415,8 +419,8 @@ def run_store(store: Store, task: str, cfg: ProbeConfig, si: int, names: dict[in
 
         bar = tqdm(total=len(probs) + len(controls), desc=f"probe {task}", unit="probe", leave=False)
     try:
-        fits = _fit_tables(probs, C, Call, cfg, device, bar)
-        cfits = iter(_fit_tables(controls, C, Call, cfg, device, bar))
+        fits, cfits = _fit_side_by_side([probs, controls], C, Call, cfg, device, bar)
+        cfits = iter(cfits)
     finally:
         if bar is not None:
             bar.close()
@@ -448,6 +452,24 @@ one program pays each L-BFGS step's Python and dispatch overhead once for all of
 and each problem's arithmetic is made on its own (:func:`.linear._table_objective`), so it gets the
 same bits as alone. Beyond this size a program's elementwise passes leave the cache and cost more than
 the overhead saved."""
+
+
+def _fit_side_by_side(groups: list[list[TableProblem]], C: int, Call: int, cfg: ProbeConfig, device,
+                      bar) -> list[list]:
+    """:func:`_fit_tables` of each group (a task's probes, its controls), the groups at the same time in
+    ``cfg.workers`` threads (:func:`codeclens.util.threads.side_by_side`) when every program is a
+    one-thread program on the CPU.
+
+    The fits were a third of a default ``layer:k`` run at 4 M frames, on one core of two; their torch
+    ops release the GIL. Each problem still does its own arithmetic with the threads it has alone,
+    so every result is bit for bit the one of the groups fitted one after the other
+    (``tests/test_table_batch.py``). Groups whose programs :func:`.linear.threads_for` gives several
+    threads (large codebooks and class counts) already use the cores: one after the other."""
+    live = [g for g in groups if g]
+    one_thread = all(len(cfg.l2) * len(p.vectors) * max(Call, 8) < SMALL_WORK for g in live for p in g)
+    workers = cpu_workers(cfg.workers) if one_thread and getattr(device, "type", str(device)) == "cpu" else 1
+    fits = iter(side_by_side([lambda g=g: _fit_tables(g, C, Call, cfg, device, bar) for g in live], workers))
+    return [next(fits) if g else [] for g in groups]
 
 
 def _fit_tables(probs: list[TableProblem], C: int, Call: int, cfg: ProbeConfig, device, bar) -> list:
