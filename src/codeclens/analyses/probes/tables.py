@@ -291,9 +291,9 @@ def count_task(store: Store, task: str, cfg: ProbeConfig, chunk: int | None = No
 
 
 _VECTORS: "weakref.WeakKeyDictionary[Store, dict]" = weakref.WeakKeyDictionary()
-_VECTORS_LOCK = threading.Lock()
 """distinct_vectors per store and representation: every task of a run probes the same layers (a row
 sort of each codebook, once per task and layer before)."""
+_VECTORS_LOCK = threading.Lock()
 
 
 def distinct_vectors(store: Store, rep: Repr) -> tuple[np.ndarray, np.ndarray]:
