@@ -20,7 +20,7 @@ from .. import ANALYSES
 from ..base import Analysis, AnalysisResult, Artifact
 from .config import ProbeConfig
 from .fitted import FittedProbe, fit_probe
-from .run import COLUMNS, expand_tasks, open_store_list, run_probes, run_task, run_tasks
+from .run import COLUMNS, open_store_list, run_probes, run_task, run_tasks
 
 __all__ = ["ProbeConfig", "ProbesAnalysis", "FittedProbe", "fit_probe", "run_probes", "COLUMNS"]
 

@@ -466,10 +466,15 @@ def _fit_side_by_side(groups: list[list[TableProblem]], C: int, Call: int, cfg: 
     (``tests/test_table_batch.py``). Groups whose programs :func:`.linear.threads_for` gives several
     threads (large codebooks and class counts) already use the cores: one after the other."""
     live = [g for g in groups if g]
-    one_thread = all(len(cfg.l2) * len(p.vectors) * max(Call, 8) < SMALL_WORK for g in live for p in g)
-    workers = cpu_workers(cfg.workers) if one_thread and getattr(device, "type", str(device)) == "cpu" else 1
+    one_thread = all(_work(cfg, len(p.vectors), Call) < SMALL_WORK for g in live for p in g)
+    workers = cpu_workers(cfg.workers) if one_thread and device.type == "cpu" else 1
     fits = iter(side_by_side([lambda g=g: _fit_tables(g, C, Call, cfg, device, bar) for g in live], workers))
     return [next(fits) if g else [] for g in groups]
+
+
+def _work(cfg: ProbeConfig, U: int, Call: int) -> int:
+    """Elements per tensor op of one count-table problem (what sets its threads)."""
+    return len(cfg.l2) * U * max(Call, 8)
 
 
 def _fit_tables(probs: list[TableProblem], C: int, Call: int, cfg: ProbeConfig, device, bar) -> list:
@@ -487,7 +492,7 @@ def _fit_tables(probs: list[TableProblem], C: int, Call: int, cfg: ProbeConfig, 
             part = idx[a:a + n]
             # Threads by one problem's work, as if it were alone: a product's rounding can depend on the
             # threads that share it, and a layer's fit must not depend on the layers beside it.
-            with threads_for(len(cfg.l2) * U * max(Call, 8)):
+            with threads_for(_work(cfg, U, Call)):
                 for i, f in zip(part, fit_table_classify([probs[i] for i in part], C, Call, cfg, device)):
                     out[i] = f
             if bar is not None:
