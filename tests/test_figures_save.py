@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import re
+import sys
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -9,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from codeclens.util.figures import save_figure, use_style  # noqa: E402
+from codeclens.util.figures import FORK_ENV, save_figure, use_style  # noqa: E402
 
 
 def _figure():
@@ -60,6 +64,51 @@ def test_untight_bbox_would_lose_the_legend(tmp_path):
         fig.savefig(tmp_path / "plain.png", dpi=150, bbox_inches=None)
     plt.close(fig)
     assert mpimg.imread(tmp_path / "plain.png").shape != mpimg.imread(tmp_path / "ref.png").shape
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="formats are written by forked copies on Linux only")
+def test_forked_formats_equal_one_after_the_other(tmp_path, monkeypatch):
+    """The copies that write the SVG and PDF write what this process would: PNG pixels and the SVG's
+    drawing equal a run with forking off, and no temporary file or child process is left behind."""
+    import matplotlib.image as mpimg
+
+    pids = []
+    real_fork = os.fork
+
+    def fork():
+        pid = real_fork()
+        if pid:
+            pids.append(pid)
+        return pid
+
+    monkeypatch.setattr(os, "fork", fork)
+    save_figure(_figure(), tmp_path / "a" / "fig", ["png", "svg", "pdf"])
+    assert len(pids) == 2  # svg and pdf each by a copy
+    monkeypatch.setenv(FORK_ENV, "0")
+    save_figure(_figure(), tmp_path / "b" / "fig", ["png", "svg", "pdf"])
+    assert len(pids) == 2
+    assert np.array_equal(mpimg.imread(tmp_path / "a" / "fig.png"), mpimg.imread(tmp_path / "b" / "fig.png"))
+
+    def drawing(p):  # the SVG without its random element ids and the date
+        text = p.read_text()
+        return re.sub(r'(id|href|clip-path)="[^"]*"|<dc:date>[^<]*</dc:date>', "", text)
+
+    assert drawing(tmp_path / "a" / "fig.svg") == drawing(tmp_path / "b" / "fig.svg")
+    assert (tmp_path / "a" / "fig.pdf").read_bytes()[:5] == b"%PDF-"
+    assert abs((tmp_path / "a" / "fig.pdf").stat().st_size - (tmp_path / "b" / "fig.pdf").stat().st_size) < 200
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["fig.pdf", "fig.png", "fig.svg"]
+    for pid in pids:  # reaped: no zombie is left
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="formats are written by forked copies on Linux only")
+def test_a_failing_copy_raises_here_and_leaves_the_other_files(tmp_path):
+    fig = _figure()
+    with pytest.raises(RuntimeError, match=r"writing fig: ValueError: .*xyz"):
+        save_figure(fig, tmp_path / "fig", ["png", "xyz"])
+    assert (tmp_path / "fig.png").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fig.png"]  # no temporary file of the failed format
 
 
 if __name__ == "__main__":
