@@ -111,5 +111,17 @@ def test_a_failing_copy_raises_here_and_leaves_the_other_files(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fig.png"]  # no temporary file of the failed format
 
 
+def test_no_process_to_spare_writes_every_format_here(tmp_path, monkeypatch):
+    def fork():
+        raise BlockingIOError("Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", fork)
+    fds = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    written = save_figure(_figure(), tmp_path / "fig", ["png", "svg", "pdf"])
+    assert [p.name for p in written] == ["fig.png", "fig.svg", "fig.pdf"] and all(p.is_file() for p in written)
+    if fds is not None:  # the error pipes of the failed forks are closed
+        assert len(os.listdir("/proc/self/fd")) == fds
+
+
 if __name__ == "__main__":
     pytest.main([__file__])

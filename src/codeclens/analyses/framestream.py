@@ -89,8 +89,9 @@ def _factorize_arrow(arr) -> Factorized:
 def _frames_file(store: Any, factorized: Sequence[str]):
     """``frames.parquet`` opened for streaming.
 
-    Without pre-buffering (:func:`..store.columns.frames_file`). String columns to be factorized are read as their parquet dictionaries: no
-    string per frame is ever built (about 20x faster than decoding and re-encoding them).
+    Without pre-buffering (:func:`..store.columns.frames_file`). String columns to be factorized are
+    read as their parquet dictionaries: no string per frame is ever built (about 20x faster than
+    decoding and re-encoding them).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq

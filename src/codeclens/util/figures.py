@@ -143,11 +143,17 @@ def save_figure(fig, path: str | Path, fmts: Sequence[str] | None = None) -> lis
     bbox = tight_bbox(fig)
     exts = list(dict.fromkeys(fmts or formats()))
     targets = [stem.with_suffix(f".{ext}") for ext in exts]
+    here, children = list(zip(targets, exts)), []
     try:
-        children = [_fork_write(fig, t, e, bbox) for t, e in zip(targets[1:], exts[1:])] if (
-            len(exts) > 1 and _fork_ok()) else []
         try:
-            for t, e in list(zip(targets, exts))[: 1 if children else None]:
+            if len(here) > 1 and _fork_ok():
+                rest, here = here[1:], here[:1]
+                for t, e in rest:
+                    try:
+                        children.append(_fork_write(fig, t, e, bbox))
+                    except OSError:  # no process to spare: write it here
+                        here.append((t, e))
+            for t, e in here:
                 _write(fig, t, e, bbox)
         finally:
             errors = [err for err in (_reap(c) for c in children) if err]
@@ -162,7 +168,12 @@ def _fork_write(fig, target: Path, ext: str, bbox) -> tuple[int, int]:
     """Start a forked copy that writes one format; (pid, read end of its error pipe)."""
     _backend(ext)
     r, w = os.pipe()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(r)
+        os.close(w)
+        raise
     if pid == 0:  # the copy: write, report, and leave without running the parent's exit handlers
         os.close(r)
         code = 0
