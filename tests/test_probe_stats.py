@@ -148,3 +148,34 @@ def test_p_above_has_no_replicate_floor_when_far_above_the_bar():
     assert p_above(-far, -0.02, lower_is_better=True) < 0.05 / 12
     near = 0.02 + 0.01 * rng.normal(size=100)
     assert abs(p_above(near, 0.02) - (np.sum(near <= 0.02) + 1) / 101) < 1e-12
+
+
+def test_class_jackknife_in_blocks_is_leave_one_out_exactly():
+    """The blocked jackknife equals leave-one-unit-out macro-F1 computed from scratch for every unit
+    (the known answer: drop the unit's rows, score the rest over the full sample's class set), bit
+    for bit whatever the block, and its temporaries are a block's, not the whole [U, C] table's."""
+    import tracemalloc
+
+    rng = np.random.default_rng(3)
+    U, C = 300, 40
+    y = rng.integers(0, C, 6000)
+    unit = rng.integers(0, U, 6000)
+    pred = np.where(rng.random(6000) < 0.5, y, rng.integers(0, C, 6000))
+    st = M.class_stats(y, pred, unit, U, C)
+    whole = M.class_jackknife(st, block=U * C)
+    fixed = M._class_set(st)
+    for u in (0, 7, 299):
+        keep = unit != u
+        tp, fp, fn = M.class_counts(y[keep], pred[keep], C)
+        assert np.isclose(whole["macro_f1"][u], M._f1_from_counts(tp, fp, fn, fixed), rtol=0, atol=1e-12)
+        assert whole["accuracy"][u] == M.accuracy(y[keep], pred[keep])
+    for block in (1, C, 7 * C + 3, 10**9):
+        got = M.class_jackknife(st, block=block)
+        assert np.array_equal(got["macro_f1"], whole["macro_f1"]) and np.array_equal(got["accuracy"], whole["accuracy"])
+
+    big = M.ClassStats(*(np.ones((4000, 500)) for _ in range(3)), np.ones(4000), np.full(4000, 3.0))
+    tracemalloc.start()
+    M.class_jackknife(big, block=50_000)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 0.25 * big.tp.nbytes  # one-shot: several copies of the 16 MB table

@@ -172,12 +172,29 @@ def _wsum(weights: np.ndarray, x: np.ndarray) -> np.ndarray:
     return weights @ x
 
 
-def class_jackknife(s: ClassStats) -> dict[str, np.ndarray]:
-    """Leave-one-unit-out replicates ``[U]`` (the total less one unit's row)."""
+JACKKNIFE_BLOCK = 1 << 20
+"""Elements (units x classes) of each leave-one-out block of :func:`class_jackknife`."""
+
+
+def class_jackknife(s: ClassStats, block: int | None = None) -> dict[str, np.ndarray]:
+    """Leave-one-unit-out replicates ``[U]`` (the total less one unit's row).
+
+    Computed a block of units at a time: each replicate is its own row, so the blocks give the
+    numbers of one pass over all units, while the temporaries (the totals less each row, the F1
+    terms) are ``[block, C]`` rather than ``[U, C]``: with test utterances as units and speakers
+    as classes those were several copies of a table that grows with both."""
     n = s.n.sum() - s.n
+    U, C = s.tp.shape
+    tot = (s.tp.sum(0), s.fp.sum(0), s.fn.sum(0))
+    fixed = _class_set(s)
+    step = max(1, (JACKKNIFE_BLOCK if block is None else block) // max(C, 1))
+    f1 = np.empty(U, np.float64)
+    for a in range(0, U, step):
+        b = min(a + step, U)
+        f1[a:b] = _f1_from_counts(tot[0] - s.tp[a:b], tot[1] - s.fp[a:b], tot[2] - s.fn[a:b], fixed)
     return {
         "accuracy": np.where(n > 0, (s.correct.sum() - s.correct) / np.maximum(n, 1), np.nan),
-        "macro_f1": _f1_from_counts(s.tp.sum(0) - s.tp, s.fp.sum(0) - s.fp, s.fn.sum(0) - s.fn, _class_set(s)),
+        "macro_f1": f1,
     }
 
 
