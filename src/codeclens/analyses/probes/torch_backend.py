@@ -9,6 +9,9 @@ strength that is best on its val split (macro-F1, or least squared error).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import threading
+from collections import OrderedDict
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -231,6 +234,33 @@ class TableProblem:
     control: bool = False
 
 
+_WHITENERS: "OrderedDict[tuple, tuple[np.ndarray, Whitener]]" = OrderedDict()
+_WHITENERS_LOCK = threading.Lock()
+WHITENERS_KEPT = 16
+"""Count-table whitenings kept (128 KB each at D = 128): two tasks' eight layers."""
+
+
+def table_whitener(vectors: np.ndarray, counts: np.ndarray) -> Whitener:
+    """:func:`.data.weighted_whitener` of a layer's distinct vectors under its train rows per vector,
+    computed once for every problem that has both: a task's probe and its code control (the control
+    relabels the same rows), f0 and f0_st (the same voiced rows), so four whitenings of each layer
+    of the F0 tasks were one. Keyed by the vectors object (the per-store cache of
+    :func:`.tables.distinct_vectors`, held here so its id is not reused) and the counts' bytes."""
+    c = np.ascontiguousarray(counts, np.float64)
+    key = (id(vectors), vectors.shape, hashlib.blake2b(c.tobytes(), digest_size=16).digest())
+    with _WHITENERS_LOCK:
+        hit = _WHITENERS.get(key)
+        if hit is not None and hit[0] is vectors:
+            _WHITENERS.move_to_end(key)
+            return hit[1]
+    wh = weighted_whitener(vectors, c)
+    with _WHITENERS_LOCK:
+        _WHITENERS[key] = (vectors, wh)
+        while len(_WHITENERS) > WHITENERS_KEPT:
+            _WHITENERS.popitem(last=False)
+    return wh
+
+
 def fit_table_classify(probs: Sequence[TableProblem], C: int, Call: int, cfg: ProbeConfig, device,
                        reference: bool = False) -> list[JobFit]:
     """Logistic probes on count tables (whitening weighted by the train counts, every L2 strength, the
@@ -238,7 +268,7 @@ def fit_table_classify(probs: Sequence[TableProblem], C: int, Call: int, cfg: Pr
     (index them with the layer's code -> vector map to get per-code predictions). ``reference``: float64
     with autograd gradients, the computation the closed-form fit replaced (for tests)."""
     G = len(cfg.l2)
-    whs = [weighted_whitener(p.vectors, p.counts) for p in probs]
+    whs = [table_whitener(p.vectors, p.counts) for p in probs]
     Zs = [wh.transform(p.vectors).astype(np.float64) for wh, p in zip(whs, probs)]
     shapes: dict[tuple[int, int], list[int]] = {}
     for i, z in enumerate(Zs):
@@ -298,7 +328,7 @@ def fit_table_regress(probs: Sequence[TableProblem], cfg: ProbeConfig, device) -
     """Ridge probes from per-vector sums (every L2 strength, chosen on val SSE); predictions per vector
     (see fit_table_classify)."""
     G = len(cfg.l2)
-    whs = [weighted_whitener(p.vectors, p.train.n) for p in probs]
+    whs = [table_whitener(p.vectors, p.train.n) for p in probs]
     Zs = [wh.transform(p.vectors).astype(np.float64) for wh, p in zip(whs, probs)]
     Umax, rmax = max(len(z) for z in Zs), max(z.shape[1] for z in Zs)
     dt = torch.float64
