@@ -1,9 +1,9 @@
 """A store's arrays are the shards' rows one after the other, written without holding them all.
 
 ``finalize_store`` loaded every shard's codes and latents and concatenated them in memory: every
-shard's arrays and their concatenation at once, in the process that holds the codec (0.28 GB of
-SpeechTokenizer latents for 22 minutes of audio; the 120-utterance study's extraction peaked at
-1.67 GB). The known answers: ``np.concatenate`` of the parts, and a traced peak of one block.
+shard's arrays and their concatenation at once, in the process that holds the codec (0.14 GB of
+SpeechTokenizer latents for 22 minutes of audio, held twice; the 120-utterance study's extraction
+peaked at 1.67 GB). The known answers: ``np.concatenate`` of the parts, and a traced peak of one block.
 """
 
 from __future__ import annotations

@@ -606,8 +606,8 @@ def concat_npy(parts: Sequence[Path], dest: Path) -> tuple[int, np.dtype]:
     """The rows of the ``.npy`` files ``parts``, one after the other, as the ``.npy`` file ``dest``;
     returns (rows, dtype). Each part is read memory-mapped and copied a block at a time, so memory
     is one block, not the store: concatenating the shards in memory held every shard's arrays and
-    their concatenation at once (float16 latents of SpeechTokenizer are 2 KB a frame: 0.28 GB for
-    22 minutes of audio, 36 GB for 100 hours)."""
+    their concatenation at once (float16 latents of SpeechTokenizer are 2 KB a frame: 0.14 GB,
+    held twice, for 22 minutes of audio; 37 GB for 100 hours)."""
     heads = [(shape, dt) for _, dt, shape in map(npy_layout, parts)]
     if not heads:
         raise CodeclensError(f"{dest}: no shard arrays to concatenate")
