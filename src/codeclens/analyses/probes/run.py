@@ -10,7 +10,6 @@ import pandas as pd
 
 from ...errors import CodeclensError
 from ...store import Repr, Store, open_stores, parse_reprs
-from ...store.columns import FrameLabels
 from ...util.device import resolve_device
 from ...util.threads import cpu_workers, side_by_side
 from . import metrics as M
@@ -19,7 +18,7 @@ from .controls import CodeLabels, code_coverage_bound, code_types, control_label
 from .cv import Pooled, fold_tasks, pool_tasks, target_range, use_cv
 from .cv import pool_labels as cv_pool_labels
 from .data import SPLITS as SPLITS_
-from .data import TaskData, check_split_speakers, gather_task, resolve_column
+from .data import TaskData, check_split_speakers, gather_task
 from .torch_backend import Job, JobFit
 
 COLUMNS = [
@@ -135,13 +134,7 @@ def task_chains(stores: Sequence[Store], tasks: Sequence[str], cfg: ProbeConfig)
     if not all(tables.eligible(s, t, cfg) for s in stores for t in tasks):
         return one
 
-    def categorical(s: Store, t: str) -> bool:
-        if t == SEMITONES:
-            return False
-        col = resolve_column(s, t)
-        return bool(FrameLabels(s, [col]).categorical[col])
-
-    kinds = [{categorical(s, t) for s in stores} for t in tasks]
+    kinds = [{tables.classifies(s, t) for s in stores} for t in tasks]
     if any(len(k) > 1 for k in kinds):  # a column categorical in one store and numeric in another
         return one
     classify = [t for t, k in zip(tasks, kinds) if True in k]

@@ -65,8 +65,18 @@ def eligible(store: Store, task: str, cfg: ProbeConfig) -> bool:
         return False  # the general path reports the missing column
     if use_cv(store, base, cfg):
         return False
-    categorical = FrameLabels(store, [column]).categorical[column]
+    categorical = is_categorical(store, column)
     return not (categorical and (task == SEMITONES or column in F0_COLUMNS or base == "f0"))  # errors: general path
+
+
+def is_categorical(store: Store, column: str) -> bool:
+    """Whether a label column holds categories (else numbers)."""
+    return bool(FrameLabels(store, [column]).categorical[column])
+
+
+def classifies(store: Store, task: str) -> bool:
+    """Whether ``task`` on ``store`` is a classification (its column categorical; f0_st never is)."""
+    return task != SEMITONES and is_categorical(store, resolve_column(store, task))
 
 
 def _count(flat: np.ndarray, keys: np.ndarray) -> None:
@@ -362,9 +372,7 @@ def run_store(store: Store, task: str, cfg: ProbeConfig, si: int, names: dict[in
               progress: bool = False, chunk: int | None = None) -> list[dict[str, Any]] | None:
     """probes.csv rows of ``task`` on ``store`` (the ``si``-th store of the run) from count tables;
     None when the general path must do it (see :func:`count_task`). Numeric tasks: :mod:`.regtables`."""
-    base = "f0" if task == SEMITONES else task
-    column = resolve_column(store, base)
-    if task == SEMITONES or not FrameLabels(store, [column]).categorical[column]:
+    if not classifies(store, task):
         from . import regtables
 
         return regtables.run_store(store, task, cfg, si, names, progress, chunk)
